@@ -1,0 +1,17 @@
+"""keras_vit: Vision Transformers as serializable Keras 3 layers and models."""
+
+__version__ = "0.1.0"
+
+from keras_vit.layers import (  # noqa: F401
+    AttentionPooling,
+    DropPath,
+    LayerScale,
+    MultiHeadSelfAttention,
+    Patches,
+    PatchEncoder,
+    TokenPooling,
+    TransformerBlock,
+    resample_posemb,
+    sincos_posemb_2d,
+)
+from keras_vit.model import PRESETS, build_vit  # noqa: F401

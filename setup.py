@@ -1,0 +1,37 @@
+from pathlib import Path
+import re
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "keras_vit" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="keras-vit",
+    version=VERSION,
+    description="Vision Transformers as serializable Keras 3 layers: train, tune, export, load pretrained weights.",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["keras_vit", "keras_vit.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.5,<4",
+        "tensorflow-datasets>=4.9,<5",
+        "keras-tuner>=1.4.7,<2",
+        # KerasTuner imports TensorBoard during `search`; TF 2.21 no longer installs it.
+        "tensorboard>=2.16,<3",
+        "ai-edge-litert>=1.2",
+        "numpy>=1.26",
+        "pillow>=10",
+        "matplotlib>=3.7",
+        "scikit-learn>=1.3",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "jax>=0.4.30"],
+        "weights": ["torch==2.13.0", "timm>=1.0", "safetensors>=0.4"],
+        "benchmarks": ["keras-hub>=0.20"],
+    },
+    entry_points={"console_scripts": ["keras-vit=keras_vit.cli:main"]},
+)

@@ -1,0 +1,62 @@
+"""Shared fixtures. Tests run on the backend named by KERAS_BACKEND
+(TensorFlow by default); models and images are tiny so the suite stays fast."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BACKEND = keras.backend.backend()
+
+
+def tiny_vit_kwargs(**overrides):
+    """Arguments of a tiny ViT that builds and runs in well under a second."""
+    kwargs = dict(
+        image_size=16, num_classes=4, patch_size=4, hidden_dim=16, depth=2,
+        num_heads=2, mlp_dim=32,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+@pytest.fixture
+def tiny_vit():
+    from keras_vit import build_vit
+
+    def make(**overrides):
+        keras.utils.set_random_seed(0)
+        return build_vit(**tiny_vit_kwargs(**overrides))
+
+    return make
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(3, 16, 16, 3)).astype("float32")
+
+
+def run_python(code_or_args, *, env=None, timeout=600, check=True, cwd=None):
+    """Runs a fresh Python process that imports this checkout of keras_vit."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO)] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else [])
+    )
+    full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    full_env.update(env or {})
+    args = ["-c", code_or_args] if isinstance(code_or_args, str) else list(code_or_args)
+    proc = subprocess.run(
+        [sys.executable, *args], env=full_env, cwd=cwd, capture_output=True,
+        text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"subprocess failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-4000:]}\n"
+            f"STDERR:\n{proc.stderr[-4000:]}"
+        )
+    return proc
