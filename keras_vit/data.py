@@ -435,7 +435,9 @@ def _tfds_splits(name, data_dir, download, splits, validation_split):
             f"load_data(..., download=True) with network access), or point `data_dir` "
             f"at a folder that holds it.")
     if splits is None:
-        available = set(builder.info.splits)
+        # Without metadata (e.g. under tfds.testing.mock_data) assume the
+        # usual "train" and "test" splits.
+        available = set(builder.info.splits) or {"train", "test"}
         if "train" not in available:
             raise ValueError(
                 f"Cannot tell the splits of TFDS dataset {name!r} (available: "
