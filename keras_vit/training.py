@@ -37,7 +37,10 @@ import json
 import os
 import shutil
 import tempfile
+import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import keras
@@ -619,6 +622,28 @@ def _prepare_run_dir(run_dir, config, resume):
     return state is not None
 
 
+def _prepare_multi_worker(model, train_ds):
+    """Lets Keras' `fit` run under `MultiWorkerMirroredStrategy`.
+
+    Keras 3 reduces the per-replica step logs of that strategy with a mean
+    along axis 0, which scalars do not have, and reduces a nested batch
+    to build the model, which the strategy cannot do. So: give each step's
+    logs a length-1 axis, build the model, loss, metrics and optimizer on
+    one local batch, and let `fit` take the strategy from the enclosing
+    scope.
+    """
+    def with_batch_axis(step):
+        def wrapped(data):
+            return {k: keras.ops.expand_dims(v, 0) for k, v in step(data).items()}
+        return wrapped
+
+    model.train_step = with_batch_axis(model.train_step)
+    model.test_step = with_batch_axis(model.test_step)
+    images, labels = next(iter(train_ds))
+    model.test_on_batch(images, labels)
+    model._distribute_strategy = None
+
+
 def train(
     model,
     data,
@@ -724,8 +749,10 @@ def train(
 
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    with scope:
+    def scope():
+        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+    with scope():
         if callable(model) and not isinstance(model, keras.Model):
             previous = keras.mixed_precision.global_policy()
             if precision:
@@ -755,15 +782,19 @@ def train(
         *(callbacks or []),
     ]
     start = time.time()
-    model.fit(
-        train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-        callbacks=all_callbacks, verbose=verbose, shuffle=False,  # the dataset shuffles
-    )
-    train_seconds = time.time() - start
     metrics = {}
-    for split, ds in (("validation", val_ds), ("test", test_ds)):
-        if ds is not None:
-            metrics[split] = {k: _float(v) for k, v in model.evaluate(ds, verbose=0, return_dict=True).items()}
+    with scope():
+        if num_workers > 1 and strategy is not None:
+            _prepare_multi_worker(model, train_ds)
+        model.fit(
+            train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+            callbacks=all_callbacks, verbose=verbose, shuffle=False,  # the dataset shuffles
+        )
+        train_seconds = time.time() - start
+        for split, ds in (("validation", val_ds), ("test", test_ds)):
+            if ds is not None:
+                logs = model.evaluate(ds, verbose=0, return_dict=True)
+                metrics[split] = {k: _float(v) for k, v in logs.items()}
     write_history_files(run_dir, backup.history_rows)
     write_json(run_dir / "metrics.json", dict(
         **metrics, epochs=len(backup.history_rows), resumed_from_epoch=backup.restored_epoch,
@@ -859,6 +890,11 @@ def resolve_config(recipe=None, config_file=None, **overrides):
     config.update(from_file)
     config.update(overrides)
     config["recipe"] = name
+    if isinstance(config["epochs"], int) and (config["warmup_epochs"] or 0) >= config["epochs"] > 0:
+        warnings.warn(
+            f"warmup_epochs={config['warmup_epochs']} is not shorter than epochs={config['epochs']}; "
+            f"using warmup_epochs={0.1 * config['epochs']:g} (10% of the run).", stacklevel=2)
+        config["warmup_epochs"] = 0.1 * config["epochs"]
     if config["run_dir"] is None:
         dataset = Path(str(config["dataset"])).name or "data"
         config["run_dir"] = os.path.join("runs", f"{dataset}-{name}".replace(":", "_"))
@@ -1011,7 +1047,12 @@ def _run_cli(args):
     try:
         result = train_from_config(config)
     except ValueError as err:
-        print(f"keras-vit train: error: {err}", file=os.sys.stderr)
+        # Our own checks end in this package: print them plainly. Errors from
+        # deeper down keep their traceback.
+        origin = traceback.extract_tb(err.__traceback__)[-1].filename
+        if not origin.startswith(str(Path(__file__).parent)):
+            raise
+        print(f"keras-vit train: error: {err}", file=sys.stderr)
         return 2
     if result.test_metrics:
         _print_table(f"Test metrics ({len(result.history)} epochs, run dir {result.run_dir})",
