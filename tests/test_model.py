@@ -21,11 +21,13 @@ TIMM_PARAMS = {
 }
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("variant", sorted(TIMM_PARAMS))
 def test_preset_parameter_counts_equal_timm(variant):
     assert build_vit(variant, image_size=224, num_classes=1000).count_params() == TIMM_PARAMS[variant]
 
 
+@pytest.mark.backend_independent
 def test_small_image_presets_build_at_their_size():
     for name in ("Mu/4", "Ti/4", "S/4"):
         size = PRESETS[name]["image_size"]
@@ -183,6 +185,7 @@ BAD_BUILDS = [
 ]
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("overrides,message", BAD_BUILDS, ids=[m for _, m in BAD_BUILDS])
 def test_bad_arguments_raise_a_clear_value_error(overrides, message):
     with pytest.raises(ValueError) as info:
