@@ -149,12 +149,15 @@ def model_geometry(model, image_size=None):
             f"Expected a classifier with outputs (batch, num_classes). Got output shape {out} "
             "(build the model with num_classes > 0)."
         )
+    layer_names = {layer.name for layer in model.layers}
+    if "patch_encoder" in layer_names and "head" not in layer_names:
+        raise ValueError(
+            "The model has no classification head (built with num_classes=0); export a classifier "
+            "(num_classes > 0)."
+        )
     fixed = None if None in shape[1:3] else tuple(shape[1:3])
     patch = stride = reference = None
-    try:
-        encoder = model.get_layer("patch_encoder")
-    except ValueError:
-        encoder = None
+    encoder = model.get_layer("patch_encoder") if "patch_encoder" in layer_names else None
     if encoder is not None:
         patch, stride = encoder.patch_size, encoder.stride
         if encoder.grid_size is not None:
@@ -599,9 +602,9 @@ class Predictor:
             )
         if self.image_size and shape[1:3] != self.image_size:
             raise ValueError(
-                f"{source} of size {shape[1:3]} (height, width) do not fit {self.path.name}, which takes "
-                f"images of size {self.image_size}. Resize them (keras-vit predict --resize) or export "
-                f"the model at this size."
+                f"{source} has size {shape[1:3]} (height, width), which does not fit {self.path.name}: "
+                f"it takes images of size {self.image_size}. Resize the images (keras-vit predict "
+                f"--resize) or export the model at this size."
             )
         if self.patch_size:
             L.grid_size(shape[1:3], self.patch_size, self.stride, source)
