@@ -21,7 +21,7 @@ from PIL import Image
 from keras_vit import build_vit
 from keras_vit import export as E
 from keras_vit.cli import main as cli_main
-from tests.conftest import REPO, run_python, tiny_vit_kwargs
+from tests.conftest import REPO, run_python
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports need TensorFlow")
 
@@ -143,14 +143,15 @@ def test_tflite_carries_class_names(artifacts):
     assert E.load_predictor(artifacts["float32"]).class_names == DIGITS
 
 
-def test_int8_accepts_arrays_and_generators(digits, tmp_path):
-    model, x = digits["model"], digits["x_train"][:20]
+def test_int8_accepts_arrays_and_generators(tiny_vit, tmp_path):
+    model = tiny_vit()
+    x = np.random.default_rng(3).integers(0, 256, (20, 16, 16, 3), dtype="uint8")
     from_array = E.export_tflite(model, tmp_path / "a.tflite", "int8", representative_data=x)
     from_generator = E.export_tflite(
         model, tmp_path / "g.tflite", "int8", representative_data=lambda: (img for img in x)
     )
     assert from_array.read_bytes() == from_generator.read_bytes()
-    assert E.calibration_samples(x, (16, 16, 1), limit=7).shape == (7, 16, 16, 1)
+    assert E.calibration_samples(x, (16, 16, 3), limit=7).shape == (7, 16, 16, 3)
 
 
 # --------------------------------------------------------------------------
@@ -265,20 +266,16 @@ def test_failed_write_keeps_previous_artifact(tmp_path, kind):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
 
 
-def test_killed_saved_model_export_keeps_previous(tiny_vit, tmp_path):
-    model = tiny_vit()
+def test_killed_export_command_keeps_previous_saved_model(tiny_vit, tmp_path):
     target = tmp_path / "vit_savedmodel"
-    E.export_saved_model(model, target)
+    E.export_saved_model(tiny_vit(), target)
     images = np.random.default_rng(2).integers(0, 256, (2, 16, 16, 3), dtype="uint8")
     before = E.load_predictor(target).predict(images)
-    code = f"""
-from keras_vit import build_vit
-from keras_vit.export import export_saved_model
-model = build_vit(**{tiny_vit_kwargs(num_classes=7)!r})
-export_saved_model(model, {str(target)!r})
-"""
+    tiny_vit(num_classes=7).save(tmp_path / "other.keras")
+    # `keras-vit export` in a fresh process, killed while it writes.
+    command = [sys.executable, "-m", "keras_vit.cli", "export", str(tmp_path / "other.keras"), "-o", str(target)]
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
         while not list(tmp_path.glob(".vit_savedmodel.tmp-*")):
@@ -290,6 +287,9 @@ export_saved_model(model, {str(target)!r})
     after = E.load_predictor(target)
     assert len(after.class_names) == 4
     np.testing.assert_allclose(after.predict(images), before, atol=1e-6)
+    # The same command, left to finish, replaces the SavedModel.
+    run_python(command[1:])
+    assert len(E.load_predictor(target).class_names) == 7
 
 
 # --------------------------------------------------------------------------
@@ -410,8 +410,3 @@ def test_cli_export_and_benchmark(artifacts, image_folder, tmp_path, capsys):
     assert [(r[1], r[3]) for r in rows] == [
         ("keras", "1"), ("keras", "4"), ("savedmodel", "1"), ("savedmodel", "4"), ("tflite", "1"), ("tflite", "4"),
     ]
-
-
-def test_console_entry_point_runs_predict(artifacts, image_folder):
-    proc = run_python(["-m", "keras_vit.cli", "predict", str(artifacts["int8"]), str(image_folder / "test_0.png")])
-    assert "test_0.png" in proc.stdout and "digit_" in proc.stdout
