@@ -594,7 +594,12 @@ class Predictor:
         self.stride = as_pair(stride)
 
     def check_images(self, images, source="images"):
-        """Raises a `ValueError` unless `images` (B, H, W, C) fit this artifact."""
+        """Raises a `ValueError` unless `images` (B, H, W, C) fit this artifact.
+
+        Args:
+            images: array-like (B, H, W, C).
+            source: how to name the images in the error message.
+        """
         shape = tuple(np.shape(images))
         if len(shape) != 4 or shape[-1] != self.channels:
             raise ValueError(
@@ -627,7 +632,18 @@ class Predictor:
 
 
 class KerasPredictor(Predictor):
-    """A `.keras` model file (see `Predictor`)."""
+    """A ``.keras`` model file behind the `Predictor` interface.
+
+    Args:
+        path: the ``.keras`` file (its layers must be registered, as
+            keras_vit's are).
+        class_names: optional list of names; a ``.keras`` file holds none,
+            so they default to "0", "1", ...
+
+    Example:
+    >>> KerasPredictor("digits.keras").predict(images).shape
+    (8, 10)
+    """
 
     kind = "keras"
 
@@ -648,7 +664,17 @@ class KerasPredictor(Predictor):
 
 
 class SavedModelPredictor(Predictor):
-    """A SavedModel directory from `export_saved_model` (see `Predictor`)."""
+    """A SavedModel directory from `export_saved_model` behind the
+    `Predictor` interface; runs its ``serving_default`` signature.
+
+    Args:
+        path: the SavedModel directory.
+        class_names: optional names overriding the exported ones.
+
+    Example:
+    >>> SavedModelPredictor("digits_savedmodel").class_names[:3]
+    ['0', '1', '2']
+    """
 
     kind = "savedmodel"
 
@@ -678,12 +704,18 @@ class SavedModelPredictor(Predictor):
 
 
 class TFLitePredictor(Predictor):
-    """A ``.tflite`` file run with LiteRT (see `Predictor`).
+    """A ``.tflite`` file run with LiteRT's
+    ``ai_edge_litert.interpreter.Interpreter``, behind the `Predictor`
+    interface. The input tensor is resized to each batch size.
 
     Args:
         path: the file.
         class_names: optional names overriding the file's metadata.
         num_threads: optional int, LiteRT's CPU threads.
+
+    Example:
+    >>> TFLitePredictor("digits_int8.tflite", num_threads=1).image_size
+    (16, 16)
     """
 
     kind = "tflite"
@@ -718,7 +750,18 @@ class TFLitePredictor(Predictor):
 
 
 def artifact_kind(path):
-    """"keras", "savedmodel" or "tflite" for an artifact path, or a ValueError."""
+    """Tells which kind of model artifact `path` is.
+
+    Args:
+        path: a ``.keras`` file, a SavedModel directory or a ``.tflite`` file.
+
+    Returns:
+        "keras", "savedmodel" or "tflite"; raises a `ValueError` otherwise.
+
+    Example:
+    >>> artifact_kind("digits_savedmodel")
+    'savedmodel'
+    """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"No such model artifact: {str(path)!r}")
@@ -911,6 +954,13 @@ def benchmark(predictor, batch_sizes=(1, 8), *, iterations=50, warmup=5, image_s
 
 def format_table(header, rows):
     """Formats rows of cells as a plain-text table with aligned columns.
+
+    Args:
+        header: list of column titles.
+        rows: list of rows, each a list of cells (any objects; `str` is used).
+
+    Returns:
+        The table as one string: header, a rule of dashes, then the rows.
 
     Example:
     >>> print(format_table(["a", "b"], [[1, 2]]))
