@@ -24,6 +24,9 @@ keeps height and width dynamic in ``serving_default``; its ``serving_bytes``
 signature resizes decoded images to the ``image_size`` named at export (by
 default the size the model was built for). A ``.tflite`` file always has a
 fixed image size, so exporting such a model to TFLite needs ``image_size``.
+
+An export killed part-way may leave a hidden ``.NAME.tmp-*`` entry beside
+its target (never the target itself); it is safe to delete.
 """
 
 import contextlib
@@ -137,8 +140,10 @@ def model_geometry(model, image_size=None):
         "patch_encoder" layer) and "num_classes".
 
     Example:
-    >>> model_geometry(build_vit(image_size=None, reference_image_size=32, patch_size=8, ...))["size"]
-    (32, 32)
+    >>> model = build_vit(image_size=None, reference_image_size=32, num_classes=10,
+    ...                   patch_size=8, hidden_dim=32, depth=1, num_heads=2, mlp_dim=64)
+    >>> model_geometry(model)["size"], model_geometry(model)["image_size"]
+    ((32, 32), None)
     """
     shape = tuple(model.input_shape)
     if len(shape) != 4:
@@ -471,7 +476,18 @@ def export_tflite(
         if quantization == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.representative_dataset = lambda: ([s[None]] for s in samples)
-        flatbuffer = converter.convert()
+        try:
+            flatbuffer = converter.convert()
+        except Exception as err:  # the converter raises its own ConverterError
+            if type(err).__name__ != "ConverterError":
+                raise
+            lines = str(err).splitlines()
+            flex = [line.strip() for line in lines if line.strip().startswith("TF Select ops:")]
+            detail = flex[0] if flex else "\n".join(lines[:12])
+            raise ValueError(
+                f"TFLite conversion with quantization={quantization!r} failed: the exported file may use "
+                f"TFLite builtin ops only (no Select TF / Flex ops). Converter: {detail}"
+            ) from err
     metadata = dict(
         class_names=names, quantization=quantization, image_size=list(geo["size"]),
         channels=geo["channels"], patch_size=geo["patch_size"], stride=geo["stride"],

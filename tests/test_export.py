@@ -313,6 +313,37 @@ def test_int8_needs_representative_data(tiny_vit, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_model_needing_flex_ops_is_refused(tmp_path):
+    images = keras.Input((8, 8, 3))
+    x = keras.layers.Lambda(lambda t: keras.ops.erf(t / 255.0))(images)
+    model = keras.Model(images, keras.layers.Dense(3)(keras.layers.Flatten()(x)))
+    with pytest.raises(ValueError, match="builtin ops only.*TF Select ops: Erf"):
+        E.export_tflite(model, tmp_path / "erf.tflite")
+    assert not list(tmp_path.iterdir())
+
+
+VARIANTS = {
+    "map_pooling": dict(pooling="map"),
+    "overlapping_linear_patches": dict(patch_embedding="linear", stride=2, image_size=14),
+    "softmax_output_registers": dict(classifier_activation="softmax", pooling="gap", num_registers=2),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_tflite_variants_use_builtin_ops(tiny_vit, tmp_path, variant):
+    model = tiny_vit(**VARIANTS[variant])
+    size = model.input_shape[1]
+    images = np.random.default_rng(4).integers(0, 256, (3, size, size, 3), dtype="uint8")
+    path = E.export_tflite(model, tmp_path / "m.tflite")
+    assert not [op for op in E.tflite_op_names(path) if op.startswith("CUSTOM")]
+    outputs = model(images.astype("float32"))
+    if variant.startswith("softmax"):
+        expected = keras.ops.convert_to_numpy(outputs)
+    else:
+        expected = keras.ops.convert_to_numpy(keras.ops.softmax(outputs))
+    np.testing.assert_allclose(E.load_predictor(path).predict(images), expected, atol=1e-5)
+
+
 def test_bad_export_arguments(tiny_vit, tmp_path):
     model = tiny_vit()
     with pytest.raises(ValueError, match="class_names.*4 strings"):
