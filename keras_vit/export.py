@@ -49,8 +49,8 @@ from keras_vit import layers as L
 FORMATS = ("savedmodel", "tflite")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-# Name of the flatbuffer metadata entry (and SavedModel signature) holding
-# the class names and the image geometry.
+# Name of the .tflite metadata entry holding the class names and geometry
+# (a SavedModel holds them in its "metadata" signature).
 METADATA_NAME = "keras_vit"
 BYTES_SIGNATURE = "serving_bytes"
 
@@ -72,8 +72,10 @@ def atomic_path(path):
     Whatever the body writes at the temporary path (a file or a directory)
     replaces `path` only when the body finishes without an exception. A
     file is swapped in with one `os.replace`; a directory by renaming the
-    old one away, renaming the new one in, then deleting the old one. On an
-    exception the temporary path is removed and `path` is left untouched.
+    old one away, renaming the new one in, then deleting the old one (a
+    crash between those two renames leaves the old one at ``.NAME.old-*``).
+    On an exception the temporary path is removed and `path` is left
+    untouched.
 
     Args:
         path: str or `Path`, the final location.
