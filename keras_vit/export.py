@@ -207,6 +207,14 @@ def _probabilities(model, images):
     return outputs if _ends_in_activation(model) else keras.ops.softmax(outputs, axis=-1)
 
 
+def _check_backend():
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"Exporting needs the TensorFlow backend (KERAS_BACKEND=tensorflow). "
+            f"Current backend: {keras.backend.backend()!r}."
+        )
+
+
 def _check_pixels_model(model):
     names = {layer.name for layer in model.layers}
     if "patch_encoder" in names and "rescaling" not in names:
@@ -264,6 +272,7 @@ def export_saved_model(model, path, *, class_names=None, image_size=None, top_k=
     """
     import tensorflow as tf
 
+    _check_backend()
     geo = model_geometry(model, image_size)
     names = _check_class_names(class_names, geo["num_classes"])
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k <= 0:
@@ -442,6 +451,7 @@ def export_tflite(
     import tensorflow as tf
 
     L.check_choice(quantization, "quantization", QUANTIZATIONS)
+    _check_backend()
     geo = model_geometry(model, image_size)
     if geo["image_size"] is None and image_size is None:
         raise ValueError(

@@ -222,6 +222,13 @@ def test_dynamic_size_model_exports(tiny_vit, tmp_path):
     for images in (small, large):
         expected = keras.ops.convert_to_numpy(keras.ops.softmax(model(images.astype("float32"))))
         np.testing.assert_allclose(predictor.predict(images), expected, atol=1e-5)
+    # `keras-vit predict` on a folder of mixed sizes: batched by size.
+    for name, image in (("a_small.png", small[0]), ("b_large.png", large[0])):
+        Image.fromarray(image).save(tmp_path / name)
+    results = E.predict_files(predictor, [str(tmp_path)], top_k=1)
+    assert [r[0].name for r in results] == ["a_small.png", "b_large.png"]
+    for (_, top), images in zip(results, (small, large)):
+        assert top[0][0] == str(int(np.argmax(model(images[:1].astype("float32"))[0])))
     with pytest.raises(ValueError, match="image_size"):
         E.export_tflite(model, tmp_path / "m.tflite")
     E.export_tflite(model, tmp_path / "m.tflite", image_size=(24, 32))
@@ -342,6 +349,27 @@ def test_tflite_variants_use_builtin_ops(tiny_vit, tmp_path, variant):
     else:
         expected = keras.ops.convert_to_numpy(keras.ops.softmax(outputs))
     np.testing.assert_allclose(E.load_predictor(path).predict(images), expected, atol=1e-5)
+
+
+def test_other_backends_run_tflite_but_cannot_export(artifacts, digits, tmp_path):
+    np.save(tmp_path / "x.npy", digits["x_test"][:8])
+    code = f"""
+import numpy as np, keras
+from keras_vit import build_vit
+from keras_vit.export import export_tflite, load_predictor
+assert keras.backend.backend() == "jax"
+probs = load_predictor({str(artifacts['float32'])!r}).predict(np.load({str(tmp_path / 'x.npy')!r}))
+np.save({str(tmp_path / 'probs.npy')!r}, probs)
+model = build_vit(image_size=16, num_classes=2, patch_size=8, hidden_dim=8, depth=1, num_heads=1, mlp_dim=8)
+try:
+    export_tflite(model, {str(tmp_path / 'm.tflite')!r})
+except ValueError as err:
+    print("ValueError:", err)
+"""
+    proc = run_python(code, env={"KERAS_BACKEND": "jax"})
+    assert "ValueError: Exporting needs the TensorFlow backend" in proc.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), digits["probs"][:8], atol=1e-4)
+    assert not (tmp_path / "m.tflite").exists()
 
 
 def test_bad_export_arguments(tiny_vit, tmp_path):
