@@ -456,7 +456,7 @@ def export_tflite(
     if geo["image_size"] is None and image_size is None:
         raise ValueError(
             "The model has a dynamic image size (image_size=None) but a .tflite file needs a "
-            "fixed one: pass `image_size`, e.g. image_size=224."
+            "fixed one: pass `image_size` (keras-vit export --image-size), e.g. image_size=224."
         )
     names = _check_class_names(class_names, geo["num_classes"])
     shape = (*geo["size"], geo["channels"])
