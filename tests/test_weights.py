@@ -399,3 +399,83 @@ def test_loaded_model_reloads_in_a_fresh_process(tmp_path, tiny_checkpoint):
          "print('reloaded', m.output_shape)", str(tmp_path)]
     )
     assert "reloaded (None, 5)" in proc.stdout
+
+
+# --------------------------------------------------------------------------
+# Fine-tuning.
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Two classes a ViT can tell apart: dark and bright 16 x 16 images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, low in (("dark", 0), ("bright", 150)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(8):
+            pixels_ = rng.integers(low, low + 100, (16, 16, 3)).astype("uint8")
+            Image.fromarray(pixels_).save(tmp_path / "data" / label / f"{i}.png")
+    return tmp_path / "data"
+
+
+def weights_of(model, prefix):
+    return {v.path: v.numpy().copy() for v in model.weights if v.path.startswith(prefix)}
+
+
+def test_warmup_trains_only_the_new_head(tiny_checkpoint, image_folder):
+    pretrained = W.from_checkpoint(tiny_checkpoint)
+    model, history = W.fine_tune(tiny_checkpoint, image_folder, epochs=0, warmup_epochs=2,
+                                 batch_size=8, verbose=0)
+    assert model.output_shape == (None, 2)  # two class folders
+    for path, value in weights_of(pretrained, "encoder_block").items():
+        np.testing.assert_array_equal(weights_of(model, path)[path], value)
+    assert len(history["loss"]) == 2
+
+
+def test_fine_tune_at_a_new_resolution_learns_and_saves(tiny_checkpoint, image_folder, tmp_path):
+    pretrained = W.from_checkpoint(tiny_checkpoint)
+    output = tmp_path / "out" / "tuned.keras"
+    model, history = W.fine_tune(tiny_checkpoint, image_folder, image_size=20, epochs=4, warmup_epochs=1,
+                                 batch_size=8, learning_rate=1e-3, output=output, verbose=0,
+                                 label_smoothing=0.1)
+    assert model.input_shape == (None, 20, 20, 3)
+    assert model.get_layer("patch_encoder").position_embedding.shape == (1, 1 + 25, 16)
+    assert history["loss"][-1] < history["loss"][0]
+    before = weights_of(pretrained, "encoder_block_0/attention/qkv/kernel")
+    after = weights_of(model, "encoder_block_0/attention/qkv/kernel")
+    assert not np.allclose(before["encoder_block_0/attention/qkv/kernel"], after["encoder_block_0/attention/qkv/kernel"])
+    assert [p.name for p in output.parent.iterdir()] == ["tuned.keras"]
+    proc = run_python(["-c", "import keras, keras_vit, sys; m = keras.models.load_model(sys.argv[1]);"
+                       "print('classes', m.output_shape[-1])", str(output)])
+    assert "classes 2" in proc.stdout
+
+
+def test_finetune_command(tiny_checkpoint, image_folder, tmp_path):
+    output = tmp_path / "cli.keras"
+    proc = run_python(["-m", "keras_vit.cli", "finetune", str(tiny_checkpoint), str(image_folder),
+                       "--output", str(output), "--epochs", "1", "--warmup-epochs", "1", "--batch-size", "8",
+                       "--validation-data", str(image_folder)])
+    assert f"Saved {output} (2 classes" in proc.stdout and "val_accuracy=" in proc.stdout
+    assert output.exists()
+
+
+def test_fine_tune_bad_input(tiny_checkpoint, image_folder, tmp_path):
+    with pytest.raises(ValueError, match="`epochs` must be an int >= 0. Received: epochs=-1"):
+        W.fine_tune(tiny_checkpoint, image_folder, epochs=-1)
+    with pytest.raises(ValueError, match="Nothing to train"):
+        W.fine_tune(tiny_checkpoint, image_folder, epochs=0, warmup_epochs=0)
+    with pytest.raises(ValueError, match="`output` must end with '.keras'"):
+        W.fine_tune(tiny_checkpoint, image_folder, output=tmp_path / "m.h5")
+    with pytest.raises(ValueError, match="is not a folder of class sub-folders"):
+        W.fine_tune(tiny_checkpoint, str(tmp_path / "missing" / "dir"))
+    with pytest.raises(ValueError, match="Cannot load the TFDS data set 'no_such_dataset_xyz'"):
+        W.fine_tune(tiny_checkpoint, "no_such_dataset_xyz")
+    with pytest.raises(ValueError, match="`data` must be an image folder"):
+        W.fine_tune(tiny_checkpoint, 42)
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((np.zeros((2, 16, 16, 3), "float32"), [0, 1])).batch(2)
+    with pytest.raises(ValueError, match="`num_classes` is required"):
+        W.fine_tune(tiny_checkpoint, dataset)
