@@ -150,8 +150,12 @@ def _read_npz(path):
 def _read_safetensors(path):
     from safetensors import safe_open
 
-    with safe_open(path, framework="np") as f:
-        return {name: f.get_tensor(name) for name in f.keys()}
+    try:
+        with safe_open(path, framework="np") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except TypeError:  # bfloat16, which numpy lacks: read through torch
+        with safe_open(path, framework="pt") as f:
+            return _state_dict_to_numpy({name: f.get_tensor(name) for name in f.keys()}, path)
 
 
 def _read_torch(path):
@@ -269,12 +273,21 @@ TIMM_RULES = (
     (r"pre_logits\.fc\.bias", "pre_logits/bias", _same),
     (r"head\.weight", "head/kernel", _dense_kernel),
     (r"head\.bias", "head/bias", _same),
+    # attention pooling ("map"); heads are split to the model's in `assign_weights`
+    (r"attn_pool\.latent", "map_pooling/probe", _same),
+    (r"attn_pool\.(q|kv|proj)\.weight", r"map_pooling/attention/\1/kernel", _dense_kernel),
+    (r"attn_pool\.(q|kv|proj)\.bias", r"map_pooling/attention/\1/bias", _same),
+    (r"attn_pool\.norm\.weight", "map_pooling/norm/gamma", _same),
+    (r"attn_pool\.norm\.bias", "map_pooling/norm/beta", _same),
+    (r"attn_pool\.mlp\.fc([12])\.weight", r"map_pooling/mlp_dense\1/kernel", _dense_kernel),
+    (r"attn_pool\.mlp\.fc([12])\.bias", r"map_pooling/mlp_dense\1/bias", _same),
 )
 TIMM_UNSUPPORTED = (
     (r"fc_norm\..*", "timm's fc_norm (a LayerNorm after average pooling) has no "
      "counterpart in build_vit, which normalises before pooling (timm's fc_norm=False)."),
     (r"norm_pre\..*", "a LayerNorm before the blocks (CLIP-style) has no counterpart in build_vit."),
-    (r"attn_pool\..*", "timm's attention pooling is not converted; .npz MAPHead checkpoints are."),
+    (r"attn_pool\.(q_norm|k_norm)\..*", "query/key norms in timm's attention pooling have no "
+     "counterpart in build_vit's map pooling."),
 )
 
 
@@ -295,7 +308,28 @@ def convert_timm(state_dict):
     """
     converted = _apply_rules(_state_dict_to_numpy(state_dict, "state_dict"), TIMM_RULES, TIMM_UNSUPPORTED)
     _embed_class_position(converted)
+    _rename_map_attention(converted)
     return converted
+
+
+def _rename_map_attention(converted):
+    """timm's attention pooling has a query Linear, a fused key/value Linear
+    and `proj`; Keras' MultiHeadAttention has query, key, value and
+    attention_output. The kernels stay (in, out) here; `assign_weights`
+    splits them into the model's heads."""
+    tensors, sources = converted.tensors, converted.sources
+    base = "map_pooling/attention/"
+    for kind in ("kernel", "bias"):
+        renames = {f"{base}q/{kind}": f"{base}query/{kind}", f"{base}proj/{kind}": f"{base}attention_output/{kind}"}
+        for old, new in renames.items():
+            if old in tensors:
+                tensors[new], sources[new] = tensors.pop(old), sources.pop(old)
+        fused = f"{base}kv/{kind}"
+        if fused in tensors:
+            key, value = np.split(tensors.pop(fused), 2, axis=-1)
+            source = sources.pop(fused)
+            tensors[f"{base}key/{kind}"], tensors[f"{base}value/{kind}"] = key, value
+            sources[f"{base}key/{kind}"] = sources[f"{base}value/{kind}"] = source
 
 
 def _embed_class_position(converted):
@@ -457,6 +491,16 @@ def fit_position_embedding(table, new_grid, has_cls_token):
     return np.concatenate([table[:, :prefix].astype("float32"), resampled], axis=1)
 
 
+def _split_heads(variables, converted):
+    """Reshapes flat attention-pooling projections, e.g. (D, D) from timm, to
+    the model's per-head layout, e.g. (D, heads, head_dim)."""
+    for path, value in converted.tensors.items():
+        if path.startswith("map_pooling/attention/") and path in variables:
+            shape = tuple(variables[path].shape)
+            if value.shape != shape and value.size == math.prod(shape):
+                converted.tensors[path] = value.reshape(shape)
+
+
 def _head_part(path):
     return path.split("/", 1)[0] in HEAD_PARTS
 
@@ -533,6 +577,7 @@ def assign_weights(model, converted, replace_head=False):
         converted.tensors[pos_path] = fit_position_embedding(
             converted.tensors[pos_path], encoder.grid_size, encoder.use_cls_token
         )
+    _split_heads(variables, converted)
     backbone = sorted(p for p in variables if not _head_part(p))
     missing = [p for p in backbone if p not in converted.tensors]
     extra = sorted(p for p in converted.tensors if not _head_part(p) and p not in variables)
