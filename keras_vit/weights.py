@@ -85,7 +85,7 @@ def detect_format(path):
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
         except (zipfile.BadZipFile, OSError) as err:
-            raise ValueError(
+            raise CheckpointError(
                 f"The checkpoint {path!r} looks like a zip archive (.npz or "
                 f"PyTorch) but cannot be read; it is probably truncated or "
                 f"corrupt ({err})."
@@ -98,7 +98,7 @@ def detect_format(path):
         return "torch"
     elif len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
         return "safetensors"
-    raise ValueError(
+    raise CheckpointError(
         f"Unknown checkpoint format for {path!r}. Accepted formats: "
         f"{', '.join(FORMATS)} (the original ViT .npz files, .safetensors, "
         f"and PyTorch .pth/.pt/.bin state dicts)."
@@ -128,7 +128,7 @@ def read_checkpoint(path):
     except (CheckpointError, FileNotFoundError):
         raise
     except Exception as err:  # each library raises its own error types
-        raise ValueError(
+        raise CheckpointError(
             f"Could not read the {fmt} checkpoint {os.fspath(path)!r}: it is "
             f"truncated, corrupt or not a checkpoint ({type(err).__name__}: {err})."
         ) from err
@@ -231,7 +231,7 @@ def _apply_rules(arrays, rules, unsupported):
     for name, value in arrays.items():
         for pattern, hint in unsupported:
             if re.fullmatch(pattern, name):
-                raise ValueError(f"Checkpoint tensor {name!r} is not supported: {hint}")
+                raise CheckpointError(f"Checkpoint tensor {name!r} is not supported: {hint}")
         for pattern, target, transform in rules:
             match = re.fullmatch(pattern, name)
             if match:
@@ -242,7 +242,7 @@ def _apply_rules(arrays, rules, unsupported):
         else:
             unknown.append(name)
     if unknown:
-        raise ValueError(
+        raise CheckpointError(
             f"The checkpoint has tensors that no build_vit layer takes: "
             f"{', '.join(sorted(unknown)[:10])}{' ...' if len(unknown) > 10 else ''}"
         )
@@ -345,7 +345,7 @@ def _embed_class_position(converted):
             [np.zeros_like(pos[:, :1]), pos], axis=1
         )
     elif "patch_encoder/registers" in tensors:
-        raise ValueError(
+        raise CheckpointError(
             "Register tokens with their own position embeddings (timm's "
             "no_embed_class=False) are not supported: build_vit gives "
             "registers no position."
@@ -443,7 +443,7 @@ def _fuse_qkv(converted):
         parts = [base + ":" + part for part in ("query", "key", "value")]
         missing = [p for p in parts if p not in tensors]
         if missing:
-            raise ValueError(f"The checkpoint lacks {', '.join(missing)} beside {sources[path]!r}.")
+            raise CheckpointError(f"The checkpoint lacks {', '.join(missing)} beside {sources[path]!r}.")
         tensors[base] = np.concatenate([tensors.pop(p) for p in parts], axis=-1)
         sources[base] = " + ".join(sources.pop(p) for p in parts)
 
@@ -456,7 +456,7 @@ def _fuse_qkv(converted):
 def _grid_of(rows, name):
     side = math.isqrt(rows)
     if side * side != rows:
-        raise ValueError(
+        raise CheckpointError(
             f"Cannot infer the patch grid of {name!r}: {rows} position rows "
             f"are not a square grid. Pass the checkpoint's `image_size`."
         )
@@ -509,7 +509,7 @@ def _check_shapes(variables, converted, paths):
     for path in paths:
         want, got = tuple(variables[path].shape), tuple(converted.tensors[path].shape)
         if want != got:
-            raise ValueError(
+            raise CheckpointError(
                 f"Shape mismatch for tensor {converted.sources[path]!r} (model "
                 f"variable {path!r}): the checkpoint has shape {got}, the "
                 f"model expects {want}."
@@ -570,6 +570,7 @@ def assign_weights(model, converted, replace_head=False):
     Example:
     >>> loaded = assign_weights(model, convert_timm(state_dict))
     """
+    converted = dataclasses.replace(converted, tensors=dict(converted.tensors))  # left unchanged
     variables = {v.path: v for v in model.weights}
     pos_path = "patch_encoder/position_embedding"
     if pos_path in variables and pos_path in converted.tensors:
@@ -582,7 +583,7 @@ def assign_weights(model, converted, replace_head=False):
     missing = [p for p in backbone if p not in converted.tensors]
     extra = sorted(p for p in converted.tensors if not _head_part(p) and p not in variables)
     if missing or extra:
-        raise ValueError(
+        raise CheckpointError(
             "The checkpoint does not match the model's architecture. "
             + (f"Missing from the checkpoint ({len(missing)}): {', '.join(missing[:8])}. " if missing else "")
             + (
@@ -627,7 +628,7 @@ def load_npz(model, path, replace_head=False):
     """
     fmt, arrays = read_checkpoint(path)
     if fmt != "npz":
-        raise ValueError(f"`load_npz` expects a .npz file; {os.fspath(path)!r} is a {fmt} file. Use `load_timm`.")
+        raise CheckpointError(f"`load_npz` expects a .npz file; {os.fspath(path)!r} is a {fmt} file. Use `load_timm`.")
     assign_weights(model, convert_npz(arrays), replace_head)
     return model
 
@@ -654,7 +655,7 @@ def load_timm(model, path_or_state_dict, replace_head=False):
     if not isinstance(state, dict):
         fmt, state = read_checkpoint(state)
         if fmt == "npz":
-            raise ValueError(f"{os.fspath(path_or_state_dict)!r} is a .npz file; use `load_npz`.")
+            raise CheckpointError(f"{os.fspath(path_or_state_dict)!r} is a .npz file; use `load_npz`.")
     assign_weights(model, convert_timm(state), replace_head)
     return model
 
@@ -706,7 +707,7 @@ def infer_config(converted, num_heads=None, image_size=None):
 
     def shape(path):
         if path not in t:
-            raise ValueError(f"The checkpoint lacks {path!r}; it is not a ViT checkpoint.")
+            raise CheckpointError(f"The checkpoint lacks {path!r}; it is not a ViT checkpoint.")
         return t[path].shape
 
     ph, pw, channels, dim = shape("patch_encoder/projection/kernel")

@@ -267,12 +267,30 @@ def test_resolution_change_resamples_positions_like_timm(timm_vit, tmp_path):
     old = source.pos_embed.detach().numpy()
     assert table.shape == (1, 1 + 6 * 6, 16)
     np.testing.assert_array_equal(table[:, 0], old[:, 0])
-    # bicubic resampling: the new grid's mean row stays close, and the
-    # embedding is not just the old table repeated.
-    expected = W.L.resample_posemb(old[:, 1:], (6, 6), (4, 4))
+    # the patch rows go through the core's bicubic grid resampling
+    expected = W.L.resample_posemb(old[:, 1:], (6, 6), (4, 4), "bicubic")
     np.testing.assert_allclose(table[:, 1:], np.asarray(expected), atol=1e-6)
     images = pixels(24, 24)
     assert model.predict(images, verbose=0).shape == (2, 3)
+
+
+def test_resampled_positions_follow_the_grid():
+    """Resampling works on the 2-D grid: a table that is constant stays
+    constant, and one that ramps along the rows (a linear function of the
+    row's centre) gives the ramp's values at the new rows' centres, away
+    from the clamped border."""
+    old_grid, new_grid = (4, 4), (8, 8)
+    rows = np.repeat(np.arange(4.0), 4)  # row index of every patch
+    table = np.stack([np.full(16, 0.7), rows], axis=-1)[None].astype("float32")
+    table = np.concatenate([np.full((1, 1, 2), 9.0, "float32"), table], axis=1)  # class row
+    out = W.fit_position_embedding(table, new_grid, has_cls_token=True)
+    assert out.shape == (1, 1 + 64, 2)
+    np.testing.assert_array_equal(out[0, 0], [9.0, 9.0])
+    np.testing.assert_allclose(out[0, 1:, 0], 0.7, atol=1e-6)
+    grid = out[0, 1:, 1].reshape(new_grid)
+    centres = (np.arange(8) + 0.5) * 4 / 8 - 0.5  # new row centres in old row units
+    np.testing.assert_allclose(grid[3:5], np.repeat(centres[3:5, None], 8, axis=1), atol=1e-5)
+    assert np.allclose(grid, grid[:, :1])  # no change along the columns
 
 
 def test_new_head_when_num_classes_differs(timm_vit, tmp_path):
