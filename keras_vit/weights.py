@@ -16,7 +16,8 @@ Loading goes in three steps, each a small function:
    only then assigns, so a model is never left partly loaded.
 
 `from_checkpoint` infers the architecture from the file and builds the model;
-`fine_tune` trains a new head (and then the whole network) on a new data set.
+`fine_tune` trains a new head (and then the whole network) on a new data set
+with `keras_vit.data.load_data` and the recipe of `keras_vit.training`.
 """
 
 import dataclasses
@@ -805,97 +806,10 @@ def from_checkpoint(path, num_classes=None, image_size=None, *, num_heads=None, 
 
 
 # --------------------------------------------------------------------------
-# Fine-tuning: new head, optional frozen warm-up, then the whole network.
+# Fine-tuning: new head, optional frozen-backbone stage, then everything,
+# with the data pipeline of `keras_vit.data` and the recipe of
+# `keras_vit.training`.
 # --------------------------------------------------------------------------
-
-
-def _image_folder(path, image_size, batch_size, shuffle, seed):
-    import keras
-
-    dataset = keras.utils.image_dataset_from_directory(
-        path, labels="inferred", label_mode="int", image_size=tuple(image_size),
-        batch_size=batch_size, shuffle=shuffle, seed=seed, verbose=False,
-    )
-    return dataset, len(dataset.class_names)
-
-
-def _tfds_dataset(name, split, image_size, batch_size, shuffle, seed):
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    try:
-        dataset, info = tfds.load(name, split=split, as_supervised=True, with_info=True, download=False)
-    except Exception as err:  # not prepared locally, unknown name, bad split
-        raise ValueError(
-            f"Cannot load the TFDS data set {name!r} (split {split!r}) from the local "
-            f"TFDS directory; nothing is downloaded. Prepare it first, or pass an image "
-            f"folder. ({type(err).__name__}: {err})"
-        ) from err
-
-    def prepare(image, label):
-        image = tf.image.resize(tf.cast(image, "float32"), image_size)
-        if image.shape[-1] == 1:
-            image = tf.image.grayscale_to_rgb(image)
-        return image, label
-
-    if shuffle:
-        dataset = dataset.shuffle(1024, seed=seed)
-    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-    return dataset.prefetch(tf.data.AUTOTUNE), info.features["label"].num_classes
-
-
-def as_dataset(data, image_size, batch_size=32, split="train", shuffle=True, seed=0):
-    """Batches of (images in [0, 255], int labels) and the class count.
-
-    Args:
-        data: a folder with one sub-folder of images per class, a TFDS
-            name (prepared locally: nothing is downloaded), or a batched
-            `tf.data.Dataset` of (images, labels).
-        image_size: (h, w) the images are resized to.
-        batch_size: int.
-        split: TFDS split, e.g. "train" or "train[:90%]".
-        shuffle: bool.
-        seed: int shuffle seed.
-
-    Returns:
-        (dataset, num_classes); num_classes is None for a `tf.data.Dataset`.
-
-    Example:
-    >>> train, classes = as_dataset("flowers/train", (224, 224))
-    """
-    import tensorflow as tf
-
-    if isinstance(data, tf.data.Dataset):
-        return data, None
-    if not isinstance(data, (str, os.PathLike)):
-        raise ValueError(
-            f"`data` must be an image folder, a TFDS name or a tf.data.Dataset. "
-            f"Received: data={data!r}"
-        )
-    if os.path.isdir(data):
-        return _image_folder(os.fspath(data), image_size, batch_size, shuffle, seed)
-    if os.path.sep in os.fspath(data) or os.path.exists(data):
-        raise ValueError(f"`data` {os.fspath(data)!r} is not a folder of class sub-folders.")
-    return _tfds_dataset(data, split, image_size, batch_size, shuffle, seed)
-
-
-def _compile(model, learning_rate, steps, weight_decay, label_smoothing):
-    import keras
-
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(steps, 1)) if steps else learning_rate
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay, global_clipnorm=1.0),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
-        if label_smoothing
-        else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-
-
-def _one_hot(dataset, num_classes):
-    import tensorflow as tf
-
-    return dataset.map(lambda x, y: (x, tf.one_hot(tf.cast(y, "int32"), num_classes)))
 
 
 def set_backbone_trainable(model, trainable):
@@ -909,125 +823,124 @@ def set_backbone_trainable(model, trainable):
             layer.trainable = trainable
 
 
-def _save_atomically(model, path):
-    path = os.fspath(path)
-    if not path.endswith(".keras"):
-        raise ValueError(f"`output` must end with '.keras'. Received: output={path!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _check_epochs(value, name):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"`{name}` must be an int >= 0. Received: {name}={value!r}")
 
 
-def fine_tune(checkpoint, data, *, num_classes=None, image_size=None, epochs=3, warmup_epochs=1,
-              batch_size=32, learning_rate=1e-4, head_learning_rate=1e-3, weight_decay=1e-4,
-              label_smoothing=0.0, validation_data=None, split="train", output=None,
-              num_heads=None, seed=0, verbose=1, **build_kwargs):
+def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, epochs=3,
+              frozen_epochs=1, batch_size=32, learning_rate=1e-4, head_learning_rate=1e-3,
+              weight_decay=0.05, warmup_epochs=0, label_smoothing=0.1, augment=None,
+              validation_split=0.1, test_split=0.2, data_dir=None, num_heads=None,
+              keep_pre_logits=True, seed=0, resume="auto", verbose="auto", **build_kwargs):
     """Fine-tunes a pretrained checkpoint on a new data set.
 
-    Loads the checkpoint with a new head (`from_checkpoint`, positions
+    Loads the checkpoint with a new head (`from_checkpoint`; positions are
     resampled when `image_size` differs), trains the head alone for
-    `warmup_epochs` with the backbone frozen, then the whole network for
-    `epochs` with AdamW, a cosine-decayed learning rate and gradient
-    clipping at global norm 1.
+    `frozen_epochs` with the backbone frozen, then the whole network for
+    `epochs`, both with `keras_vit.training.train` (AdamW, warmup + cosine,
+    label smoothing, gradient clipping, resumable run directories). Data
+    come from `keras_vit.data.load_data`.
 
     Args:
         checkpoint: `.npz`, `.safetensors` or PyTorch checkpoint file.
-        data: image folder (one sub-folder per class), TFDS name (prepared
-            locally) or batched `tf.data.Dataset` of (images, int labels).
-        num_classes: classes of the new head; read from the folder or TFDS
-            when None (required for a `tf.data.Dataset`).
+        data: an image folder (`root/<class>/*.png`, or with train/val/test
+            sub-folders), a TFDS name read from `data_dir` (nothing is
+            downloaded), "digits", or `load_data`'s tuple.
+        run_dir: run directory; the head-only stage runs in `run_dir/head`.
+            The final model is `run_dir/model.keras`.
+        num_classes: classes of the new head; None takes the data's.
         image_size: int or (h, w); None keeps the checkpoint's.
         epochs: int >= 0, epochs of full fine-tuning.
-        warmup_epochs: int >= 0, head-only epochs first (0: no warm-up).
+        frozen_epochs: int >= 0, head-only epochs first (0: none).
         batch_size: int.
         learning_rate: peak learning rate of the full fine-tuning.
-        head_learning_rate: learning rate of the head-only warm-up.
-        weight_decay: AdamW weight decay.
-        label_smoothing: float in [0, 1).
-        validation_data: optional folder, TFDS split name of `data` (e.g.
-            "test") or `tf.data.Dataset`, evaluated after each epoch.
-        split: TFDS split of the training data.
-        output: optional `.keras` path; written atomically at the end.
+        head_learning_rate: learning rate of the head-only stage.
+        weight_decay, warmup_epochs, label_smoothing: the recipe, see
+            `keras_vit.training.train` (warmup_epochs is learning-rate warmup
+            of the full stage).
+        augment, validation_split, test_split, data_dir: see `load_data`.
         num_heads: heads, for timm files of non-standard width.
+        keep_pre_logits: bool, keep the checkpoint's pre-logits layer.
         seed: int.
-        verbose: Keras `fit` verbosity.
+        resume: "auto", True or False, as in `train`.
+        verbose: `fit` verbosity.
         **build_kwargs: other `build_vit` arguments (dropout, drop_path_rate, ...).
 
     Returns:
-        (model, history) where history maps metric names to per-epoch
-        values, warm-up epochs first.
+        A `keras_vit.training.TrainResult` of the last stage whose
+        `history` lists the head-only epochs first (each row has a "stage").
 
     Example:
-    >>> model, history = fine_tune("ViT-B_16.npz", "flowers/train", image_size=384,
-    ...                            output="flowers.keras")
+    >>> result = fine_tune("ViT-B_16.npz", "flowers", run_dir="runs/flowers", image_size=384)
+    >>> result.test_metrics["accuracy"]
     """
+    from keras_vit.data import DataInfo, load_data
+    from keras_vit.training import TrainResult, train
+
+    _check_epochs(epochs, "epochs")
+    _check_epochs(frozen_epochs, "frozen_epochs")
+    if epochs + frozen_epochs == 0:
+        raise ValueError("Nothing to train: `epochs` and `frozen_epochs` are both 0.")
+    converted = convert_file(checkpoint)
+    ckpt_config = infer_config(converted, num_heads)
+    size = ckpt_config["image_size"] if image_size is None else L.pair(image_size, "image_size")
+    if isinstance(data, (tuple, list)) and len(data) == 4 and isinstance(data[3], DataInfo):
+        splits = tuple(data)
+    else:
+        splits = load_data(
+            data, size, batch_size, validation_split=validation_split, test_split=test_split,
+            seed=seed, augment=augment, channels=ckpt_config["channels"], data_dir=data_dir,
+            label_mode="categorical" if label_smoothing else "int",
+        )
+    num_classes = num_classes or splits[3].num_classes
     import keras
 
-    for value, name in ((epochs, "epochs"), (warmup_epochs, "warmup_epochs")):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"`{name}` must be an int >= 0. Received: {name}={value!r}")
-    if epochs + warmup_epochs == 0:
-        raise ValueError("Nothing to train: `epochs` and `warmup_epochs` are both 0.")
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
-    L.check_rate(label_smoothing, "label_smoothing")
-    if output is not None and not os.fspath(output).endswith(".keras"):
-        raise ValueError(f"`output` must end with '.keras'. Received: output={os.fspath(output)!r}")
-    converted = convert_file(checkpoint)
-    size = L.pair(image_size, "image_size") if image_size is not None else infer_config(converted, num_heads)["image_size"]
-    train, found_classes = as_dataset(data, size, batch_size, split, True, seed)
-    num_classes = num_classes or found_classes
-    if not num_classes:
-        raise ValueError("`num_classes` is required when `data` is a tf.data.Dataset.")
-    if validation_data is not None:
-        is_split = isinstance(validation_data, str) and not os.path.exists(validation_data) \
-            and isinstance(data, str) and not os.path.isdir(data)
-        validation_data, _ = as_dataset(data if is_split else validation_data, size, batch_size,
-                                        validation_data if is_split else split, False, seed)
-    if label_smoothing:
-        train = _one_hot(train, num_classes)
-        validation_data = None if validation_data is None else _one_hot(validation_data, num_classes)
     keras.utils.set_random_seed(seed)
-    model = from_checkpoint(converted, num_classes=num_classes, image_size=image_size,
-                            num_heads=num_heads, **build_kwargs)
-    history = {}
-
-    def run(stage_epochs, lr, decay_steps):
-        _compile(model, lr, decay_steps, weight_decay, label_smoothing)
-        fitted = model.fit(train, epochs=stage_epochs, validation_data=validation_data, verbose=verbose)
-        for key, values in fitted.history.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
-
-    if warmup_epochs:
+    model = from_checkpoint(converted, num_classes=num_classes, image_size=size, num_heads=num_heads,
+                            keep_pre_logits=keep_pre_logits, **build_kwargs)
+    common = dict(weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed,
+                  resume=resume, verbose=verbose,
+                  config=dict(checkpoint=os.path.abspath(os.fspath(checkpoint)), num_classes=num_classes,
+                              image_size=list(size)))
+    history = []
+    result = None
+    if frozen_epochs:
         set_backbone_trainable(model, False)
-        run(warmup_epochs, head_learning_rate, 0)
+        result = train(model, splits, epochs=frozen_epochs, run_dir=os.path.join(run_dir, "head"),
+                       learning_rate=head_learning_rate, **common)
+        history += [dict(row, stage="head") for row in result.history]
         set_backbone_trainable(model, True)
     if epochs:
-        steps = int(train.cardinality()) * epochs if int(train.cardinality()) > 0 else 0
-        run(epochs, learning_rate, steps)
-    if output is not None:
-        _save_atomically(model, output)
-    return model, history
+        result = train(model, splits, epochs=epochs, run_dir=run_dir, learning_rate=learning_rate,
+                       warmup_epochs=warmup_epochs, **common)
+        history += [dict(row, stage="full") for row in result.history]
+    return TrainResult(model=result.model, history=history, test_metrics=result.test_metrics,
+                       run_dir=result.run_dir, initial_epoch=result.initial_epoch)
 
 
 def _finetune_command(args):
-    model, history = fine_tune(
-        args.checkpoint, args.data, num_classes=args.num_classes,
-        image_size=args.image_size, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+    result = fine_tune(
+        args.checkpoint, args.data, run_dir=args.run_dir, num_classes=args.num_classes,
+        image_size=args.image_size, epochs=args.epochs, frozen_epochs=args.frozen_epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate,
-        head_learning_rate=args.head_learning_rate, label_smoothing=args.label_smoothing,
-        validation_data=args.validation_data, split=args.split, output=args.output,
-        num_heads=args.num_heads, seed=args.seed, verbose=2,
+        head_learning_rate=args.head_learning_rate, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        augment=args.augment, validation_split=args.validation_split, test_split=args.test_split,
+        data_dir=args.data_dir, num_heads=args.num_heads, seed=args.seed, verbose=2,
     )
-    summary = ", ".join(f"{k}={v[-1]:.4f}" for k, v in history.items())
-    print(f"Saved {args.output} ({model.output_shape[-1]} classes; last epoch: {summary})")
+    metrics = result.test_metrics or {}
+    summary = ", ".join(f"test {k}={v:.4f}" for k, v in metrics.items())
+    print(f"Saved {os.path.join(result.run_dir, 'model.keras')} "
+          f"({result.model.output_shape[-1]} classes, {len(result.history)} epochs{'; ' + summary if summary else ''})")
     return 0
+
+
+def _augment_arg(value):
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def add_cli(subparsers):
@@ -1039,22 +952,27 @@ def add_cli(subparsers):
     parser = subparsers.add_parser(
         "finetune",
         help="Fine-tune a pretrained checkpoint (.npz, .safetensors, .pth) on an image folder or TFDS name.",
-        description="Loads CHECKPOINT with a new head, warms the head up with the backbone frozen, "
-        "then fine-tunes everything and writes a .keras model.",
+        description="Loads CHECKPOINT with a new head, trains the head with the backbone frozen, "
+        "then fine-tunes everything with the training recipe; the model is RUN_DIR/model.keras. "
+        "Re-running the same command resumes.",
     )
     parser.add_argument("checkpoint", help="a .npz, .safetensors or .pth/.bin checkpoint file")
-    parser.add_argument("data", help="an image folder (one sub-folder per class) or a local TFDS name")
-    parser.add_argument("--output", "-o", required=True, help="the .keras file to write")
+    parser.add_argument("data", help="an image folder (one sub-folder per class), a local TFDS name or 'digits'")
+    parser.add_argument("--run-dir", required=True, help="run directory (the model is RUN_DIR/model.keras)")
     parser.add_argument("--num-classes", type=int, help="default: from the data")
-    parser.add_argument("--image-size", type=int, help="default: the checkpoint's")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--warmup-epochs", type=int, default=1, help="head-only epochs first (0: none)")
+    parser.add_argument("--image-size", type=int, help="default: the checkpoint's (positions are resampled)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of full fine-tuning")
+    parser.add_argument("--frozen-epochs", type=int, default=1, help="head-only epochs first (0: none)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--head-learning-rate", type=float, default=1e-3)
-    parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--validation-data", help="a folder, or a TFDS split such as 'test'")
-    parser.add_argument("--split", default="train", help="TFDS split of the training data")
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--warmup-epochs", type=float, default=0, help="learning-rate warmup of the full stage")
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--augment", type=_augment_arg, help="augmentation name or strength (see keras-vit train)")
+    parser.add_argument("--validation-split", type=float, default=0.1)
+    parser.add_argument("--test-split", type=float, default=0.2)
+    parser.add_argument("--data-dir", help="TFDS data directory")
     parser.add_argument("--num-heads", type=int, help="heads, for timm files of non-standard width")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_finetune_command)

@@ -466,29 +466,33 @@ def weights_of(model, prefix):
     return {v.path: v.numpy().copy() for v in model.weights if v.path.startswith(prefix)}
 
 
-def test_warmup_trains_only_the_new_head(tiny_checkpoint, image_folder):
+def test_frozen_stage_trains_only_the_new_head(tiny_checkpoint, image_folder, tmp_path):
     pretrained = W.from_checkpoint(tiny_checkpoint)
-    model, history = W.fine_tune(tiny_checkpoint, image_folder, epochs=0, warmup_epochs=2,
-                                 batch_size=8, verbose=0)
+    result = W.fine_tune(tiny_checkpoint, image_folder, run_dir=tmp_path / "run", epochs=0,
+                         frozen_epochs=2, batch_size=8, test_split=0.25, verbose=0)
+    model = result.model
     assert model.output_shape == (None, 2)  # two class folders
     for path, value in weights_of(pretrained, "encoder_block").items():
         np.testing.assert_array_equal(weights_of(model, path)[path], value)
-    assert len(history["loss"]) == 2
+    assert [row["stage"] for row in result.history] == ["head", "head"]
+    assert (tmp_path / "run" / "head" / "model.keras").exists()
 
 
 def test_fine_tune_at_a_new_resolution_learns_and_saves(tiny_checkpoint, image_folder, tmp_path):
     pretrained = W.from_checkpoint(tiny_checkpoint)
-    output = tmp_path / "out" / "tuned.keras"
-    model, history = W.fine_tune(tiny_checkpoint, image_folder, image_size=20, epochs=4, warmup_epochs=1,
-                                 batch_size=8, learning_rate=1e-3, output=output, verbose=0,
-                                 label_smoothing=0.1)
+    run_dir = tmp_path / "run"
+    result = W.fine_tune(tiny_checkpoint, image_folder, run_dir=run_dir, image_size=20, epochs=4,
+                         frozen_epochs=1, batch_size=8, learning_rate=1e-3, test_split=0.25, verbose=0)
+    model = result.model
     assert model.input_shape == (None, 20, 20, 3)
     assert model.get_layer("patch_encoder").position_embedding.shape == (1, 1 + 25, 16)
-    assert history["loss"][-1] < history["loss"][0]
+    assert [row["stage"] for row in result.history] == ["head"] + ["full"] * 4
+    losses = [row["loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+    assert "accuracy" in result.test_metrics
     before = weights_of(pretrained, "encoder_block_0/attention/qkv/kernel")
     after = weights_of(model, "encoder_block_0/attention/qkv/kernel")
     assert not np.allclose(before["encoder_block_0/attention/qkv/kernel"], after["encoder_block_0/attention/qkv/kernel"])
-    assert [p.name for p in output.parent.iterdir()] == ["tuned.keras"]
     # The saved model (resampled positions, new head) reloads in a fresh
     # process (importing keras_vit, no custom_objects) with the same logits.
     images = pixels(20, 20)
@@ -500,35 +504,28 @@ def test_fine_tune_at_a_new_resolution_learns_and_saves(tiny_checkpoint, image_f
         "m = keras.models.load_model(sys.argv[2]);"
         "np.testing.assert_allclose(m.predict(np.load(d + '/x.npy'), verbose=0), np.load(d + '/y.npy'), atol=1e-5);"
         "print('classes', m.output_shape[-1])",
-        str(tmp_path), str(output),
+        str(tmp_path), str(run_dir / "model.keras"),
     ])
     assert "classes 2" in proc.stdout
 
 
 def test_finetune_command(tiny_checkpoint, image_folder, tmp_path):
-    output = tmp_path / "cli.keras"
+    run_dir = tmp_path / "cli"
     proc = run_python(["-m", "keras_vit.cli", "finetune", str(tiny_checkpoint), str(image_folder),
-                       "--output", str(output), "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8",
-                       "--validation-data", str(image_folder)])
-    assert f"Saved {output} (2 classes" in proc.stdout and "val_accuracy=" in proc.stdout
-    assert output.exists()
+                       "--run-dir", str(run_dir), "--epochs", "1", "--frozen-epochs", "0",
+                       "--batch-size", "8", "--test-split", "0.25"])
+    assert f"Saved {run_dir / 'model.keras'} (2 classes, 1 epochs; test accuracy=" in proc.stdout
+    assert (run_dir / "history.csv").exists()
 
 
 def test_fine_tune_bad_input(tiny_checkpoint, image_folder, tmp_path):
+    run = dict(run_dir=tmp_path / "run")
     with pytest.raises(ValueError, match="`epochs` must be an int >= 0. Received: epochs=-1"):
-        W.fine_tune(tiny_checkpoint, image_folder, epochs=-1)
+        W.fine_tune(tiny_checkpoint, image_folder, epochs=-1, **run)
     with pytest.raises(ValueError, match="Nothing to train"):
-        W.fine_tune(tiny_checkpoint, image_folder, epochs=0, warmup_epochs=0)
-    with pytest.raises(ValueError, match="`output` must end with '.keras'"):
-        W.fine_tune(tiny_checkpoint, image_folder, output=tmp_path / "m.h5")
-    with pytest.raises(ValueError, match="is not a folder of class sub-folders"):
-        W.fine_tune(tiny_checkpoint, str(tmp_path / "missing" / "dir"))
-    with pytest.raises(ValueError, match="Cannot load the TFDS data set 'no_such_dataset_xyz'"):
-        W.fine_tune(tiny_checkpoint, "no_such_dataset_xyz")
-    with pytest.raises(ValueError, match="`data` must be an image folder"):
-        W.fine_tune(tiny_checkpoint, 42)
-    import tensorflow as tf
-
-    dataset = tf.data.Dataset.from_tensor_slices((np.zeros((2, 16, 16, 3), "float32"), [0, 1])).batch(2)
-    with pytest.raises(ValueError, match="`num_classes` is required"):
-        W.fine_tune(tiny_checkpoint, dataset)
+        W.fine_tune(tiny_checkpoint, image_folder, epochs=0, frozen_epochs=0, **run)
+    with pytest.raises(ValueError, match="Unknown checkpoint format"):
+        W.fine_tune(image_folder / "dark" / "0.png", image_folder, **run)
+    with pytest.raises(ValueError, match="`source` must be"):
+        W.fine_tune(tiny_checkpoint, 42, **run)
+    assert not (tmp_path / "run").exists()
