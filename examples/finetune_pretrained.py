@@ -3,15 +3,18 @@
 With a real checkpoint (nothing is downloaded; pass files you have):
 
     python examples/finetune_pretrained.py --checkpoint ViT-B_16.npz \
-        --data flowers/train --validation-data flowers/val --image-size 384
+        --data flowers/ --image-size 384 --run-dir runs/flowers
 
     python examples/finetune_pretrained.py --checkpoint vit_small_patch16_224.safetensors \
-        --data flowers/train --num-heads 6
+        --data tf_flowers --run-dir runs/tf_flowers   # a TFDS name prepared locally
 
-`--demo` runs the same steps offline in seconds: it writes a small random
-checkpoint in the original ViT .npz naming (a stand-in for a real one) and
-an image folder of scikit-learn's digits, then fine-tunes at a new
-resolution and prints the accuracy.
+`flowers/` holds one sub-folder of images per class (or train/val/test
+folders of those). Re-running the same command resumes.
+
+`--demo` runs the same steps offline in about a minute: it writes a small
+random checkpoint in the original ViT .npz naming (a stand-in for a real
+one) and an image folder of scikit-learn's digits, then fine-tunes at a new
+resolution and prints the test accuracy.
 """
 
 import argparse
@@ -51,9 +54,8 @@ def write_demo_checkpoint(path, dim=32, depth=2, heads=4, mlp=64, patch=4, grid=
     return path
 
 
-def write_digits_folders(root, size=16, train_per_class=40, val_per_class=20):
-    """scikit-learn's 8 x 8 digits as RGB PNGs, one sub-folder per class, in
-    separate train and val folders (different images)."""
+def write_digits_folder(root, size=16, per_class=60):
+    """scikit-learn's 8 x 8 digits as RGB PNGs, one sub-folder per class."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -61,51 +63,53 @@ def write_digits_folders(root, size=16, train_per_class=40, val_per_class=20):
     counts = {}
     for image, label in zip(digits.images, digits.target):
         n = counts[label] = counts.get(label, 0) + 1
-        if n > train_per_class + val_per_class:
+        if n > per_class:
             continue
-        folder = os.path.join(root, "train" if n <= train_per_class else "val", str(label))
+        folder = os.path.join(root, str(label))
         os.makedirs(folder, exist_ok=True)
         pixels = (image / 16.0 * 255).astype("uint8")
         Image.fromarray(pixels).convert("RGB").resize((size, size), Image.NEAREST).save(
             os.path.join(folder, f"{n}.png")
         )
-    return os.path.join(root, "train"), os.path.join(root, "val")
+    return root
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help=".npz, .safetensors or .pth file")
     parser.add_argument("--data", help="image folder, one sub-folder per class, or a local TFDS name")
-    parser.add_argument("--validation-data")
+    parser.add_argument("--run-dir", default="runs/finetune")
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--num-heads", type=int)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--warmup-epochs", type=int, default=1)
+    parser.add_argument("--frozen-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--output", default="finetuned.keras")
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--demo", action="store_true", help="run offline on a random checkpoint and digits")
     args = parser.parse_args(argv)
 
     if args.demo:
         workdir = tempfile.mkdtemp(prefix="keras_vit_demo_")
         args.checkpoint = write_demo_checkpoint(os.path.join(workdir, "demo_vit.npz"))
-        args.data, args.validation_data = write_digits_folders(os.path.join(workdir, "digits"))
+        args.data = write_digits_folder(os.path.join(workdir, "digits"))
         args.image_size = args.image_size or 24  # the checkpoint is 16 px: positions are resampled
-        args.epochs, args.batch_size = max(args.epochs, 6), 32
-        args.output = os.path.join(workdir, "finetuned.keras")
+        args.epochs, args.learning_rate = max(args.epochs, 8), 2e-3
+        args.run_dir = os.path.join(workdir, "run")
     elif not (args.checkpoint and args.data):
         parser.error("pass --checkpoint and --data, or --demo")
 
-    model, history = weights.fine_tune(
-        args.checkpoint, args.data, image_size=args.image_size, epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
-        learning_rate=1e-3 if args.demo else 1e-4, validation_data=args.validation_data,
-        num_heads=args.num_heads, output=args.output, verbose=2,
+    result = weights.fine_tune(
+        args.checkpoint, args.data, run_dir=args.run_dir, image_size=args.image_size,
+        epochs=args.epochs, frozen_epochs=args.frozen_epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, num_heads=args.num_heads, verbose=2,
     )
-    print(f"saved {args.output}: input {model.input_shape[1:3]}, {model.output_shape[-1]} classes")
-    for key in ("loss", "accuracy", "val_accuracy"):
-        if key in history:
-            print(f"{key}: {history[key][0]:.3f} (first epoch) -> {history[key][-1]:.3f} (last)")
+    model = result.model
+    print(f"saved {os.path.join(result.run_dir, 'model.keras')}: input {model.input_shape[1:3]}, "
+          f"{model.output_shape[-1]} classes")
+    first, last = result.history[0], result.history[-1]
+    print(f"loss: {first['loss']:.3f} (first epoch, {first['stage']}) -> {last['loss']:.3f} (last)")
+    if result.test_metrics:
+        print(f"test accuracy: {result.test_metrics['accuracy']:.3f}")
 
 
 if __name__ == "__main__":
