@@ -318,6 +318,12 @@ def explain(image_path, model, output, head_fusion="mean", alpha=0.5, cmap="jet"
 
 
 def _explain_command(args):
+    from keras_vit.weights import cli_errors
+
+    return cli_errors("explain")(_explain)(args)
+
+
+def _explain(args):
     model = load_any_model(args.model)
     output = args.output or os.path.splitext(os.path.basename(args.image))[0] + "_attention.png"
     path, prediction = explain(args.image, model, output, args.head_fusion, args.alpha, args.cmap)

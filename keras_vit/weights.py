@@ -919,6 +919,38 @@ def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, e
                        run_dir=result.run_dir, initial_epoch=result.initial_epoch)
 
 
+def cli_errors(command):
+    """Decorates a CLI handler: a ValueError raised by keras_vit's own checks
+    (or a missing file) prints ``keras-vit COMMAND: error: ...`` and returns
+    2; errors from deeper down keep their traceback.
+
+    Example:
+    >>> handler = cli_errors("explain")(lambda args: 0)
+    """
+    import functools
+    import sys
+    import traceback
+
+    package = os.path.dirname(os.path.abspath(__file__))
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        def wrapped(args):
+            try:
+                return handler(args)
+            except (ValueError, FileNotFoundError) as err:
+                origin = os.path.abspath(traceback.extract_tb(err.__traceback__)[-1].filename)
+                if not origin.startswith(package):
+                    raise
+                print(f"keras-vit {command}: error: {err}", file=sys.stderr)
+                return 2
+
+        return wrapped
+
+    return decorate
+
+
+@cli_errors("finetune")
 def _finetune_command(args):
     result = fine_tune(
         args.checkpoint, args.data, run_dir=args.run_dir, num_classes=args.num_classes,

@@ -120,6 +120,24 @@ def test_explain_command_writes_an_overlay(tiny_vit, tmp_path):
     assert f"Wrote {out}" in proc.stdout and "predicted class" in proc.stdout
     with Image.open(out) as png:
         assert png.format == "PNG" and png.size == (16, 16)  # the model's input size
-    bad = run_python(["-m", "keras_vit.cli", "explain", str(tmp_path / "photo.jpg"), "--model",
-                      str(tmp_path / "vit.keras"), "--head-fusion", "sum"], check=False)
-    assert bad.returncode == 2 and "invalid choice: 'sum'" in bad.stderr
+
+
+
+def test_explain_command_bad_input(tiny_vit, tmp_path, capsys):
+    from keras_vit import cli
+
+    tiny_vit().save(tmp_path / "vit.keras")
+    Image.fromarray(np.zeros((16, 16, 3), "uint8")).save(tmp_path / "photo.png")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["explain", str(tmp_path / "photo.png"), "--model", str(tmp_path / "vit.keras"),
+                  "--head-fusion", "sum"])
+    assert exit_.value.code == 2 and "invalid choice: 'sum'" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert cli.main(["explain", str(tmp_path / "notes.txt"), "--model", str(tmp_path / "vit.keras")]) == 2
+    assert "keras-vit explain: error: Cannot read the image" in capsys.readouterr().err
+    assert cli.main(["explain", str(tmp_path / "photo.png"), "--model", str(tmp_path / "notes.txt")]) == 2
+    assert "error: Unknown checkpoint format" in capsys.readouterr().err
+    assert cli.main(["explain", str(tmp_path / "photo.png"), "--model", str(tmp_path / "vit.keras"),
+                     "-o", str(tmp_path / "out.jpg")]) == 2
+    assert "must end with '.png'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "photo.png", "vit.keras"]

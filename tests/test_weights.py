@@ -518,6 +518,22 @@ def test_finetune_command(tiny_checkpoint, image_folder, tmp_path):
     assert (run_dir / "history.csv").exists()
 
 
+def test_finetune_command_bad_input(tiny_checkpoint, image_folder, tmp_path, capsys):
+    from keras_vit import cli
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not weights")
+    assert cli.main(["finetune", str(text), str(image_folder), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "keras-vit finetune: error: Unknown checkpoint format" in capsys.readouterr().err
+    assert cli.main(["finetune", str(tiny_checkpoint), str(image_folder), "--run-dir", str(tmp_path / "r"),
+                     "--epochs", "0", "--frozen-epochs", "0"]) == 2
+    assert "Nothing to train" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["finetune", str(tiny_checkpoint), str(image_folder)])  # no --run-dir
+    assert "--run-dir" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_fine_tune_bad_input(tiny_checkpoint, image_folder, tmp_path):
     run = dict(run_dir=tmp_path / "run")
     with pytest.raises(ValueError, match="`epochs` must be an int >= 0. Received: epochs=-1"):
