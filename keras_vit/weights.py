@@ -573,13 +573,6 @@ def assign_weights(model, converted, replace_head=False):
     """
     converted = dataclasses.replace(converted, tensors=dict(converted.tensors))  # left unchanged
     variables = {v.path: v for v in model.weights}
-    pos_path = "patch_encoder/position_embedding"
-    if pos_path in variables and pos_path in converted.tensors:
-        encoder = model.get_layer("patch_encoder")
-        converted.tensors[pos_path] = fit_position_embedding(
-            converted.tensors[pos_path], encoder.grid_size, encoder.use_cls_token
-        )
-    _split_heads(variables, converted)
     backbone = sorted(p for p in variables if not _head_part(p))
     missing = [p for p in backbone if p not in converted.tensors]
     extra = sorted(p for p in converted.tensors if not _head_part(p) and p not in variables)
@@ -596,6 +589,13 @@ def assign_weights(model, converted, replace_head=False):
             )
             + "Use `from_checkpoint` to build a model that fits the file."
         )
+    pos_path = "patch_encoder/position_embedding"
+    if pos_path in variables:
+        encoder = model.get_layer("patch_encoder")
+        converted.tensors[pos_path] = fit_position_embedding(
+            converted.tensors[pos_path], encoder.grid_size, encoder.use_cls_token
+        )
+    _split_heads(variables, converted)
     _check_shapes(variables, converted, backbone)
     head, reason = _head_plan(variables, converted, replace_head)
     if reason:

@@ -388,6 +388,8 @@ def test_architecture_mismatch_lists_missing_and_extra(tiny_checkpoint):
         W.load_npz(tiny_model(depth=3), tiny_checkpoint)
     with pytest.raises(ValueError, match="In the checkpoint but not in the model.*encoderblock_1"):
         W.load_npz(tiny_model(depth=1), tiny_checkpoint)
+    with pytest.raises(ValueError, match=r"not in the model \(1\): 'cls' \(patch_encoder/cls_token\)"):
+        W.load_npz(tiny_model(pooling="gap"), tiny_checkpoint)  # a class token the model lacks
 
 
 def test_truncated_and_unknown_files_fail_clearly(tmp_path, tiny_checkpoint):
