@@ -6,6 +6,9 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "keras_vit" / "__init__.py").read_text()).group(1)
 
+# Reading .safetensors and PyTorch checkpoints (the CPU build of torch).
+WEIGHTS = ["torch==2.13.0", "safetensors>=0.4"]
+
 setup(
     name="keras-vit",
     version=VERSION,
@@ -31,8 +34,10 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "dev": ["pytest>=8", "jax>=0.4.30"],
-        "weights": ["torch==2.13.0", "timm>=1.0", "safetensors>=0.4"],
+        # Tests compare against timm; timm imports torchvision, whose PyPI
+        # x86-64 wheel 0.28.0 is the one that pairs with the CPU torch 2.13.0.
+        "dev": ["pytest>=8", "jax>=0.4.30", *WEIGHTS, "timm>=1.0,<2", "torchvision==0.28.0"],
+        "weights": WEIGHTS,
         "benchmarks": ["keras-hub>=0.20"],
     },
     entry_points={"console_scripts": ["keras-vit=keras_vit.cli:main"]},
