@@ -28,13 +28,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"keras-vit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in CLI_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:  # a real missing dependency, not a missing module
-                raise
-            continue
-        module.add_cli(subparsers)
+        importlib.import_module(name).add_cli(subparsers)
     return parser
 
 

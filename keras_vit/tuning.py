@@ -537,7 +537,7 @@ def add_cli(subparsers):
     """Registers `keras-vit tune`."""
     parser = subparsers.add_parser(
         "tune",
-        help="search ViT architectures and recipes with KerasTuner",
+        help="Search ViT architectures and training recipes with KerasTuner.",
         description="Hyperparameter search with KerasTuner. Re-run the same command to resume.",
     )
     parser.add_argument("--dataset", default="digits", help="load_data source (default: digits, offline)")

@@ -1,0 +1,34 @@
+"""The `keras-vit` entry point assembles every stage's sub-command."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from keras_vit import __version__
+from keras_vit.cli import build_parser, main
+
+COMMANDS = ("train", "tune", "export", "predict", "benchmark", "finetune", "explain")
+
+
+def test_console_script_is_installed_and_reports_its_version():
+    script = shutil.which("keras-vit")
+    assert script, "`pip install -e .` installs the keras-vit console script"
+    proc = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"keras-vit {__version__}"
+    bad = subprocess.run([script, "fly"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "invalid choice: 'fly'" in bad.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: keras-vit {command}")
+
+
+def test_no_command_prints_help_and_returns_2(capsys):
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert all(command in out for command in COMMANDS)
