@@ -48,6 +48,12 @@ def test_splits_are_disjoint_seeded_and_cover_everything():
     np.testing.assert_array_equal(labels, images[:, 0, 0, 0].astype(int) % 3)
 
 
+def test_tiny_datasets_split_without_stratification():
+    x, y = indexed_arrays(n=9, classes=3)
+    _, val, test, info = load_data((x, y), 4, 8, validation_split=0.2, test_split=0.2)
+    assert info.split_sizes == {"train": 5, "validation": 2, "test": 2}
+
+
 def test_grayscale_to_rgb_and_pad_resize():
     x = np.full((10, 4, 8), 200.0, "float32")
     train, _, _, info = load_data((x, np.zeros(10, int)), 8, 2, channels=3, resize="pad",
