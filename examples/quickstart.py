@@ -40,7 +40,8 @@ def main(argv=None):
     #    Re-running the script resumes the run in --run-dir.
     result = train(model, data, epochs=args.epochs, run_dir=args.run_dir,
                    learning_rate=2e-3, weight_decay=0.05, warmup_epochs=min(3, 0.1 * args.epochs),
-                   label_smoothing=0.1, clipnorm=1.0, seed=0, verbose=2)
+                   label_smoothing=0.1, clipnorm=1.0, seed=0, verbose=2,
+                   jit_compile=False if args.tiny else "auto")
     print(f"test accuracy: {result.test_metrics['accuracy']:.4f}  (run dir: {result.run_dir})")
     return result
 

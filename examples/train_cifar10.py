@@ -15,7 +15,7 @@ import argparse
 
 from keras_vit.training import resolve_config, train_from_config
 
-TINY = dict(image_size=16, patch_size=4, hidden_dim=16, depth=1, num_heads=2,
+TINY = dict(jit_compile=False, image_size=16, patch_size=4, hidden_dim=16, depth=1, num_heads=2,
             mlp_dim=32, batch_size=16, precision="float32")
 
 

@@ -13,7 +13,7 @@ import argparse
 
 from keras_vit.training import resolve_config, train_from_config
 
-TINY = dict(patch_size=4, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32, batch_size=8)
+TINY = dict(jit_compile=False, patch_size=4, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32, batch_size=8)
 
 
 def main(argv=None):
