@@ -546,7 +546,8 @@ def load_data(
         cache: True to cache decoded images in memory, a file path to cache
             on disk, or False.
         shuffle_buffer: int, shuffle buffer size of the training dataset.
-        on_bad_files: for image folders, "warn" skips zero-byte, corrupt and
+        on_bad_files: image folders are checked file by file with Pillow
+            when listed; "warn" skips zero-byte, corrupt and
             non-image files with one warning listing them; "error" raises a
             ValueError listing them.
 
