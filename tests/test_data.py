@@ -193,3 +193,16 @@ def test_tfds_path_with_mock_data():
     assert x.shape == (4, 16, 16, 3) and y.shape == (4, 10)
     assert info.num_classes == 10 and info.source == "tfds:mnist"
     assert val is not None and info.split_sizes["test"] == 12
+
+
+def test_augmentation_strengths():
+    from keras_vit.data import augmentation_options
+
+    assert augmentation_options(None) == {} and augmentation_options(0.0) == {}
+    strong = augmentation_options(1.0)
+    assert strong["rand_augment"] == 1.0 and strong["cutmix"] == 1.0 and strong["flip"]
+    assert augmentation_options(0.5)["mixup"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="augment"):
+        augmentation_options(1.5)
+    with pytest.raises(ValueError, match="rand_augment"):
+        build_augmentation(8, 2, rand_augment=2.0)

@@ -187,3 +187,24 @@ def test_resolve_config_priorities(tmp_path):
     (tmp_path / "c.txt").write_text("epochs: 1")
     with pytest.raises(ValueError, match=".yaml, .yml or .json"):
         resolve_config(config_file=tmp_path / "c.txt")
+
+
+def test_strategies_and_worker_info(monkeypatch):
+    import tensorflow as tf
+
+    from keras_vit.training import get_strategy, worker_info
+
+    assert get_strategy("auto") is tf.distribute.get_strategy()
+    with pytest.raises(ValueError, match="no TPU was found"):
+        get_strategy("tpu")
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 2}}))
+    assert worker_info() == (2, 3, False)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert worker_info() == (0, 3, True)
+
+
+def test_recipe_warmup_longer_than_a_short_run_is_shortened_with_a_warning():
+    with pytest.warns(UserWarning, match="warmup_epochs=3 is not shorter than epochs=2"):
+        config = resolve_config("digits", epochs=2)
+    assert config["warmup_epochs"] == pytest.approx(0.2)
