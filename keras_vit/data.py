@@ -245,7 +245,14 @@ def _split_indices(n, fraction, seed, labels=None):
         return np.arange(n), np.arange(0)
     from sklearn.model_selection import train_test_split
 
-    stratify = labels if labels is not None and np.min(np.bincount(labels)) >= 2 else None
+    held_count = int(np.ceil(fraction * n))
+    stratify = None
+    if labels is not None:
+        counts = np.bincount(labels)
+        classes = np.count_nonzero(counts)
+        # stratify where every class can appear on both sides
+        if counts[counts > 0].min() >= 2 and classes <= held_count <= n - classes:
+            stratify = labels
     rest, held = train_test_split(
         np.arange(n), test_size=fraction, random_state=seed, stratify=stratify)
     return np.sort(rest), np.sort(held)
@@ -539,7 +546,8 @@ def load_data(
         cache: True to cache decoded images in memory, a file path to cache
             on disk, or False.
         shuffle_buffer: int, shuffle buffer size of the training dataset.
-        on_bad_files: for image folders, "warn" skips zero-byte, corrupt and
+        on_bad_files: image folders are checked file by file with Pillow
+            when listed; "warn" skips zero-byte, corrupt and
             non-image files with one warning listing them; "error" raises a
             ValueError listing them.
 

@@ -48,6 +48,12 @@ def test_splits_are_disjoint_seeded_and_cover_everything():
     np.testing.assert_array_equal(labels, images[:, 0, 0, 0].astype(int) % 3)
 
 
+def test_tiny_datasets_split_without_stratification():
+    x, y = indexed_arrays(n=9, classes=3)
+    _, val, test, info = load_data((x, y), 4, 8, validation_split=0.2, test_split=0.2)
+    assert info.split_sizes == {"train": 5, "validation": 2, "test": 2}
+
+
 def test_grayscale_to_rgb_and_pad_resize():
     x = np.full((10, 4, 8), 200.0, "float32")
     train, _, _, info = load_data((x, np.zeros(10, int)), 8, 2, channels=3, resize="pad",
@@ -187,3 +193,16 @@ def test_tfds_path_with_mock_data():
     assert x.shape == (4, 16, 16, 3) and y.shape == (4, 10)
     assert info.num_classes == 10 and info.source == "tfds:mnist"
     assert val is not None and info.split_sizes["test"] == 12
+
+
+def test_augmentation_strengths():
+    from keras_vit.data import augmentation_options
+
+    assert augmentation_options(None) == {} and augmentation_options(0.0) == {}
+    strong = augmentation_options(1.0)
+    assert strong["rand_augment"] == 1.0 and strong["cutmix"] == 1.0 and strong["flip"]
+    assert augmentation_options(0.5)["mixup"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="augment"):
+        augmentation_options(1.5)
+    with pytest.raises(ValueError, match="rand_augment"):
+        build_augmentation(8, 2, rand_augment=2.0)

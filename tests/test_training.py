@@ -78,7 +78,7 @@ def test_compile_model_rejects_bad_settings(kwargs, match):
 def test_train_writes_a_complete_run_directory(tmp_path, digits):
     run = tmp_path / "run"
     result = train(tiny_model, digits, epochs=2, run_dir=run, learning_rate=3e-3, warmup_epochs=0.5,
-                   seed=0, verbose=0)
+                   seed=0, verbose=0)  # jit_compile="auto": XLA where available
     for name in ("config.json", "history.csv", "history.png", "metrics.json", "model.keras",
                  "checkpoints/last.keras", "checkpoints/best.keras",
                  "backup/training_metadata.json"):
@@ -104,18 +104,19 @@ def test_train_writes_a_complete_run_directory(tmp_path, digits):
 
 def test_rerun_resumes_from_the_backup_and_checks_the_config(tmp_path, digits):
     run = tmp_path / "run"
-    train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0)
-    result = train(tiny_model, digits, epochs=3, run_dir=run, seed=0, verbose=0)
+    train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0, jit_compile=False)
+    result = train(tiny_model, digits, epochs=3, run_dir=run, seed=0, verbose=0, jit_compile=False)
     assert result.initial_epoch == 1
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert len((run / "history.csv").read_text().splitlines()) == 4
     with pytest.raises(ValueError, match="changed: learning_rate"):
-        train(tiny_model, digits, epochs=3, run_dir=run, learning_rate=0.5, seed=0, verbose=0)
+        train(tiny_model, digits, epochs=3, run_dir=run, learning_rate=0.5, seed=0, verbose=0, jit_compile=False)
     # a finished run re-evaluates without training again
-    again = train(tiny_model, digits, epochs=3, run_dir=run, seed=0, verbose=0)
+    again = train(tiny_model, digits, epochs=3, run_dir=run, seed=0, verbose=0, jit_compile=False)
     assert again.initial_epoch == 3 and len(again.history) == 3
     # resume=False starts over
-    restarted = train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0, resume=False)
+    restarted = train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0, resume=False,
+                      jit_compile=False)
     assert restarted.initial_epoch == 0 and len(restarted.history) == 1
     assert len((run / "history.csv").read_text().splitlines()) == 2
 
@@ -186,3 +187,24 @@ def test_resolve_config_priorities(tmp_path):
     (tmp_path / "c.txt").write_text("epochs: 1")
     with pytest.raises(ValueError, match=".yaml, .yml or .json"):
         resolve_config(config_file=tmp_path / "c.txt")
+
+
+def test_strategies_and_worker_info(monkeypatch):
+    import tensorflow as tf
+
+    from keras_vit.training import get_strategy, worker_info
+
+    assert get_strategy("auto") is tf.distribute.get_strategy()
+    with pytest.raises(ValueError, match="no TPU was found"):
+        get_strategy("tpu")
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 2}}))
+    assert worker_info() == (2, 3, False)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert worker_info() == (0, 3, True)
+
+
+def test_recipe_warmup_longer_than_a_short_run_is_shortened_with_a_warning():
+    with pytest.warns(UserWarning, match="warmup_epochs=3 is not shorter than epochs=2"):
+        config = resolve_config("digits", epochs=2)
+    assert config["warmup_epochs"] == pytest.approx(0.2)
