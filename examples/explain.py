@@ -59,7 +59,7 @@ def main(argv=None):
     if args.demo:
         workdir = tempfile.mkdtemp(prefix="keras_vit_explain_")
         args.model, args.image = demo_model_and_image(workdir)
-        args.output = os.path.join(workdir, "photo_attention.png")
+        args.output = args.output or os.path.join(workdir, "photo_attention.png")
     elif not (args.image and args.model):
         parser.error("pass IMAGE and --model, or --demo")
 

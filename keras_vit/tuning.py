@@ -52,12 +52,18 @@ TUNERS = {
 OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
 
 
+def heads_name(hidden_dim):
+    """The name of the `num_heads` entry offered with `hidden_dim`."""
+    return f"num_heads_for_{hidden_dim}"
+
+
 class ViTHyperModel(keras_tuner.HyperModel):
     """A search space over `build_vit` and the training recipe.
 
     Only `num_heads` values that divide a trial's `hidden_dim` are offered
-    (a conditional choice per width), and only patch sizes that tile the
-    image. `fit` re-batches the training data with the trial's batch size,
+    (a conditional choice per width, named ``num_heads_for_<width>``; to fix
+    the heads, fix ``num_heads`` in `space` or `fixed`), and only patch
+    sizes that tile the image. `fit` re-batches the training data with the trial's batch size,
     applies the trial's augmentation strength and compiles the model with
     the recipe (AdamW, warmup and cosine decay, label smoothing), early
     stopping on the objective, and marks a trial whose loss turns NaN or
@@ -187,8 +193,11 @@ class ViTHyperModel(keras_tuner.HyperModel):
         hidden_dim = hp.Choice("hidden_dim", dims) if len(dims) > 1 else hp.Fixed("hidden_dim", dims[0])
         num_heads = None
         for dim, heads in pairs.items():
+            # One conditional entry per width, each offering only its divisors;
+            # distinct names keep TensorBoard's HParams dashboard unambiguous.
+            name = heads_name(dim)
             with hp.conditional_scope("hidden_dim", [dim]):
-                value = hp.Choice("num_heads", heads) if len(heads) > 1 else hp.Fixed("num_heads", heads[0])
+                value = hp.Choice(name, heads) if len(heads) > 1 else hp.Fixed(name, heads[0])
             if dim == hidden_dim:
                 num_heads = value
         pos_embedding = self._hp(hp, "pos_embedding")
@@ -322,12 +331,15 @@ def trial_rows(tuner):
     """One dict per trial: id, status, score, best step and hyperparameters."""
     rows = []
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
+        values = {k: v for k, v in trial.hyperparameters.values.items()
+                  if not k.startswith("num_heads_for_")}
+        values["num_heads"] = trial.hyperparameters.values.get(heads_name(values.get("hidden_dim")))
         rows.append(dict(
             trial_id=trial.trial_id,
             status=str(trial.status),
             score=None if trial.score is None else float(trial.score),
             best_step=trial.best_step,
-            **trial.hyperparameters.values,
+            **values,
         ))
     return rows
 

@@ -11,7 +11,7 @@ import time
 import keras_tuner
 import pytest
 
-from keras_vit.tuning import ViTHyperModel, tune
+from keras_vit.tuning import ViTHyperModel, heads_name, tune
 from tests.conftest import REPO, run_python
 
 # Everything fixed but what a test varies: 8 px digits, one tiny block.
@@ -29,11 +29,12 @@ def test_search_space_offers_only_heads_that_divide_the_width():
     hypermodel = ViTHyperModel(16, 10, space={"hidden_dim": [24, 32, 40], "num_heads": [3, 4, 8]})
     hp = keras_tuner.HyperParameters()
     hypermodel.build(hp)
-    head_entries = [h for h in hp.space if h.name == "num_heads"]
+    head_entries = [h for h in hp.space if h.name.startswith("num_heads")]
     assert len(head_entries) == 3
     for entry in head_entries:
         (condition,) = entry.conditions
         (width,) = condition.values
+        assert entry.name == heads_name(width)
         assert entry.values and all(width % heads == 0 for heads in entry.values)
     # Every (width, heads) pair the space offers builds that model.
     for width, heads_list in hypermodel.valid_heads().items():
@@ -41,7 +42,7 @@ def test_search_space_offers_only_heads_that_divide_the_width():
             hp = keras_tuner.HyperParameters()
             hp.Fixed("hidden_dim", width)
             with hp.conditional_scope("hidden_dim", [width]):
-                hp.Fixed("num_heads", heads)
+                hp.Fixed(heads_name(width), heads)
             model = hypermodel.build(hp)
             assert encoder_blocks(model)[0].attention.num_heads == heads
             assert model.get_layer("patch_encoder").hidden_dim == width
