@@ -580,7 +580,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def call(self, x, training=None, return_attention_scores=False):
         batch = ops.shape(x)[0]
         qkv = ops.reshape(self.qkv(x), (batch, -1, 3, self.num_heads, self.head_dim))
-        q, k, v = (ops.transpose(qkv[:, :, i], (0, 2, 1, 3)) for i in range(3))
+        # One transpose to (3, B, heads, N, head_dim), then unstack: the
+        # gradient of unstack is one stack, where slicing `qkv[:, :, i]` costs
+        # three zero-filled full-size gradients on TensorFlow.
+        q, k, v = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
         if self.qk_norm:
             q = ops.cast(self.q_norm(q), v.dtype)
             k = ops.cast(self.k_norm(k), v.dtype)
