@@ -18,8 +18,37 @@ from keras import ops
 
 PACKAGE = "keras_vit"
 
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@ops.custom_gradient
+def _gelu_exact_custom_grad(x):
+    """Exact GELU, x * Φ(x), with a hand-written gradient Φ(x) + x * φ(x).
+
+    The same function as `ops.gelu(x, approximate=False)`. TensorFlow's
+    automatic gradient of that formula runs about ten element-wise ops over
+    the MLP's widest tensor; this one runs five and reuses Φ(x).
+    """
+    cdf = 0.5 * (1.0 + ops.erf(x * _INV_SQRT2))
+
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        return upstream * (cdf + x * ops.exp(-0.5 * ops.square(x)) * _INV_SQRT_2PI)
+
+    return x * cdf, grad
+
+
+def _gelu_exact(x):
+    # Only TensorFlow gains from the hand-written gradient (XLA fuses the
+    # automatic one; keras.ops.custom_gradient does not exist on torch).
+    if keras.backend.backend() == "tensorflow":
+        return _gelu_exact_custom_grad(x)
+    return ops.gelu(x, approximate=False)
+
+
 ACTIVATIONS = {
-    "gelu": lambda x: ops.gelu(x, approximate=False),
+    "gelu": _gelu_exact,
     "gelu_tanh": lambda x: ops.gelu(x, approximate=True),
     "quick_gelu": lambda x: x * ops.sigmoid(1.702 * x),
     "relu": ops.relu,
