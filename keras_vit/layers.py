@@ -738,8 +738,18 @@ class TransformerBlock(keras.layers.Layer):
             self.norm1(x), training=training, return_attention_scores=True
         )
         x = self._residual(x, attn, getattr(self, "layer_scale1", None), training)
-        h = ACTIVATIONS[self.activation](self.mlp_dense1(self.norm2(x)))
+        # The MLP runs on (B * N, D) rows: as 2-D MatMul + bias + GELU,
+        # TensorFlow's grappler fuses the three into one oneDNN kernel in
+        # inference, where the plain exact GELU (not the training one with
+        # its hand-written gradient) keeps the fusable pattern.
+        h = ops.reshape(self.norm2(x), (-1, x.shape[-1]))
+        h = self.mlp_dense1(h)
+        if self.activation == "gelu" and not training:
+            h = ops.gelu(h, approximate=False)
+        else:
+            h = ACTIVATIONS[self.activation](h)
         h = self.mlp_dense2(self.dropout(h, training=training))
+        h = ops.reshape(h, ops.shape(x))
         x = self._residual(x, h, getattr(self, "layer_scale2", None), training)
         return (x, weights) if return_attention_scores else x
 
