@@ -111,7 +111,7 @@ def run_suite(configs, contenders, jit_modes, repeats, memory=True):
                     "params": runners[name].model.count_params(), "batch_size": cfg.batch_size,
                     "image_size": cfg.image_size, "tokens": cfg.tokens,
                     "dtype_policy": cfg.dtype_policy, "steps": cfg.steps,
-                    "train_samples": [], "infer_samples": [],
+                    "train_samples": [], "infer_samples": [], "train_cpu_samples": [], "infer_cpu_samples": [],
                 }
                 row.update(runners[name].first_steps())
                 log(f"   {name}: {row['params']:,} params, first train step "
@@ -126,17 +126,21 @@ def run_suite(configs, contenders, jit_modes, repeats, memory=True):
             for repeat in range(repeats):
                 for row in group:
                     runner = runners[row["contender"]]
-                    row["train_samples"].append(runner.train_throughput(cfg.steps))
-                    row["infer_samples"].append(runner.infer_throughput(cfg.steps))
+                    for kind, measure in (("train", runner.train_throughput), ("infer", runner.infer_throughput)):
+                        wall, cpu = measure(cfg.steps)
+                        row[f"{kind}_samples"].append(wall)
+                        row[f"{kind}_cpu_samples"].append(cpu)
                 log(f"   repeat {repeat + 1}/{repeats}: " + ", ".join(
-                    f"{r['contender']} train {r['train_samples'][-1]:.1f} infer "
-                    f"{r['infer_samples'][-1]:.1f} img/s" for r in group))
+                    f"{r['contender']} train {r['train_samples'][-1]:.1f} ({r['train_cpu_samples'][-1]:.1f}/CPU-s) "
+                    f"infer {r['infer_samples'][-1]:.1f} ({r['infer_cpu_samples'][-1]:.1f}/CPU-s) img/s"
+                    for r in group))
             del runners, batch
             keras.backend.clear_session()
             gc.collect()
             for row in group:
-                row["train_img_s"] = statistics.median(row["train_samples"])
-                row["infer_img_s"] = statistics.median(row["infer_samples"])
+                for kind in ("train", "infer"):
+                    row[f"{kind}_img_s"] = statistics.median(row[f"{kind}_samples"])
+                    row[f"{kind}_img_cpu_s"] = statistics.median(row[f"{kind}_cpu_samples"])
                 if memory:
                     row.update(peak_memory(row["contender"], cfg, jit))
                     log(f"   {row['contender']}: peak training memory "
@@ -148,7 +152,8 @@ def run_suite(configs, contenders, jit_modes, repeats, memory=True):
 def ratio_rows(rows, numerator="keras_vit", denominator="keras_hub"):
     """keras_vit / keras_hub ratios of every measured quantity, per group."""
     out = []
-    keys = ("train_img_s", "infer_img_s", "train_first_step_s", "predict_first_step_s", "peak_mb")
+    keys = ("train_img_s", "infer_img_s", "train_img_cpu_s", "infer_img_cpu_s",
+            "train_first_step_s", "predict_first_step_s", "peak_mb")
     by_group = {}
     for row in rows:
         by_group.setdefault((row["config"], row["jit_compile"]), {})[row["contender"]] = row
@@ -173,15 +178,18 @@ def suite_markdown(rows, ratios, env):
         f"({env['cpu_count']} CPUs, load average at start {env['load_average_start'][0]:.1f}); "
         f"medians of {len(rows[0]['train_samples']) if rows else 0} alternating repeats.",
         "",
-        "| config | jit | contender | params | train img/s | infer img/s | first train step s "
-        "| first predict s | peak train MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Throughput per wall-clock second, and per second of process CPU time (steadier on a shared machine).",
+        "",
+        "| config | jit | contender | params | train img/s | infer img/s | train img/CPU-s | infer img/CPU-s "
+        "| first train step s | first predict s | peak train MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ratio_of = {(r["config"], r["jit_compile"]): r for r in ratios}
     for i, row in enumerate(rows):
         lines.append(
             f"| {row['config']} | {row['jit_compile']} | {row['contender']} | {row['params']:,} "
             f"| {_fmt(row['train_img_s'])} | {_fmt(row['infer_img_s'])} "
+            f"| {_fmt(row['train_img_cpu_s'])} | {_fmt(row['infer_img_cpu_s'])} "
             f"| {_fmt(row['train_first_step_s'])} | {_fmt(row['predict_first_step_s'])} "
             f"| {_fmt(row.get('peak_mb'), 0)} |"
         )
@@ -192,6 +200,7 @@ def suite_markdown(rows, ratios, env):
             lines.append(
                 f"| {row['config']} | {row['jit_compile']} | **ratio keras_vit/keras_hub** | "
                 f"| **{_fmt(ratio.get('train_img_s'), 2, '×')}** | **{_fmt(ratio.get('infer_img_s'), 2, '×')}** "
+                f"| **{_fmt(ratio.get('train_img_cpu_s'), 2, '×')}** | **{_fmt(ratio.get('infer_img_cpu_s'), 2, '×')}** "
                 f"| {_fmt(ratio.get('train_first_step_s'), 2, '×')} "
                 f"| {_fmt(ratio.get('predict_first_step_s'), 2, '×')} | {_fmt(ratio.get('peak_mb'), 2, '×')} |"
             )
