@@ -22,6 +22,8 @@ setup(
         # KerasTuner imports TensorBoard during `search`; TF 2.21 no longer installs it.
         "tensorboard>=2.16,<3",
         "ai-edge-litert>=1.2",
+        # export.py writes metadata into .tflite flatbuffers (also a TensorFlow dependency).
+        "flatbuffers>=23.5",
         "numpy>=1.26",
         "pillow>=10",
         "matplotlib>=3.7",

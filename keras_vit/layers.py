@@ -159,35 +159,37 @@ def sincos_posemb_2d(grid_h, grid_w, dim, temperature=10000.0):
 
 
 def _interpolation_matrix(in_size, out_size, method):
-    """(out_size, in_size) matrix that resamples one axis (half-pixel centres,
-    edge clamping; bicubic uses Keys' kernel with a = -0.5, like TF)."""
+    """(out_size, in_size) matrix that resamples one axis.
+
+    Half-pixel centres; taps that fall outside the input are dropped and the
+    rest renormalised, as `keras.ops.image.resize` does on TensorFlow and
+    JAX. Bicubic uses Keys' kernel with a = -0.5.
+    """
     in_f = ops.cast(in_size, "float32")
-    scale = in_f / ops.cast(out_size, "float32")
-    centres = (ops.arange(out_size, dtype="float32") + 0.5) * scale - 0.5
-    if method == "bilinear":
-        centres = ops.clip(centres, 0.0, in_f - 1.0)
+    centres = (ops.arange(out_size, dtype="float32") + 0.5) * in_f / ops.cast(
+        out_size, "float32"
+    ) - 0.5
     base = ops.floor(centres)
     t = centres - base
     if method == "bicubic":
-        a = -0.5
 
-        def cubic(d):
+        def kernel(d):
             d = ops.abs(d)
-            near = ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
-            far = ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
+            near = (1.5 * d - 2.5) * d * d + 1.0
+            far = ((-0.5 * d + 2.5) * d - 4.0) * d + 2.0
             return ops.where(d <= 1.0, near, ops.where(d < 2.0, far, 0.0))
 
-        offsets, weights = (-1, 0, 1, 2), [cubic(t + 1.0), cubic(t), cubic(1.0 - t), cubic(2.0 - t)]
+        offsets = (-1, 0, 1, 2)
     else:
-        offsets, weights = (0, 1), [1.0 - t, t]
+        kernel = lambda d: ops.maximum(1.0 - ops.abs(d), 0.0)  # noqa: E731
+        offsets = (0, 1)
     source = ops.arange(in_size, dtype="float32")[None, :]
     matrix = 0.0
-    for offset, weight in zip(offsets, weights):
-        index = ops.clip(base + offset, 0.0, in_f - 1.0)
-        matrix = matrix + weight[:, None] * ops.cast(
-            ops.equal(index[:, None], source), "float32"
-        )
-    return matrix
+    for offset in offsets:
+        index = base + offset
+        weight = kernel(t - offset)
+        matrix = matrix + weight[:, None] * ops.cast(ops.equal(index[:, None], source), "float32")
+    return matrix / ops.sum(matrix, axis=1, keepdims=True)
 
 
 def resample_posemb(posemb, new_grid, old_grid=None, method="bicubic"):

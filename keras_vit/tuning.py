@@ -1,0 +1,597 @@
+"""Hyperparameter search over the architecture and the training recipe.
+
+`ViTHyperModel` is a `keras_tuner.HyperModel` whose `fit` applies the
+training recipe (`keras_vit.training.compile_model`) with each trial's
+batch size, learning rate, weight decay, warmup, label smoothing and
+augmentation strength. `tune` runs a search, resumes it after a crash,
+records failed trials and writes the results. KerasTuner's chief/worker
+mode (`KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP`,
+`KERASTUNER_ORACLE_PORT`) spreads one search over several processes.
+"""
+
+import csv
+import json
+import math
+import os
+import shutil
+
+import keras
+import keras_tuner
+import numpy as np
+
+from keras_vit.layers import check_choice, grid_size, pair
+from keras_vit.model import build_vit
+
+# The default search space. A list is a choice; a (low, high) tuple is a
+# range, sampled on a log scale for the entries in LOG_SCALE. Every entry
+# can be narrowed or fixed through `ViTHyperModel(space=..., fixed=...)`.
+DEFAULT_SPACE = {
+    # architecture
+    "patch_size": [2, 4],
+    "hidden_dim": [32, 48, 64, 96],
+    "num_heads": [2, 3, 4],
+    "depth": (2, 6),
+    "mlp_ratio": [2, 4],
+    "pooling": ["cls", "gap"],
+    "pos_embedding": ["learned", "sincos"],
+    "drop_path_rate": (0.0, 0.2),
+    # recipe
+    "learning_rate": (3e-4, 3e-3),
+    "weight_decay": (1e-3, 1e-1),
+    "warmup_fraction": (0.0, 0.2),
+    "label_smoothing": [0.0, 0.1],
+    "augment": [0.0, 0.1, 0.3],
+    "batch_size": [32, 64],
+}
+LOG_SCALE = ("learning_rate", "weight_decay")
+TUNERS = {
+    "random": keras_tuner.RandomSearch,
+    "hyperband": keras_tuner.Hyperband,
+    "bayesian": keras_tuner.BayesianOptimization,
+}
+OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
+
+
+class ViTHyperModel(keras_tuner.HyperModel):
+    """A search space over `build_vit` and the training recipe.
+
+    Only `num_heads` values that divide a trial's `hidden_dim` are offered
+    (a conditional choice per width), and only patch sizes that tile the
+    image. `fit` re-batches the training data with the trial's batch size,
+    applies the trial's augmentation strength and compiles the model with
+    the recipe (AdamW, warmup and cosine decay, label smoothing), early
+    stopping on the objective, and marks a trial whose loss turns NaN or
+    that runs out of memory as failed.
+
+    Args:
+        image_size: int or (h, w) of the training images.
+        num_classes: number of classes.
+        channels: image channels.
+        space: dict overriding entries of `DEFAULT_SPACE`: a list of
+            choices, a (low, high) range, or a single value (fixed).
+        fixed: dict of values to fix (same as single values in `space`).
+        epochs: default epochs per trial (the tuner may pass its own).
+        patience: early-stopping patience in epochs; None turns it off.
+        objective: the metric early stopping watches.
+        build_kwargs: extra keyword arguments for `build_vit`.
+
+    Example:
+    >>> hypermodel = ViTHyperModel(16, 10, space={"hidden_dim": [32, 64]},
+    ...                            fixed={"depth": 2})
+    >>> model = hypermodel.build(keras_tuner.HyperParameters())
+    """
+
+    def __init__(
+        self,
+        image_size,
+        num_classes,
+        channels=3,
+        *,
+        space=None,
+        fixed=None,
+        epochs=10,
+        patience=3,
+        objective="val_accuracy",
+        build_kwargs=None,
+        name="vit",
+        tunable=True,
+    ):
+        super().__init__(name=name, tunable=tunable)
+        self.image_size = pair(image_size, "image_size")
+        self.num_classes = num_classes
+        self.channels = channels
+        self.epochs = epochs
+        self.patience = patience
+        self.objective = check_choice(objective, "objective", OBJECTIVES)
+        self.build_kwargs = dict(build_kwargs or {})
+        unknown = set(space or {}) | set(fixed or {})
+        unknown -= set(DEFAULT_SPACE)
+        if unknown:
+            raise ValueError(
+                f"Unknown search-space entries: {sorted(unknown)}. Known entries: "
+                f"{', '.join(DEFAULT_SPACE)}"
+            )
+        self.space = dict(DEFAULT_SPACE)
+        self.space.update(space or {})
+        self.space.update({k: v for k, v in (fixed or {}).items()})
+        self._check_space()
+
+    # ---------------------------------------------------------------- space
+
+    def _values(self, name):
+        """The candidate values of a discrete entry."""
+        value = self.space[name]
+        if isinstance(value, list):
+            return value
+        if isinstance(value, tuple):
+            return list(range(value[0], value[1] + 1))
+        return [value]
+
+    def _check_space(self):
+        for name, value in self.space.items():
+            if isinstance(value, list) and not value:
+                raise ValueError(f"The search-space entry `{name}` is an empty list of choices.")
+            if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):
+                raise ValueError(
+                    f"The search-space entry `{name}` must be a (low, high) range with "
+                    f"low <= high. Received: {value!r}"
+                )
+        patches = [p for p in self._values("patch_size") if self._tiles(p)]
+        if not patches:
+            raise ValueError(
+                f"No `patch_size` in {self._values('patch_size')} tiles images of "
+                f"{self.image_size}: choose sizes that divide the image."
+            )
+        self.space["patch_size"] = patches if isinstance(self.space["patch_size"], list) else patches[0]
+        pairs = self.valid_heads()
+        if not pairs:
+            raise ValueError(
+                f"The search space is contradictory: no `hidden_dim` in "
+                f"{self._values('hidden_dim')} is divisible by any `num_heads` in "
+                f"{self._values('num_heads')}."
+            )
+        if "sincos" in self._values("pos_embedding") and not any(d % 4 == 0 for d in pairs):
+            raise ValueError("pos_embedding='sincos' needs a `hidden_dim` divisible by 4.")
+
+    def _tiles(self, patch):
+        try:
+            grid_size(self.image_size, patch)
+            return True
+        except ValueError:
+            return False
+
+    def valid_heads(self):
+        """Maps each candidate `hidden_dim` to the `num_heads` that divide it
+        (widths with none are left out)."""
+        heads = self._values("num_heads")
+        pairs = {d: [h for h in heads if d % h == 0] for d in self._values("hidden_dim")}
+        return {d: h for d, h in pairs.items() if h}
+
+    def _hp(self, hp, name):
+        """Registers entry `name` in `hp` and returns its value."""
+        value = self.space[name]
+        if isinstance(value, list):
+            return hp.Choice(name, value) if len(value) > 1 else hp.Fixed(name, value[0])
+        if isinstance(value, tuple):
+            low, high = value
+            if isinstance(low, int) and isinstance(high, int):
+                return hp.Int(name, low, high)
+            return hp.Float(name, low, high, sampling="log" if name in LOG_SCALE else "linear")
+        return hp.Fixed(name, value)
+
+    # ---------------------------------------------------------------- build
+
+    def build(self, hp):
+        pairs = self.valid_heads()
+        dims = list(pairs)
+        hidden_dim = hp.Choice("hidden_dim", dims) if len(dims) > 1 else hp.Fixed("hidden_dim", dims[0])
+        num_heads = None
+        for dim, heads in pairs.items():
+            with hp.conditional_scope("hidden_dim", [dim]):
+                value = hp.Choice("num_heads", heads) if len(heads) > 1 else hp.Fixed("num_heads", heads[0])
+            if dim == hidden_dim:
+                num_heads = value
+        pos_embedding = self._hp(hp, "pos_embedding")
+        if pos_embedding == "sincos" and hidden_dim % 4:
+            pos_embedding = "learned"
+        try:
+            model = build_vit(
+                image_size=self.image_size,
+                num_classes=self.num_classes,
+                channels=self.channels,
+                patch_size=self._hp(hp, "patch_size"),
+                hidden_dim=hidden_dim,
+                num_heads=num_heads,
+                depth=self._hp(hp, "depth"),
+                mlp_dim=hidden_dim * self._hp(hp, "mlp_ratio"),
+                pooling=self._hp(hp, "pooling"),
+                pos_embedding=pos_embedding,
+                drop_path_rate=self._hp(hp, "drop_path_rate"),
+                **self.build_kwargs,
+            )
+        except ValueError as err:  # a combination the user's fixed values rule out
+            raise keras_tuner.errors.FailedTrialError(f"Invalid combination: {err}") from err
+        for name in ("learning_rate", "weight_decay", "warmup_fraction", "label_smoothing", "augment", "batch_size"):
+            self._hp(hp, name)
+        return model
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, hp, model, x, *args, validation_data=None, epochs=None, callbacks=None, **kwargs):
+        """Trains `model` with the trial's recipe.
+
+        Args:
+            hp: the trial's `HyperParameters`.
+            model: the model from `build`.
+            x: a batched `tf.data.Dataset` of (images, one-hot labels); it is
+                re-batched with the trial's `batch_size`.
+            validation_data: a batched validation dataset.
+            epochs: epochs of this trial (defaults to `self.epochs`).
+            callbacks: callbacks from the tuner.
+        """
+        from keras_vit.data import augmentation_options, build_augmentation
+        from keras_vit.training import compile_model
+
+        epochs = epochs or self.epochs
+        batch_size = hp.get("batch_size")
+        train = x.unbatch().batch(batch_size)
+        steps = int(train.cardinality())
+        steps = steps if steps > 0 else 1
+        options = augmentation_options(float(hp.get("augment")) or None)
+        if options:
+            train = train.map(build_augmentation(self.image_size, self.num_classes, **options))
+        total_steps = max(steps * epochs, 2)
+        compile_model(
+            model,
+            learning_rate=hp.get("learning_rate"),
+            weight_decay=hp.get("weight_decay"),
+            total_steps=total_steps,
+            warmup_steps=min(int(hp.get("warmup_fraction") * total_steps), total_steps - 1),
+            label_smoothing=hp.get("label_smoothing"),
+        )
+        callbacks = list(callbacks or []) + [keras.callbacks.TerminateOnNaN()]
+        if self.patience is not None:
+            callbacks.append(keras.callbacks.EarlyStopping(
+                self.objective, patience=self.patience, restore_best_weights=True))
+        try:
+            history = model.fit(train, *args, validation_data=validation_data, epochs=epochs,
+                                callbacks=callbacks, **kwargs)
+        except Exception as err:  # out of memory and other resource errors
+            if "ResourceExhausted" in type(err).__name__ or "out of memory" in str(err).lower():
+                raise keras_tuner.errors.FailedTrialError(f"Out of memory: {err}") from err
+            raise
+        losses = history.history.get("loss", [])
+        if not losses or not all(math.isfinite(v) for v in losses):
+            raise keras_tuner.errors.FailedTrialError(f"The loss is not finite: {losses}")
+        return history
+
+
+class _ResumableTuner:
+    """Mixin: a trial keeps a kill-safe backup of its last epoch in its own
+    folder (`keras_vit.training.RunBackup`, atomic writes), so a search
+    killed mid-trial resumes that trial from its last completed epoch. With
+    several executions per trial an interrupted trial restarts instead."""
+
+    def run_trial(self, trial, *args, **kwargs):
+        from keras_vit.training import RunBackup
+
+        print(f"[{self.tuner_id}] trial {trial.trial_id}: {trial.hyperparameters.values}", flush=True)
+        trial_dir = self.get_trial_dir(trial.trial_id)
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if self.executions_per_trial == 1:
+            callbacks.append(RunBackup(trial_dir, monitor=self.oracle.objective.name, artifacts=False))
+        results = super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
+        shutil.rmtree(os.path.join(trial_dir, "backup"), ignore_errors=True)
+        return results
+
+
+def make_tuner(kind, hypermodel, *, objective, max_trials, executions_per_trial=1,
+               directory="tuning", project_name="vit", overwrite=False, seed=None,
+               distribution_strategy=None, max_epochs=None, hyperparameters=None):
+    """Creates a KerasTuner tuner of `kind` ("random", "hyperband" or
+    "bayesian") whose trials resume after a crash.
+
+    Example:
+    >>> tuner = make_tuner("random", ViTHyperModel(16, 10), objective="val_accuracy",
+    ...                    max_trials=2, directory="/tmp/search")
+    """
+    check_choice(kind, "tuner", tuple(TUNERS))
+    base = TUNERS[kind]
+    cls = type(f"Resumable{base.__name__}", (_ResumableTuner, base), {})
+    direction = "min" if "loss" in objective else "max"
+    kwargs = dict(
+        hypermodel=hypermodel,
+        objective=keras_tuner.Objective(objective, direction),
+        executions_per_trial=executions_per_trial,
+        directory=str(directory),
+        project_name=project_name,
+        overwrite=overwrite,
+        seed=seed,
+        distribution_strategy=distribution_strategy,
+        hyperparameters=hyperparameters,
+        max_consecutive_failed_trials=max(3, max_trials),
+    )
+    if kind == "hyperband":
+        kwargs.update(max_epochs=max_epochs or hypermodel.epochs, hyperband_iterations=1)
+    else:
+        kwargs["max_trials"] = max_trials
+    return cls(**kwargs)
+
+
+def trial_rows(tuner):
+    """One dict per trial: id, status, score, best step and hyperparameters."""
+    rows = []
+    for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
+        rows.append(dict(
+            trial_id=trial.trial_id,
+            status=str(trial.status),
+            score=None if trial.score is None else float(trial.score),
+            best_step=trial.best_step,
+            **trial.hyperparameters.values,
+        ))
+    return rows
+
+
+def _atomic_write(path, write):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_results(rows, out_dir, objective):
+    """Writes `results.csv`, `results.json` and `trials.png` under `out_dir`."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write_json(tmp):
+        with open(tmp, "w") as f:
+            json.dump({"objective": objective, "trials": rows}, f, indent=2, default=str)
+
+    def write_png(tmp):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        done = [(i, r["score"]) for i, r in enumerate(rows) if r["score"] is not None]
+        failed = [i for i, r in enumerate(rows) if r["score"] is None]
+        if done:
+            ax.plot(*zip(*done), "o", label="trial score")
+            best = np.maximum.accumulate if "loss" not in objective else np.minimum.accumulate
+            ax.plot([i for i, _ in done], best([s for _, s in done]), "-", label="best so far")
+        if failed:
+            ax.plot(failed, [0] * len(failed), "x", color="red", label="failed")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(objective)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(tmp, format="png")
+        plt.close(fig)
+
+    os.makedirs(out_dir, exist_ok=True)
+    _atomic_write(os.path.join(out_dir, "results.csv"), write_csv)
+    _atomic_write(os.path.join(out_dir, "results.json"), write_json)
+    _atomic_write(os.path.join(out_dir, "trials.png"), write_png)
+
+
+def tune(
+    data="digits",
+    *,
+    tuner="random",
+    max_trials=10,
+    executions_per_trial=1,
+    objective="val_accuracy",
+    directory="tuning",
+    project_name="vit",
+    epochs=10,
+    patience=3,
+    image_size=None,
+    batch_size=64,
+    space=None,
+    fixed=None,
+    hyperparameters=None,
+    overwrite=False,
+    seed=0,
+    strategy=None,
+    tensorboard=True,
+    verbose=1,
+):
+    """Searches architectures and recipes; returns the best model and its
+    hyperparameters.
+
+    Re-running the same call after a crash (with `overwrite=False`) resumes
+    the search: finished trials are kept and an interrupted trial resumes
+    from its last completed epoch. Trials that fail (NaN loss, out of
+    memory, an invalid combination) are recorded as failed and the search
+    goes on. Writes under `directory/project_name`: `best_model.keras`,
+    `results.csv`, `results.json`, `trials.png` and TensorBoard logs with
+    the HParams dashboard (`logs/`).
+
+    Args:
+        data: a `keras_vit.data.load_data` source ("digits", a TFDS name, a
+            folder, an .npz path, arrays) or its returned
+            (train, validation, test, info) tuple. The test split is never
+            used by the search.
+        tuner: "random", "hyperband" or "bayesian".
+        max_trials: int >= 1 (for hyperband, the budget comes from `epochs`).
+        executions_per_trial: models trained per trial (scores averaged).
+        objective: "val_accuracy", "val_loss", "accuracy" or "loss".
+        directory, project_name: where the search lives.
+        epochs: epochs per trial; patience: early-stopping patience.
+        image_size: image size for `load_data` (default 16 for digits).
+        batch_size: batch size used to load the data (each trial re-batches).
+        space, fixed: see `ViTHyperModel`.
+        hyperparameters: an optional `keras_tuner.HyperParameters` whose
+            values override the space.
+        overwrite: start afresh instead of resuming.
+        seed: int seed for the oracle and data split.
+        strategy: None or a `tf.distribute` strategy (or its name, see
+            `keras_vit.training.get_strategy`) each trial runs under.
+        tensorboard: write TensorBoard logs with the HParams dashboard.
+        verbose: Keras verbosity during trials.
+
+    Returns:
+        (best_model, best_hyperparameters); (None, None) on a distributed
+        worker, whose results the chief writes.
+
+    Example:
+    >>> model, hp = tune("digits", max_trials=2, epochs=1, directory="/tmp/search",
+    ...                  fixed={"depth": 1})
+    """
+    check_choice(tuner, "tuner", tuple(TUNERS))
+    check_choice(objective, "objective", OBJECTIVES)
+    if not isinstance(max_trials, int) or max_trials < 1:
+        raise ValueError(f"`max_trials` must be an int >= 1. Received: max_trials={max_trials!r}")
+    if not isinstance(executions_per_trial, int) or executions_per_trial < 1:
+        raise ValueError(
+            f"`executions_per_trial` must be an int >= 1. Received: executions_per_trial={executions_per_trial!r}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"`epochs` must be an int >= 1. Received: epochs={epochs!r}")
+    from keras_vit.data import load_data
+
+    if isinstance(data, tuple) and len(data) == 4:
+        train, validation, _, info = data
+    else:
+        size = image_size or 16
+        train, validation, _, info = load_data(data, size, batch_size, seed=seed)
+    if validation is None and objective.startswith("val_"):
+        raise ValueError(f"objective={objective!r} needs a validation split; the data has none.")
+    hypermodel = ViTHyperModel(
+        info.image_size, info.num_classes, info.channels, space=space, fixed=fixed,
+        epochs=epochs, patience=patience, objective=objective,
+    )
+    if isinstance(strategy, str):
+        from keras_vit.training import get_strategy
+
+        strategy = get_strategy(strategy)
+    search = make_tuner(
+        tuner, hypermodel, objective=objective, max_trials=max_trials,
+        executions_per_trial=executions_per_trial, directory=directory,
+        project_name=project_name, overwrite=overwrite, seed=seed,
+        distribution_strategy=strategy, max_epochs=epochs, hyperparameters=hyperparameters,
+    )
+    out_dir = os.path.join(str(directory), project_name)
+    callbacks = []
+    if tensorboard and keras.backend.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "logs")))
+    search.search(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
+                  verbose=verbose)
+    if _is_distributed_worker():
+        return None, None
+    rows = trial_rows(search)
+    write_results(rows, out_dir, objective)
+    if not any(r["score"] is not None for r in rows):
+        raise RuntimeError(f"Every trial failed; see {os.path.join(out_dir, 'results.csv')}.")
+    best_hp = search.get_best_hyperparameters(1)[0]
+    best_model = search.get_best_models(1)[0]
+    path = os.path.join(out_dir, "best_model.keras")
+    tmp = os.path.join(out_dir, f".best_model.tmp-{os.getpid()}.keras")
+    best_model.save(tmp)
+    os.replace(tmp, path)
+    return best_model, best_hp
+
+
+def _is_distributed_worker():
+    return "KERASTUNER_ORACLE_IP" in os.environ and "chief" not in os.environ.get("KERASTUNER_TUNER_ID", "")
+
+
+# ------------------------------------------------------------------- cli
+
+
+def _parse_space(entries, name):
+    """Parses KEY=VALUE[,VALUE...] (or KEY=LOW:HIGH for a range)."""
+    out = {}
+    for entry in entries or ():
+        if "=" not in entry:
+            raise ValueError(f"`--{name}` takes KEY=VALUE. Received: {entry!r}")
+        key, text = entry.split("=", 1)
+
+        def number(v):
+            for cast in (int, float):
+                try:
+                    return cast(v)
+                except ValueError:
+                    pass
+            return v
+
+        if ":" in text:
+            low, high = (number(v) for v in text.split(":", 1))
+            out[key] = (low, high)
+        else:
+            values = [number(v) for v in text.split(",")]
+            out[key] = values if len(values) > 1 or name == "space" else values[0]
+    return out
+
+
+def add_cli(subparsers):
+    """Registers `keras-vit tune`."""
+    parser = subparsers.add_parser(
+        "tune",
+        help="search ViT architectures and recipes with KerasTuner",
+        description="Hyperparameter search with KerasTuner. Re-run the same command to resume.",
+    )
+    parser.add_argument("--dataset", default="digits", help="load_data source (default: digits, offline)")
+    parser.add_argument("--image-size", type=int, default=16, help="image size in pixels (default: 16)")
+    parser.add_argument("--tuner", default="random", choices=tuple(TUNERS), help="search algorithm")
+    parser.add_argument("--max-trials", type=int, default=4, help="number of trials (default: 4)")
+    parser.add_argument("--executions-per-trial", type=int, default=1, help="models trained per trial")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (default: 10)")
+    parser.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
+    parser.add_argument("--objective", default="val_accuracy", choices=OBJECTIVES, help="metric to optimise")
+    parser.add_argument("--directory", default="tuning", help="folder of the search (default: tuning)")
+    parser.add_argument("--project-name", default="vit", help="sub-folder of this search")
+    parser.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the oracle and data split")
+    parser.add_argument("--space", action="append", metavar="KEY=V1,V2|LOW:HIGH",
+                        help=f"narrow a search-space entry; keys: {', '.join(DEFAULT_SPACE)}")
+    parser.add_argument("--fix", action="append", metavar="KEY=VALUE", help="fix a search-space entry")
+    parser.add_argument("--top", type=int, default=5, help="rows in the final table (default: 5)")
+    parser.set_defaults(func=_run_cli, parser=parser)
+
+
+def _run_cli(args):
+    try:
+        space = _parse_space(args.space, "space")
+        fixed = _parse_space(args.fix, "fix")
+        if args.max_trials < 1:
+            raise ValueError(f"`--max-trials` must be >= 1. Received: {args.max_trials}")
+    except ValueError as err:
+        args.parser.error(str(err))
+    _, best_hp = tune(
+        args.dataset, tuner=args.tuner, max_trials=args.max_trials,
+        executions_per_trial=args.executions_per_trial, objective=args.objective,
+        directory=args.directory, project_name=args.project_name, epochs=args.epochs,
+        patience=args.patience, image_size=args.image_size, space=space, fixed=fixed,
+        overwrite=args.overwrite, seed=args.seed, verbose=2,
+    )
+    if best_hp is None:
+        print("Worker finished; the chief writes the results.")
+        return 0
+    out_dir = os.path.join(args.directory, args.project_name)
+    with open(os.path.join(out_dir, "results.json")) as f:
+        rows = json.load(f)["trials"]
+    done = [r for r in rows if r["score"] is not None]
+    done.sort(key=lambda r: r["score"], reverse="loss" not in args.objective)
+    keys = ["trial_id", "score", "patch_size", "hidden_dim", "num_heads", "depth",
+            "learning_rate", "batch_size"]
+    print(f"\nBest trials ({args.objective}); {len(rows) - len(done)} failed; results in {out_dir}")
+    print(" | ".join(f"{k:>13}" for k in keys))
+    for row in done[: args.top]:
+        print(" | ".join(f"{_fmt(row.get(k)):>13}" for k in keys))
+    return 0
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,159 @@
+"""`keras-vit train` in real subprocesses: a tiny run, bad flags, kill -9
+and resume, and two workers on 127.0.0.1 under MultiWorkerMirroredStrategy."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vit.cli import main
+from tests.conftest import REPO, run_python
+
+TINY = ["--image-size", "8", "--patch-size", "4", "--hidden-dim", "16", "--depth", "1",
+        "--num-heads", "2", "--mlp-dim", "32", "--verbose", "2", "--jit-compile", "false"]
+
+
+def cli(*args):
+    return ["-m", "keras_vit.cli", "train", *args]
+
+
+def env():
+    full = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    full["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([full["PYTHONPATH"]] if full.get("PYTHONPATH") else []))
+    return full
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--dataset", "--preset", "--epochs", "--batch-size", "--precision", "--strategy",
+                 "--run-dir", "--resume", "--config", "--hidden-dim", "--augment", "--recipe"):
+        assert flag in out
+    assert "'digits' (default)" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "many"], "invalid int value: 'many'"),
+    (["--precision", "fp8"], "invalid choice: 'fp8'"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--config", "missing.yaml"], "config file does not exist"),
+    (["--learning-rate", "0.1", "--restart", "--resume"], "not allowed with argument"),
+])
+def test_bad_flags_are_usage_errors(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: keras-vit" in err and message in err
+
+
+def test_bad_dataset_is_a_clear_error(tmp_path, capsys):
+    code = main(["train", "--dataset", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "r"), *TINY])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "keras-vit train: error: The image folder does not exist" in err
+
+
+def test_tiny_run_with_a_config_file(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("epochs: 1\nhidden-dim: 16\nlearning_rate: 0.003\n")
+    run = tmp_path / "run"
+    proc = run_python(cli("--config", str(config), "--run-dir", str(run), *TINY), timeout=600)
+    assert "21/21" in proc.stdout  # 1293 training images in batches of 64
+    assert "Test metrics (1 epochs" in proc.stdout and "accuracy" in proc.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert f"accuracy  {metrics['test']['accuracy']:.4f}" in proc.stdout
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["learning_rate"] == 0.003 and saved["hidden_dim"] == 16 and saved["dataset"] == "digits"
+
+
+def read_state(run):
+    path = run / "backup" / "training_metadata.json"
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def test_kill_9_mid_epoch_then_rerun_resumes(tmp_path):
+    run = tmp_path / "run"
+    # 16 px, 2 px patches, batch 8: long enough epochs to kill one midway
+    args = cli("--run-dir", str(run), "--epochs", "4", *TINY, "--image-size", "16",
+               "--patch-size", "2", "--batch-size", "8", "--verbose", "1")
+    proc = subprocess.Popen([sys.executable, *args], env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 400
+        while (read_state(run) or {}).get("epoch", 0) < 1:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.time() < deadline, "the first epoch never finished"
+            time.sleep(0.05)
+        time.sleep(0.5)  # well into the second epoch
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = read_state(run)["epoch"]
+    assert 1 <= killed_at < 4, "the run finished before it was killed"
+    assert not (run / "metrics.json").exists()
+
+    rerun = run_python(args, timeout=600)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == killed_at and metrics["epochs"] == 4
+    assert f"Epoch {killed_at + 1}/4" in rerun.stdout and "Epoch 1/4" not in rerun.stdout
+    rows = (run / "history.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4]
+    assert not [p for p in run.rglob(".*")], "a temporary file was left behind"
+    keras.saving.load_model(run / "checkpoints" / "last.keras")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_train_the_same_model(tmp_path):
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    run = tmp_path / "run"
+    procs = []
+    for index in range(2):
+        worker_env = env()
+        worker_env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen(
+            [sys.executable, *cli("--strategy", "multi_worker", "--run-dir", str(run), "--epochs", "2", *TINY)],
+            env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=500)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out[-3000:]
+        assert "Test metrics (2 epochs" in out
+    chief = json.loads((run / "metrics.json").read_text())
+    worker = json.loads((run / "workers" / "worker_1" / "metrics.json").read_text())
+    assert chief["num_workers"] == 2 and chief["epochs"] == worker["epochs"] == 2
+    a = keras.saving.load_model(run / "model.keras").get_weights()
+    b = keras.saving.load_model(run / "workers" / "worker_1" / "model.keras").get_weights()
+    for wa, wb in zip(a, b):
+        np.testing.assert_array_equal(wa, wb)
+    # and training did move the weights away from the initial ones
+    assert chief["test"] == worker["test"]

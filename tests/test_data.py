@@ -1,0 +1,189 @@
+"""Tests of `keras_vit.data`: real arrays, real image files in tmp_path,
+TFDS through `tfds.testing.mock_data`, and the bundled digits."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_vit.data import build_augmentation, load_data
+
+
+def batches(ds):
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def indexed_arrays(n=60, size=4, classes=3):
+    """Images whose constant pixel value is their index, labels cycling."""
+    x = np.repeat(np.arange(n, dtype="float32")[:, None, None], size * size, 1).reshape(n, size, size)
+    return x, np.arange(n) % classes
+
+
+def test_digits_default_shapes_and_split_sizes():
+    train, val, test, info = load_data("digits", 16, 32)
+    x, y = next(iter(train))
+    assert x.shape == (32, 16, 16, 1) and x.dtype == tf.float32
+    assert y.shape == (32, 10)
+    assert info.num_classes == 10 and info.channels == 1
+    assert info.class_names == [str(i) for i in range(10)]
+    assert sum(info.split_sizes.values()) == 1797
+    assert info.split_sizes["test"] == 360
+    assert float(tf.reduce_max(x)) <= 255.0 and float(tf.reduce_min(x)) >= 0.0
+
+
+def test_splits_are_disjoint_seeded_and_cover_everything():
+    x, y = indexed_arrays()
+    first = load_data((x, y), 4, 8, label_mode="int", seed=3)
+    ids = [set(batches(ds)[0][:, 0, 0, 0].astype(int)) for ds in first[:3]]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    assert ids[0] | ids[1] | ids[2] == set(range(60))
+    assert len(ids[2]) == 12  # test_split=0.2
+    again = load_data((x, y), 4, 8, label_mode="int", seed=3)
+    assert set(batches(again[2])[0][:, 0, 0, 0].astype(int)) == ids[2]
+    other = load_data((x, y), 4, 8, label_mode="int", seed=4)
+    assert set(batches(other[2])[0][:, 0, 0, 0].astype(int)) != ids[2]
+    # labels travel with their images
+    images, labels = batches(first[0])
+    np.testing.assert_array_equal(labels, images[:, 0, 0, 0].astype(int) % 3)
+
+
+def test_grayscale_to_rgb_and_pad_resize():
+    x = np.full((10, 4, 8), 200.0, "float32")
+    train, _, _, info = load_data((x, np.zeros(10, int)), 8, 2, channels=3, resize="pad",
+                                  test_split=0, validation_split=0, num_classes=2)
+    images, labels = batches(train)
+    assert images.shape == (10, 8, 8, 3) and info.channels == 3
+    np.testing.assert_allclose(images[..., 0], images[..., 2])
+    assert np.all(images[:, :2] == 0) and np.all(images[:, 2:6] == 200)  # padded rows
+    np.testing.assert_array_equal(labels, np.tile([1.0, 0.0], (10, 1)))
+
+
+def test_augmentation_mixes_one_hot_labels():
+    augment = build_augmentation(16, 10, flip=True, crop_padding=0.125, rand_augment=0.5,
+                                 mixup=0.8, cutmix=1.0, seed=1)
+    images = tf.random.uniform((8, 16, 16, 3), 0, 255, seed=0)
+    labels = tf.one_hot(tf.range(8), 10)
+    out_x, out_y = augment(images, labels)
+    assert out_x.shape == images.shape
+    assert float(tf.reduce_min(out_x)) >= 0 and float(tf.reduce_max(out_x)) <= 255
+    np.testing.assert_allclose(tf.reduce_sum(out_y, 1), np.ones(8), rtol=1e-5)
+    assert np.any(np.max(out_y, 1) < 0.999)  # some labels were mixed
+
+
+def test_named_augmentation_applies_to_train_only():
+    train, val, test, _ = load_data("digits", 16, 64, augment="digits", seed=0)
+    plain = load_data("digits", 16, 64, seed=0)
+    np.testing.assert_array_equal(batches(test)[0], batches(plain[2])[0])
+    # the same shuffled batch differs once augmented
+    assert not np.allclose(next(iter(train))[0], next(iter(plain[0]))[0])
+
+
+def test_augmentation_rejects_int_labels_for_mixup():
+    with pytest.raises(ValueError, match="one-hot"):
+        load_data("digits", 16, 8, augment={"mixup": 0.2}, label_mode="int")
+
+
+def write_png(path, value=128, size=(6, 5), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode == "L" else (value, value // 2, 0)).save(path)
+
+
+def test_image_folder_skips_bad_files_with_a_warning(tmp_path):
+    for cls in ("cat", "dog"):
+        for i in range(5):
+            write_png(tmp_path / cls / f"{i}.png", 40 if cls == "cat" else 220)
+    (tmp_path / "cat" / "empty.png").write_bytes(b"")
+    (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "dog" / "notes.txt").write_text("hello")
+    with pytest.warns(UserWarning, match="3 unreadable") as record:
+        train, val, test, info = load_data(tmp_path, 8, 4, validation_split=0.2, test_split=0.2)
+    message = str(record[0].message)
+    assert "empty.png (zero bytes)" in message and "broken.png" in message and "notes.txt" in message
+    assert info.class_names == ["cat", "dog"] and info.channels == 3
+    assert info.split_sizes == {"train": 6, "validation": 2, "test": 2}
+    images, labels = batches(train)
+    assert images.shape == (6, 8, 8, 3)
+    # dark images are cats (label 0), bright ones dogs
+    np.testing.assert_array_equal(labels.argmax(1), (images[:, 0, 0, 0] > 128).astype(int))
+    with pytest.raises(ValueError, match="broken.png"):
+        load_data(tmp_path, 8, 4, on_bad_files="error")
+
+
+def test_image_folder_with_split_folders_and_grayscale(tmp_path):
+    for split, n in (("train", 4), ("val", 2), ("test", 3)):
+        for cls in ("a", "b"):
+            for i in range(n):
+                write_png(tmp_path / split / cls / f"{i}.png", 90, mode="L")
+    train, val, test, info = load_data(tmp_path, 8, 16, channels=1)
+    assert info.split_sizes == {"train": 8, "validation": 4, "test": 6}
+    assert batches(test)[0].shape == (6, 8, 8, 1)
+
+
+@pytest.mark.parametrize("layout, match", [
+    ("missing", "does not exist"),
+    ("no_classes", "no class sub-folders"),
+    ("empty_class", "holds no readable images"),
+])
+def test_image_folder_errors(tmp_path, layout, match):
+    root = tmp_path / "data"
+    if layout != "missing":
+        root.mkdir()
+    if layout == "empty_class":
+        write_png(root / "a" / "0.png")
+        (root / "b").mkdir()
+    with pytest.raises(ValueError, match=match):
+        load_data(root, 8, 4)
+
+
+def test_npz_file_with_own_test_split(tmp_path):
+    x, y = indexed_arrays(40)
+    path = tmp_path / "data.npz"
+    np.savez(path, x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:],
+             class_names=np.array(["r", "g", "b"]))
+    train, val, test, info = load_data(str(path), 4, 8, validation_split=0.1, label_mode="int")
+    assert info.class_names == ["r", "g", "b"]
+    assert info.split_sizes == {"train": 27, "validation": 3, "test": 10}
+    assert set(batches(test)[0][:, 0, 0, 0].astype(int)) == set(range(30, 40))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(source=(np.zeros((5, 4, 4)), np.zeros(4, int))), "different lengths: 5 images and 4 labels"),
+    (dict(source=(np.zeros((3, 4, 4)), np.array([0, 1, 5])), num_classes=3), "label 5 at index 2"),
+    (dict(source=(np.zeros((3, 4, 4)), np.array([0.5, 1, 0]))), "integer class indices"),
+    (dict(label_mode="sparse"), "label_mode"),
+    (dict(image_size=0), "image_size"),
+    (dict(batch_size=-1), "batch_size"),
+    (dict(validation_split=1.5), "validation_split"),
+    (dict(augment="wild"), "augment"),
+    (dict(channels=2), "channels"),
+    (dict(source=3), "source"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, match):
+    kwargs = {"source": "digits", "image_size": 8, "batch_size": 4, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        load_data(**kwargs)
+
+
+def test_unknown_tfds_name_fails_fast():
+    with pytest.raises(ValueError, match="Unknown dataset 'no_such_dataset_xyz'"):
+        load_data("no_such_dataset_xyz", 8, 4)
+
+
+def test_tfds_dataset_not_downloaded_fails_without_network(tmp_path):
+    with pytest.raises(ValueError, match="not prepared") as err:
+        load_data("mnist", 8, 4, data_dir=str(tmp_path))
+    assert str(tmp_path) in str(err.value)
+
+
+def test_tfds_path_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        train, val, test, info = load_data(
+            "tfds:mnist", 16, 4, channels=3, download=True,
+            splits={"train": "train", "test": "test"})
+        x, y = next(iter(train))
+    assert x.shape == (4, 16, 16, 3) and y.shape == (4, 10)
+    assert info.num_classes == 10 and info.source == "tfds:mnist"
+    assert val is not None and info.split_sizes["test"] == 12

@@ -1,0 +1,214 @@
+"""`build_vit`: presets, image sizes, saving, mixed precision and bad input."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vit import PRESETS, build_vit
+from tests.conftest import BACKEND, run_python, tiny_vit_kwargs
+
+# Parameter counts of timm's reference models (1000 classes, 224 px).
+TIMM_PARAMS = {
+    "Ti/16": 5_717_416,  # vit_tiny_patch16_224
+    "S/16": 22_050_664,  # vit_small_patch16_224
+    "S/32": 22_878_952,  # vit_small_patch32_224
+    "B/16": 86_567_656,  # vit_base_patch16_224
+    "B/32": 88_224_232,  # vit_base_patch32_224
+    "L/16": 304_326_632,  # vit_large_patch16_224
+    "H/14": 632_045_800,  # vit_huge_patch14_224 with a 1000-class head
+}
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("variant", sorted(TIMM_PARAMS))
+def test_preset_parameter_counts_equal_timm(variant):
+    assert build_vit(variant, image_size=224, num_classes=1000).count_params() == TIMM_PARAMS[variant]
+
+
+@pytest.mark.backend_independent
+def test_small_image_presets_build_at_their_size():
+    for name in ("Mu/4", "Ti/4", "S/4"):
+        size = PRESETS[name]["image_size"]
+        assert 28 <= size <= 64
+        model = build_vit(name, image_size=size, num_classes=10)
+        assert model.get_layer("patch_encoder").grid_size == (size // 4, size // 4)
+
+
+def test_keyword_arguments_override_the_preset():
+    model = build_vit("S/16", image_size=64, num_classes=3, depth=2, patch_size=8)
+    blocks = [layer for layer in model.layers if layer.name.startswith("encoder_block_")]
+    assert len(blocks) == 2
+    assert model.get_layer("patch_encoder").patch_size == (8, 8)
+    assert model.get_layer("patch_encoder").hidden_dim == 384
+
+
+def test_issue_example_overlapping_non_square_gap():
+    model = build_vit(image_size=(40, 56), patch_size=8, stride=4, num_classes=7,
+                      hidden_dim=48, depth=2, num_heads=3, mlp_dim=96, pooling="gap")
+    encoder = model.get_layer("patch_encoder")
+    assert encoder.grid_size == (9, 13)
+    assert model.output_shape == (None, 7)
+    assert model(np.zeros((2, 40, 56, 3))).shape == (2, 7)
+
+
+def test_stable_readable_layer_names(tiny_vit):
+    names = [layer.name for layer in tiny_vit(representation_size=8).layers]
+    assert names == [
+        "images", "rescaling", "patch_encoder", "embedding_dropout", "encoder_block_0",
+        "encoder_block_1", "encoder_norm", "cls_pooling", "pre_logits", "head_dropout", "head",
+    ]
+
+
+def test_any_size_model_runs_at_several_sizes_with_resampled_positions():
+    model = build_vit(image_size=None, reference_image_size=16, **{
+        k: v for k, v in tiny_vit_kwargs().items() if k != "image_size"})
+    assert model.input_shape == (None, None, None, 3)
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (2, 16, 16, 3)).astype("float32")
+    big = rng.integers(0, 256, (2, 24, 32, 3)).astype("float32")
+    assert model.predict(small, verbose=0).shape == model.predict(big, verbose=0).shape == (2, 4)
+    fixed = build_vit(**tiny_vit_kwargs())
+    fixed.set_weights(model.get_weights())
+    np.testing.assert_allclose(model.predict(small, verbose=0), fixed.predict(small, verbose=0), atol=1e-5)
+
+
+def test_image_size_none_with_all_defaults_builds_and_runs():
+    model = build_vit(image_size=None)
+    assert model.count_params() == TIMM_PARAMS["B/16"]
+    assert model(np.zeros((1, 48, 32, 3))).shape == (1, 1000)
+
+
+def test_uint8_and_float_pixels_give_the_same_logits(tiny_vit, images):
+    model = tiny_vit()
+    np.testing.assert_allclose(
+        model.predict(images.astype("uint8"), verbose=0), model.predict(images, verbose=0), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("pooling", ["cls", "gap", "map"])
+def test_poolings_give_different_heads(tiny_vit, images, pooling):
+    model = tiny_vit(pooling=pooling)
+    assert any(layer.name == f"{pooling}_pooling" for layer in model.layers)
+    assert model.predict(images, verbose=0).shape == (3, 4)
+
+
+def test_head_options(tiny_vit, images):
+    model = tiny_vit(head_units=[12, 6], classifier_activation="softmax", dropout=0.1)
+    assert [model.get_layer(n).units for n in ("head_dense_0", "head_dense_1", "head")] == [12, 6, 4]
+    probs = model.predict(images, verbose=0)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    features = tiny_vit(num_classes=0)
+    assert features.output_shape == (None, 16)
+
+
+# Configurations whose `.keras` files must reload every weight.
+SAVE_CONFIGS = {
+    "cls": {},
+    "gap_registers_sincos": dict(pooling="gap", num_registers=2, pos_embedding="sincos"),
+    "map_layerscale_qknorm": dict(pooling="map", layer_scale=0.1, qk_norm=True, use_qkv_bias=False),
+    "prelogits_mlp_head": dict(representation_size=8, head_units=[8], activation="relu"),
+    "linear_overlap": dict(patch_embedding="linear", stride=2, class_token=True, pooling="gap"),
+    "any_size": dict(image_size=None, reference_image_size=16, interpolation="bilinear"),
+}
+
+
+def test_keras_file_reloads_in_a_fresh_process_with_identical_predictions(tmp_path, tiny_vit, images):
+    expected = {}
+    for name, overrides in SAVE_CONFIGS.items():
+        model = tiny_vit(**overrides)
+        # Move every weight off its initial value so a weight left behind shows.
+        for weight in model.weights:
+            weight.assign(weight + np.random.default_rng(1).normal(0, 0.05, weight.shape))
+        model.save(tmp_path / f"{name}.keras")
+        expected[name] = model.predict(images, verbose=0).tolist()
+    np.save(tmp_path / "images.npy", images)
+    code = f"""
+import json, keras, numpy as np
+import keras_vit  # registers the layers; no custom_objects needed
+images = np.load({str(tmp_path / 'images.npy')!r})
+out = {{}}
+for name in {list(SAVE_CONFIGS)!r}:
+    model = keras.saving.load_model({str(tmp_path)!r} + "/" + name + ".keras", safe_mode=True)
+    out[name] = model.predict(images, verbose=0).tolist()
+print("RESULT" + json.dumps(out))
+"""
+    proc = run_python(code)
+    reloaded = json.loads(proc.stdout.split("RESULT", 1)[1])
+    for name in SAVE_CONFIGS:
+        np.testing.assert_allclose(reloaded[name], expected[name], atol=1e-6, err_msg=name)
+
+
+POLICIES = ["mixed_bfloat16"] + (["mixed_float16"] if BACKEND == "tensorflow" else [])
+# JAX's CPU backend has no float16 matmul ("F16_F16_F32 is not supported by
+# dot_general on CPU"), so float16 runs on TensorFlow (and on GPUs) only.
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("pooling", ["cls", "map"])
+def test_mixed_precision_gives_finite_float32_logits(policy, pooling):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_vit(**tiny_vit_kwargs(pooling=pooling, layer_scale=0.1, qk_norm=True))
+        logits = model.predict(np.full((2, 16, 16, 3), 255, "uint8"), verbose=0)
+        block = model.get_layer("encoder_block_0")
+        assert block.norm1.compute_dtype == "float32"
+        assert block.mlp_dense1.compute_dtype == policy.split("_")[1]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert logits.dtype == np.float32
+    assert np.isfinite(logits).all()
+
+
+# ------------------------------------------------------------- bad input
+
+BAD_BUILDS = [
+    (dict(hidden_dim=18, num_heads=4), "divisible by `num_heads`"),
+    (dict(image_size=3), "smaller than the patch size 4"),
+    (dict(image_size=18), "Sizes that work: 16 or 20"),
+    (dict(image_size=17, stride=2), "Sizes that work: 16 or 18"),
+    (dict(variant="X/16"), "Known variants: Mu/4"),
+    (dict(pooling="max"), "Unknown `pooling`: 'max'. Accepted values: 'cls', 'gap', 'map'"),
+    (dict(pos_embedding="rope"), "Unknown `pos_embedding`: 'rope'"),
+    (dict(activation="tanh"), "Unknown `activation`: 'tanh'"),
+    (dict(depth=0), "`depth` must be a positive int"),
+    (dict(hidden_dim=-16), "`hidden_dim` must be a positive int"),
+    (dict(patch_size=0), "`patch_size` must be a positive int"),
+    (dict(image_size=(16, 0)), "`image_size` must be a positive int"),
+    (dict(num_classes=-1), "`num_classes` must be an int >= 0"),
+    (dict(dropout=1.0), "`dropout` must be in [0, 1)"),
+    (dict(attention_dropout=-0.1), "`attention_dropout` must be in [0, 1)"),
+    (dict(drop_path_rate=1.5), "`drop_path_rate` must be in [0, 1)"),
+    (dict(pos_embedding="sincos", hidden_dim=18, num_heads=3), "divisible by 4"),
+    (dict(pooling="cls", class_token=False), "needs a class token"),
+]
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("overrides,message", BAD_BUILDS, ids=[m for _, m in BAD_BUILDS])
+def test_bad_arguments_raise_a_clear_value_error(overrides, message):
+    with pytest.raises(ValueError) as info:
+        build_vit(**tiny_vit_kwargs(**overrides))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "shape,message",
+    [
+        ((1, 16, 16, 1), "Expected images with 3 channels"),
+        ((16, 16, 3), "Expected shape (None, None, None, 3)"),
+        ((1, 2, 2, 3), "smaller than the patch size 4"),
+        ((1, 18, 16, 3), "Sizes that work: 16 or 20"),
+    ],
+)
+def test_bad_images_at_call_time_raise_a_clear_value_error(shape, message):
+    model = build_vit(image_size=None, **{k: v for k, v in tiny_vit_kwargs().items() if k != "image_size"})
+    with pytest.raises(ValueError) as info:
+        model.predict(np.zeros(shape, "float32"), verbose=0)
+    assert message in str(info.value)
+
+
+def test_fixed_size_model_rejects_another_size_clearly(tiny_vit):
+    with pytest.raises(ValueError, match="expected shape=\\(None, 16, 16, 3\\)"):
+        tiny_vit().predict(np.zeros((1, 24, 24, 3)), verbose=0)

@@ -1,0 +1,188 @@
+"""Tests of the training recipe and run directories (in-process, tiny)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vit import build_vit
+from keras_vit.data import load_data
+from keras_vit.training import (
+    RECIPES,
+    atomic_path,
+    compile_model,
+    make_optimizer,
+    make_schedule,
+    resolve_config,
+    train,
+)
+from tests.conftest import tiny_vit_kwargs
+
+DIGITS = tiny_vit_kwargs(image_size=8, num_classes=10, channels=1, depth=1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", 8, 128)
+
+
+def tiny_model():
+    keras.utils.set_random_seed(0)
+    return build_vit(**DIGITS)
+
+
+def test_weight_decay_skips_biases_norms_positions_and_tokens():
+    model = build_vit(**tiny_vit_kwargs(num_registers=1))
+    before = {w.path: keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights}
+    optimizer = make_optimizer(0.1, weight_decay=0.5, clipnorm=None)
+    zeros = [keras.ops.zeros_like(w) for w in model.trainable_weights]
+    optimizer.apply(zeros, model.trainable_weights)
+    excluded = ("bias", "gamma", "beta", "position_embedding", "cls_token", "registers")
+    seen = set()
+    for w in model.trainable_weights:
+        after = keras.ops.convert_to_numpy(w)
+        if w.name in excluded:
+            seen.add(w.name)
+            np.testing.assert_array_equal(after, before[w.path], err_msg=w.path)
+        else:  # kernels decay by lr * weight_decay
+            np.testing.assert_allclose(after, before[w.path] * (1 - 0.1 * 0.5), rtol=1e-5, err_msg=w.path)
+    assert seen == set(excluded)
+
+
+def test_schedule_warms_up_linearly_then_decays_to_the_minimum():
+    schedule = make_schedule(1e-3, total_steps=100, warmup_steps=10, min_learning_rate=1e-5)
+    values = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
+    np.testing.assert_allclose(values[:3], [0.0, 5e-4, 1e-3], rtol=1e-5)
+    assert 1e-5 < values[3] < 1e-3
+    np.testing.assert_allclose(values[4], 1e-5, rtol=1e-4)
+    assert make_schedule(3e-4) == 3e-4
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(label_smoothing=0.1, sparse_labels=True), "one-hot"),
+    (dict(label_smoothing=1.5), "label_smoothing"),
+    (dict(steps_per_execution=0), "steps_per_execution"),
+    (dict(jit_compile="yes"), "jit_compile"),
+    (dict(learning_rate=-1.0), "learning_rate"),
+    (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(ema_momentum=1.5), "ema_momentum"),
+    (dict(gradient_accumulation_steps=0), "gradient_accumulation_steps"),
+    (dict(total_steps=10, warmup_steps=10), "warmup_steps"),
+])
+def test_compile_model_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        compile_model(tiny_model(), **kwargs)
+
+
+def test_train_writes_a_complete_run_directory(tmp_path, digits):
+    run = tmp_path / "run"
+    result = train(tiny_model, digits, epochs=2, run_dir=run, learning_rate=3e-3, warmup_epochs=0.5,
+                   seed=0, verbose=0)
+    for name in ("config.json", "history.csv", "history.png", "metrics.json", "model.keras",
+                 "checkpoints/last.keras", "checkpoints/best.keras",
+                 "backup/training_metadata.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "logs").rglob("events.out.tfevents*")), "no TensorBoard logs"
+    assert (run / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (run / "history.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,") and "val_accuracy" in lines[0] and len(lines) == 3
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["resumed_from_epoch"] == 0
+    assert metrics["test"] == result.test_metrics and 0 <= metrics["test"]["accuracy"] <= 1
+    config = json.loads((run / "config.json").read_text())
+    assert config["learning_rate"] == 3e-3 and config["data"]["num_classes"] == 10
+    # leftovers of atomic writes would start with a dot
+    assert not [p for p in run.rglob(".*")]
+    reloaded = keras.saving.load_model(run / "model.keras")
+    images = next(iter(digits[2]))[0]
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0),
+                               result.model.predict(images, verbose=0), atol=1e-5)
+    loss, accuracy = reloaded.evaluate(digits[2], verbose=0)
+    np.testing.assert_allclose(accuracy, metrics["test"]["accuracy"], atol=1e-6)
+
+
+def test_rerun_resumes_from_the_backup_and_checks_the_config(tmp_path, digits):
+    run = tmp_path / "run"
+    train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0)
+    result = train(tiny_model, digits, epochs=3, run_dir=run, seed=0, verbose=0)
+    assert result.initial_epoch == 1
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert len((run / "history.csv").read_text().splitlines()) == 4
+    with pytest.raises(ValueError, match="changed: learning_rate"):
+        train(tiny_model, digits, epochs=3, run_dir=run, learning_rate=0.5, seed=0, verbose=0)
+    # a finished run re-evaluates without training again
+    again = train(tiny_model, digits, epochs=3, run_dir=run, seed=0, verbose=0)
+    assert again.initial_epoch == 3 and len(again.history) == 3
+    # resume=False starts over
+    restarted = train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0, resume=False)
+    assert restarted.initial_epoch == 0 and len(restarted.history) == 1
+    assert len((run / "history.csv").read_text().splitlines()) == 2
+
+
+def test_resume_true_needs_a_backup(tmp_path, digits):
+    with pytest.raises(ValueError, match="holds no backup"):
+        train(tiny_model, digits, epochs=1, run_dir=tmp_path, resume=True, verbose=0)
+
+
+def test_ema_accumulation_and_int_labels(tmp_path):
+    data = load_data("digits", 8, 64, label_mode="int")
+    result = train(tiny_model, data, epochs=1, run_dir=tmp_path, label_smoothing=0.0,
+                   ema_momentum=0.9, gradient_accumulation_steps=2, steps_per_execution=2,
+                   jit_compile=False, verbose=0)
+    optimizer = result.model.optimizer
+    assert optimizer.use_ema and optimizer.gradient_accumulation_steps == 2
+    assert result.test_metrics["accuracy"] > 0
+
+
+def test_mixed_precision_builds_the_model_under_the_policy(tmp_path):
+    data = load_data("digits", 8, 256, test_split=0.5)
+    result = train(tiny_model, data, epochs=1, run_dir=tmp_path, precision="mixed_bfloat16",
+                   jit_compile=False, verbose=0)
+    assert result.model.get_layer("encoder_block_0").dtype_policy.name == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    images = next(iter(data[2]))[0]
+    assert keras.backend.standardize_dtype(result.model(images).dtype) == "float32"
+    with pytest.raises(ValueError, match="built with the 'float32' policy"):
+        train(tiny_model(), data, epochs=1, run_dir=tmp_path / "b", precision="mixed_float16")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(epochs=0), "epochs"),
+    (dict(warmup_epochs=2), "warmup_epochs"),
+    (dict(precision="fp8"), "precision"),
+    (dict(strategy="gossip"), "strategy"),
+    (dict(resume="maybe"), "resume"),
+])
+def test_train_rejects_bad_arguments(tmp_path, digits, kwargs, match):
+    kwargs = {"epochs": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        train(tiny_model, digits, run_dir=tmp_path, **kwargs)
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("good")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            with open(tmp, "w") as f:
+                f.write("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_resolve_config_priorities(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 5\nhidden-dim: 32\nrecipe: digits\n")
+    config = resolve_config(config_file=path, epochs=7)
+    assert config["epochs"] == 7 and config["hidden_dim"] == 32
+    assert config["depth"] == RECIPES["digits"]["depth"]
+    assert config["run_dir"].endswith("digits-digits")
+    with pytest.raises(ValueError, match="Unknown setting.*colour"):
+        resolve_config(colour="red")
+    with pytest.raises(ValueError, match="recipe"):
+        resolve_config("huge")
+    (tmp_path / "c.txt").write_text("epochs: 1")
+    with pytest.raises(ValueError, match=".yaml, .yml or .json"):
+        resolve_config(config_file=tmp_path / "c.txt")

@@ -1,0 +1,215 @@
+"""Hyperparameter search with KerasTuner: space, failures, resume, chief/workers."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras_tuner
+import pytest
+
+from keras_vit.tuning import ViTHyperModel, tune
+from tests.conftest import REPO, run_python
+
+# Everything fixed but what a test varies: 8 px digits, one tiny block.
+TINY = {"patch_size": 4, "hidden_dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 2,
+        "pooling": "gap", "pos_embedding": "learned", "drop_path_rate": 0.0,
+        "weight_decay": 0.01, "warmup_fraction": 0.0, "label_smoothing": 0.0,
+        "augment": 0.0, "batch_size": 64}
+
+
+def encoder_blocks(model):
+    return [layer for layer in model.layers if layer.name.startswith("encoder_block_")]
+
+
+def test_search_space_offers_only_heads_that_divide_the_width():
+    hypermodel = ViTHyperModel(16, 10, space={"hidden_dim": [24, 32, 40], "num_heads": [3, 4, 8]})
+    hp = keras_tuner.HyperParameters()
+    hypermodel.build(hp)
+    head_entries = [h for h in hp.space if h.name == "num_heads"]
+    assert len(head_entries) == 3
+    for entry in head_entries:
+        (condition,) = entry.conditions
+        (width,) = condition.values
+        assert entry.values and all(width % heads == 0 for heads in entry.values)
+    # Every (width, heads) pair the space offers builds that model.
+    for width, heads_list in hypermodel.valid_heads().items():
+        for heads in heads_list:
+            hp = keras_tuner.HyperParameters()
+            hp.Fixed("hidden_dim", width)
+            with hp.conditional_scope("hidden_dim", [width]):
+                hp.Fixed("num_heads", heads)
+            model = hypermodel.build(hp)
+            assert encoder_blocks(model)[0].attention.num_heads == heads
+            assert model.get_layer("patch_encoder").hidden_dim == width
+
+
+def test_fixed_and_narrowed_entries_and_user_hyperparameters():
+    hypermodel = ViTHyperModel(16, 10, space={"hidden_dim": [32], "depth": (1, 2)},
+                               fixed={"patch_size": 8, "pooling": "gap"})
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("depth", 2)
+    model = hypermodel.build(hp)
+    assert len(encoder_blocks(model)) == 2
+    assert model.get_layer("patch_encoder").patch_size == (8, 8)
+    assert hp.get("hidden_dim") == 32
+    assert any(layer.name == "gap_pooling" for layer in model.layers)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(space={"hidden_dim": [30], "num_heads": [4, 8]}), "contradictory"),
+        (dict(space={"depth": []}), "empty list"),
+        (dict(space={"depth": (4, 2)}), "low <= high"),
+        (dict(space={"patch_size": [5, 7]}), "tiles images"),
+        (dict(fixed={"width": 3}), "Unknown search-space entries: ['width']"),
+    ],
+)
+def test_bad_search_spaces_fail_before_any_trial(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        ViTHyperModel(16, 10, **kwargs)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(max_trials=0), "`max_trials` must be an int >= 1"),
+        (dict(tuner="grid"), "Unknown `tuner`: 'grid'"),
+        (dict(objective="val_f1"), "Unknown `objective`: 'val_f1'"),
+        (dict(space={"hidden_dim": [30], "num_heads": [4]}), "contradictory"),
+    ],
+)
+def test_bad_tune_arguments_fail_before_any_trial(tmp_path, kwargs, message):
+    with pytest.raises(ValueError) as info:
+        tune("digits", directory=tmp_path, epochs=1, **kwargs)
+    assert message in str(info.value)
+    assert not (tmp_path / "vit" / "oracle.json").exists()
+
+
+def test_search_records_a_nan_trial_as_failed_and_goes_on(tmp_path):
+    # Two trials that differ only in the learning rate; 1e9 makes the loss NaN.
+    model, hp = tune(
+        "digits", image_size=8, max_trials=2, epochs=2, directory=tmp_path,
+        project_name="search", fixed=TINY, space={"learning_rate": [3e-3, 1e9]}, verbose=0,
+    )
+    out = tmp_path / "search"
+    rows = json.loads((out / "results.json").read_text())["trials"]
+    assert sorted(r["learning_rate"] for r in rows) == [3e-3, 1e9]
+    failed = [r for r in rows if r["learning_rate"] == 1e9][0]
+    assert failed["status"] == "FAILED" and failed["score"] is None
+    assert hp.get("learning_rate") == 3e-3
+    assert (out / "results.csv").read_text().startswith("trial_id,status,score")
+    assert (out / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((out / "logs").rglob("*tfevents*"))  # TensorBoard with HParams
+    reloaded = run_python(
+        f"import keras, keras_vit; m = keras.saving.load_model({str(out / 'best_model.keras')!r});"
+        "print(m.count_params())"
+    )
+    assert int(reloaded.stdout.split()[-1]) == model.count_params()
+
+
+def _cli(tmp_path, *extra):
+    return [
+        "-m", "keras_vit.cli", "tune", "--image-size", "8", "--directory", str(tmp_path),
+        "--project-name", "search", "--patience", "10",
+        *[f"--fix={k}={v}" for k, v in TINY.items()], *extra,
+    ]
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _trial_states(out):
+    states = {}
+    for path in out.glob("trial_*/trial.json"):
+        states[path.parent.name] = json.loads(path.read_text())["status"]
+    return states
+
+
+def test_killed_search_resumes_without_repeating_a_trial(tmp_path):
+    out = tmp_path / "search"
+    args = _cli(tmp_path, "--max-trials", "3", "--epochs", "4",
+                "--space=learning_rate=0.001,0.002,0.003")
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen([sys.executable, *args], env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    # Kill once one trial is complete and the next one has a backed-up epoch.
+    while time.time() < deadline:
+        states = _trial_states(out)
+        done = [t for t, s in states.items() if s == "COMPLETED"]
+        running = [t for t, s in states.items() if s == "RUNNING"]
+        if done and running and (out / running[0] / "backup").exists():
+            break
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(0.2)
+    else:
+        pytest.fail("the search never reached a second trial")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    completed_before = {t: (out / t / "trial.json").read_text() for t in done}
+    interrupted = running[0]
+
+    second = subprocess.run([sys.executable, *args], env=_env(), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    states = _trial_states(out)
+    assert sorted(states.values()) == ["COMPLETED"] * 3, states
+    for trial, text in completed_before.items():  # finished trials were not run again
+        assert (out / trial / "trial.json").read_text() == text
+    # The interrupted trial resumed from its backup, not from epoch 1.
+    first_epoch = second.stdout.split("Epoch ", 1)[1].split("/", 1)[0]
+    assert int(first_epoch) > 1, second.stdout[-3000:]
+    assert f"Best trials (val_accuracy)" in second.stdout
+    assert interrupted in states
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_chief_and_two_workers_finish_one_shared_search(tmp_path):
+    port = str(_free_port())
+    args = _cli(tmp_path, "--max-trials", "4", "--epochs", "1",
+                "--space=learning_rate=0.001,0.002,0.003,0.004")
+    procs = {}
+    for tuner_id in ("chief", "tuner0", "tuner1"):
+        env = dict(_env(), KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP="127.0.0.1",
+                   KERASTUNER_ORACLE_PORT=port)
+        procs[tuner_id] = subprocess.Popen(
+            [sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if tuner_id == "chief":
+            time.sleep(3)  # let the oracle server start listening
+    outputs = {}
+    try:
+        for tuner_id, proc in procs.items():
+            outputs[tuner_id] = proc.communicate(timeout=600)[0]
+            assert proc.returncode == 0, f"{tuner_id}:\n{outputs[tuner_id][-3000:]}"
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    rows = json.loads((tmp_path / "search" / "results.json").read_text())["trials"]
+    assert len(rows) == 4 and all(r["status"] == "COMPLETED" for r in rows)
+    assert sorted(r["learning_rate"] for r in rows) == [0.001, 0.002, 0.003, 0.004]
+    assert "Worker finished" in outputs["tuner0"] and "Worker finished" in outputs["tuner1"]
+    # Both workers ran trials of the shared search.
+    ran = {tid: o.count(f"[{tid}] trial ") for tid, o in outputs.items() if tid != "chief"}
+    assert all(count >= 1 for count in ran.values()), ran
+
+
+def test_cli_rejects_bad_flags_with_usage_error():
+    proc = run_python(["-m", "keras_vit.cli", "tune", "--max-trials", "0"], check=False)
+    assert proc.returncode == 2 and "--max-trials" in proc.stderr
+    proc = run_python(["-m", "keras_vit.cli", "tune", "--tuner", "grid"], check=False)
+    assert proc.returncode == 2 and "invalid choice: 'grid'" in proc.stderr
+    help_text = run_python(["-m", "keras_vit.cli", "tune", "--help"]).stdout
+    for flag in ("--tuner", "--max-trials", "--objective", "--space", "--fix", "--directory"):
+        assert flag in help_text
