@@ -116,6 +116,20 @@ def build_keras_hub(cfg):
 BUILDERS = {"keras_vit": build_keras_vit, "keras_hub": build_keras_hub}
 
 
+def seed_everything(seed):
+    """Seeds Python, NumPy and Keras; leaves TensorFlow alone on other
+    backends (`keras.utils.set_random_seed` imports it whenever installed)."""
+    if keras.backend.backend() == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 def build_contender(name, cfg, jit_compile):
     """Builds and compiles one contender for training.
 
@@ -134,7 +148,7 @@ def build_contender(name, cfg, jit_compile):
         raise ValueError(f"Unknown contender: {name!r}. Accepted values: {', '.join(CONTENDERS)}")
     keras.mixed_precision.set_dtype_policy(cfg.dtype_policy)
     try:
-        keras.utils.set_random_seed(0)
+        seed_everything(0)
         model = BUILDERS[name](cfg)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
