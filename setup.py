@@ -33,7 +33,7 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "jax>=0.4.30"],
         "weights": ["torch==2.13.0", "timm>=1.0", "safetensors>=0.4"],
-        "benchmarks": ["keras-hub>=0.20"],
+        "benchmarks": ["keras-hub==0.32.0"],
     },
     entry_points={"console_scripts": ["keras-vit=keras_vit.cli:main"]},
 )
