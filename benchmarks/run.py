@@ -227,6 +227,8 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed rounds (default 3)")
     parser.add_argument("--steps", type=int, help="timed steps per round (default: per configuration)")
     parser.add_argument("--batch-size", type=int, help="override every configuration's batch size")
+    parser.add_argument("--dtype-policy", choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                        help="override every configuration's dtype policy")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--sections", default="suite",
                         help=f"comma-separated sections: {', '.join(SECTIONS)}, or 'all' (default suite)")
@@ -267,7 +269,8 @@ def main(argv=None):
     out = Path(args.out)
     log(f"keras_vit benchmark suite on {tag}; sections: {', '.join(args.sections)}")
     if "suite" in args.sections:
-        configs = [CONFIGS[name].replace(steps=args.steps, batch_size=args.batch_size) for name in args.configs]
+        configs = [CONFIGS[name].replace(
+            steps=args.steps, batch_size=args.batch_size, dtype_policy=args.dtype_policy) for name in args.configs]
         rows = run_suite(configs, args.contenders, JIT_MODES[args.jit], args.repeats, not args.no_memory)
         ratios = ratio_rows(rows)
         env = {**environment(), "date_utc": env["date_utc"], "load_average_start": env["load_average_start"],
