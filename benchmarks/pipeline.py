@@ -52,7 +52,7 @@ def run_section(args, out, tag):
     rows = []
     for augment in AUGMENT_SETTINGS:
         train, _, _, _ = load_data(
-            (x, y), image_size=cfg.image_size, batch_size=cfg.batch_size, label_mode="int",
+            (x, y), image_size=cfg.image_size, batch_size=cfg.batch_size, label_mode="categorical",
             augment=None if augment == "none" else augment, validation_split=0.0, test_split=0.0,
         )
         rate = pipeline_throughput(train)

@@ -44,7 +44,7 @@ def run_section(args, out, tag):
         ax.loglog(tokens, [r[key] for r in rows], "o-", label=label)
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel("ms per image")
-    ax.set_title(f"keras_vit Ti-like (width 192, depth 6), {tag}")
+    ax.set_title(f"keras_vit Ti-like (width 192, depth 6), {tag}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
