@@ -9,7 +9,7 @@ subprocess per contender (see `benchmarks.measure`). Extra sections
 (`--sections`) measure cost against image size, the tf.data pipeline against
 the model's consumption, and TFLite latency.
 
-Results go to ``<out>/suite-<backend>-<device>.json`` and ``.md``.
+Results go to ``<out>/suite-<backend>-<device>[-<tag>].json`` and ``.md``.
 
 Example:
     python -m benchmarks.run                       # Ti-like and S/16, jit on/off
@@ -233,6 +233,7 @@ def parse_args(argv=None):
     parser.add_argument("--sections", default="suite",
                         help=f"comma-separated sections: {', '.join(SECTIONS)}, or 'all' (default suite)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="results directory")
+    parser.add_argument("--tag", help="suffix of the result file names (default none)")
     args = parser.parse_args(argv)
     args.configs = _split(args.configs, "configs", tuple(CONFIGS))
     args.contenders = _split(args.contenders, "contenders", CONTENDERS)
@@ -265,7 +266,7 @@ def main(argv=None):
     """
     args = parse_args(argv)
     env = environment()
-    tag = f"{env['backend']}-{env['device']}"
+    tag = f"{env['backend']}-{env['device']}" + (f"-{args.tag}" if args.tag else "")
     out = Path(args.out)
     log(f"keras_vit benchmark suite on {tag}; sections: {', '.join(args.sections)}")
     if "suite" in args.sections:
