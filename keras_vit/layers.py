@@ -41,15 +41,17 @@ def _gelu_exact_custom_grad(x):
 
 
 def _gelu_exact(x):
-    # Only TensorFlow gains from the hand-written gradient (XLA fuses the
-    # automatic one; keras.ops.custom_gradient does not exist on torch).
+    """Exact GELU for training: on TensorFlow with the hand-written gradient
+    (XLA fuses the automatic one elsewhere; keras.ops.custom_gradient does not
+    exist on torch). Inference keeps `ops.gelu`, which grappler fuses with
+    the matmul and TFLite converts to its builtin GELU (not so `ops.erf`)."""
     if keras.backend.backend() == "tensorflow":
         return _gelu_exact_custom_grad(x)
     return ops.gelu(x, approximate=False)
 
 
 ACTIVATIONS = {
-    "gelu": _gelu_exact,
+    "gelu": lambda x: ops.gelu(x, approximate=False),
     "gelu_tanh": lambda x: ops.gelu(x, approximate=True),
     "quick_gelu": lambda x: x * ops.sigmoid(1.702 * x),
     "relu": ops.relu,
@@ -795,8 +797,8 @@ class TransformerBlock(keras.layers.Layer):
         # its hand-written gradient) keeps the fusable pattern.
         h = ops.reshape(self.norm2(x), (-1, x.shape[-1]))
         h = self.mlp_dense1(h)
-        if self.activation == "gelu" and not training:
-            h = ops.gelu(h, approximate=False)
+        if self.activation == "gelu" and training:
+            h = _gelu_exact(h)
         else:
             h = ACTIVATIONS[self.activation](h)
         h = self.mlp_dense2(self.dropout(h, training=training))
