@@ -11,12 +11,44 @@ and PyTorch, and every layer is registered under the package name
 ``custom_objects``.
 """
 
+import functools
 import math
 
 import keras
 from keras import ops
 
 PACKAGE = "keras_vit"
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@ops.custom_gradient
+def _gelu_exact_custom_grad(x):
+    """Exact GELU, x * Φ(x), with a hand-written gradient Φ(x) + x * φ(x).
+
+    The same function as `ops.gelu(x, approximate=False)`. TensorFlow's
+    automatic gradient of that formula runs about ten element-wise ops over
+    the MLP's widest tensor; this one runs five and reuses Φ(x).
+    """
+    cdf = 0.5 * (1.0 + ops.erf(x * _INV_SQRT2))
+
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        return upstream * (cdf + x * ops.exp(-0.5 * ops.square(x)) * _INV_SQRT_2PI)
+
+    return x * cdf, grad
+
+
+def _gelu_exact(x):
+    """Exact GELU for training: on TensorFlow with the hand-written gradient
+    (XLA fuses the automatic one elsewhere; keras.ops.custom_gradient does not
+    exist on torch). Inference keeps `ops.gelu`, which grappler fuses with
+    the matmul and TFLite converts to its builtin GELU (not so `ops.erf`)."""
+    if keras.backend.backend() == "tensorflow":
+        return _gelu_exact_custom_grad(x)
+    return ops.gelu(x, approximate=False)
+
 
 ACTIVATIONS = {
     "gelu": lambda x: ops.gelu(x, approximate=False),
@@ -28,6 +60,10 @@ ACTIVATIONS = {
 POS_EMBEDDINGS = ("learned", "sincos", "none")
 INTERPOLATIONS = ("bicubic", "bilinear")
 PATCH_EMBEDDINGS = ("conv", "linear")
+# Whether `MultiHeadSelfAttention` calls `ops.dot_product_attention` when no
+# attention weights are requested and no attention dropout is active: None
+# decides per backend (`use_fused_attention`), True/False force it.
+FUSED_ATTENTION = None
 
 
 # --------------------------------------------------------------------------
@@ -439,6 +475,37 @@ class PatchEncoder(keras.layers.Layer):
 # --------------------------------------------------------------------------
 
 
+def use_fused_attention():
+    """Whether attention goes through `ops.dot_product_attention`.
+
+    `FUSED_ATTENTION` if set, else True on JAX and torch with an accelerator
+    (fused kernels such as cuDNN's). On CPU the explicit softmax path was
+    measured as fast or faster (TensorFlow: 703 vs 708 ms per Ti train step,
+    193 vs 204 ms predict; JAX: 918 vs 966 and 233 vs 244 ms CPU time).
+
+    Example:
+    >>> use_fused_attention() in (True, False)
+    True
+    """
+    if FUSED_ATTENTION is not None:
+        return bool(FUSED_ATTENTION)
+    return _accelerator_backend()
+
+
+@functools.lru_cache(maxsize=None)
+def _accelerator_backend():
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
 def layer_norm(epsilon, name):
     """LayerNormalization that always computes in float32."""
     return keras.layers.LayerNormalization(epsilon=epsilon, dtype="float32", name=name)
@@ -582,17 +649,31 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def call(self, x, training=None, return_attention_scores=False):
         batch = ops.shape(x)[0]
         qkv = ops.reshape(self.qkv(x), (batch, -1, 3, self.num_heads, self.head_dim))
-        q, k, v = (ops.transpose(qkv[:, :, i], (0, 2, 1, 3)) for i in range(3))
+        dropout = bool(training) and self.attention_dropout > 0.0
+        if use_fused_attention() and not (
+            return_attention_scores or dropout
+        ):
+            # The backend's fused kernel takes (B, N, heads, head_dim).
+            q, k, v = self._normalize_qk(*ops.unstack(qkv, 3, axis=2))
+            out = ops.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim))
+        else:
+            # One transpose to (3, B, heads, N, head_dim), then unstack: the
+            # gradient of unstack is one stack, where slicing `qkv[:, :, i]`
+            # costs three zero-filled full-size gradients on TensorFlow.
+            q, k, v = self._normalize_qk(*ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0))
+            scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
+            scores = ops.cast(scores, "float32") / math.sqrt(self.head_dim)
+            weights = ops.softmax(scores, axis=-1)
+            out = ops.matmul(ops.cast(self.dropout(weights, training=training), v.dtype), v)
+            out = ops.transpose(out, (0, 2, 1, 3))
+        out = self.proj(ops.reshape(out, (batch, -1, self.num_heads * self.head_dim)))
+        return (out, weights) if return_attention_scores else out
+
+    def _normalize_qk(self, q, k, v):
         if self.qk_norm:
             q = ops.cast(self.q_norm(q), v.dtype)
             k = ops.cast(self.k_norm(k), v.dtype)
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
-        scores = ops.cast(scores, "float32") / math.sqrt(self.head_dim)
-        weights = ops.softmax(scores, axis=-1)
-        out = ops.matmul(ops.cast(self.dropout(weights, training=training), v.dtype), v)
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, -1, self.num_heads * self.head_dim))
-        out = self.proj(out)
-        return (out, weights) if return_attention_scores else out
+        return q, k, v
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -704,12 +785,24 @@ class TransformerBlock(keras.layers.Layer):
         return x + ops.cast(self.drop_path(branch, training=training), x.dtype)
 
     def call(self, x, training=None, return_attention_scores=False):
-        attn, weights = self.attention(
-            self.norm1(x), training=training, return_attention_scores=True
+        attn = self.attention(
+            self.norm1(x), training=training, return_attention_scores=return_attention_scores
         )
+        if return_attention_scores:
+            attn, weights = attn
         x = self._residual(x, attn, getattr(self, "layer_scale1", None), training)
-        h = ACTIVATIONS[self.activation](self.mlp_dense1(self.norm2(x)))
+        # The MLP runs on (B * N, D) rows: as 2-D MatMul + bias + GELU,
+        # TensorFlow's grappler fuses the three into one oneDNN kernel in
+        # inference, where the plain exact GELU (not the training one with
+        # its hand-written gradient) keeps the fusable pattern.
+        h = ops.reshape(self.norm2(x), (-1, x.shape[-1]))
+        h = self.mlp_dense1(h)
+        if self.activation == "gelu" and training:
+            h = _gelu_exact(h)
+        else:
+            h = ACTIVATIONS[self.activation](h)
         h = self.mlp_dense2(self.dropout(h, training=training))
+        h = ops.reshape(h, ops.shape(x))
         x = self._residual(x, h, getattr(self, "layer_scale2", None), training)
         return (x, weights) if return_attention_scores else x
 

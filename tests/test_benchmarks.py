@@ -1,0 +1,60 @@
+"""The benchmark suite runs end to end on a tiny configuration (timing
+targets live in benchmarks/, not here: these tests check that the suite
+works and writes what it promises)."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_python
+
+
+def test_suite_writes_json_and_markdown_with_memory(tmp_path):
+    run_python([
+        "-m", "benchmarks.run", "--configs", "tiny", "--contenders", "keras_vit",
+        "--jit", "off", "--repeats", "2", "--out", str(tmp_path),
+    ])
+    (json_file,) = tmp_path.glob("suite-*.json")
+    payload = json.loads(json_file.read_text())
+    (row,) = payload["rows"]
+    assert row["contender"] == "keras_vit" and row["params"] == 19626
+    assert len(row["train_samples"]) == 2 and row["train_img_s"] > 0 and row["infer_img_cpu_s"] > 0
+    assert row["peak_mb"] > 0, row
+    assert "| tiny | False | keras_vit | 19,626 |" in json_file.with_suffix(".md").read_text()
+
+
+def test_jax_run_never_imports_tensorflow(tmp_path):
+    code = (
+        "import sys\n"
+        "from benchmarks.run import main\n"
+        f"main(['--configs', 'tiny', '--contenders', 'keras_vit', '--jit', 'on', '--repeats', '1',"
+        f" '--no-memory', '--out', {str(tmp_path)!r}])\n"
+        "print('TF_IMPORTED', 'tensorflow' in sys.modules)\n"
+    )
+    proc = run_python(code, env={"KERAS_BACKEND": "jax"})
+    assert "TF_IMPORTED False" in proc.stdout
+    assert list(tmp_path.glob("suite-jax-*.json"))
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--configs", "huge"], "--configs: unknown value(s) ['huge']. Accepted values: ti, s16"),
+        (["--contenders", "timm"], "Accepted values: keras_vit, keras_hub"),
+        (["--sections", "gpu"], "Accepted values: suite, scaling, pipeline, tflite"),
+    ],
+)
+def test_bad_choices_name_the_accepted_values(argv, message):
+    from benchmarks.run import parse_args
+
+    with pytest.raises(SystemExit, match=None) as err:
+        parse_args(argv)
+    assert message in str(err.value)
+
+
+def test_non_positive_repeats_are_refused(capsys):
+    from benchmarks.run import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--repeats", "0"])
+    assert "--repeats must be a positive int, got 0" in capsys.readouterr().err
