@@ -29,6 +29,7 @@ An export killed part-way may leave a hidden ``.NAME.tmp-*`` entry beside
 its target (never the target itself); it is safe to delete.
 """
 
+import argparse
 import contextlib
 import glob
 import json
@@ -1075,7 +1076,26 @@ def _predict_command(args):
     return 0
 
 
+def _run_suite(argv):
+    """Runs the performance suite of a source checkout (`benchmarks/`)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "run.py").is_file():
+        raise ValueError(
+            "`--suite` runs benchmarks/run.py of a source checkout (pip install -e .); "
+            f"none was found beside {Path(__file__).parent}."
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.run import main as suite_main
+
+    return suite_main(argv)
+
+
 def _benchmark_command(args):
+    if args.suite is not None:
+        return _run_suite(args.suite)
+    if not args.models:
+        raise ValueError("`benchmark` needs model files (or --suite).")
     rows = []
     for path in args.models:
         predictor = load_predictor(path, num_threads=args.threads)
@@ -1137,7 +1157,12 @@ def add_cli(subparsers):
     parser = subparsers.add_parser(
         "benchmark", help="Latency (p50/p95) and throughput of artifacts at batch 1 and batch N."
     )
-    parser.add_argument("models", nargs="+", help=".keras files, SavedModel directories or .tflite files")
+    parser.add_argument("models", nargs="*", help=".keras files, SavedModel directories or .tflite files")
+    parser.add_argument(
+        "--suite", nargs=argparse.REMAINDER, metavar="ARGS",
+        help="instead, run the keras_vit vs keras-hub performance suite (python -m benchmarks.run) "
+             "with the arguments that follow, e.g. --suite --configs ti --repeats 5",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="N, the second batch size (default 8)")
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)

@@ -32,3 +32,15 @@ def test_no_command_prints_help_and_returns_2(capsys):
     assert main([]) == 2
     out = capsys.readouterr().out
     assert all(command in out for command in COMMANDS)
+
+
+def test_benchmark_suite_is_reachable_from_the_cli(tmp_path):
+    argv = ["benchmark", "--suite", "--configs", "tiny", "--contenders", "keras_vit",
+            "--repeats", "1", "--jit", "off", "--no-memory", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert list(tmp_path.glob("*.md")) and list(tmp_path.glob("*.json"))
+
+
+def test_benchmark_without_models_or_suite_is_a_clear_error(capsys):
+    assert main(["benchmark"]) == 1
+    assert "needs model files (or --suite)" in capsys.readouterr().err
