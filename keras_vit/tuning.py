@@ -18,6 +18,7 @@ import shutil
 import keras
 import keras_tuner
 import numpy as np
+import tensorflow as tf
 
 from keras_vit.layers import check_choice, grid_size, pair
 from keras_vit.model import build_vit
@@ -80,6 +81,8 @@ class ViTHyperModel(keras_tuner.HyperModel):
         patience: early-stopping patience in epochs; None turns it off.
         objective: the metric early stopping watches.
         build_kwargs: extra keyword arguments for `build_vit`.
+        train_size: number of training examples, for the length of the
+            learning-rate schedule; None counts them once per trial.
 
     Example:
     >>> hypermodel = ViTHyperModel(16, 10, space={"hidden_dim": [32, 64]},
@@ -99,10 +102,12 @@ class ViTHyperModel(keras_tuner.HyperModel):
         patience=3,
         objective="val_accuracy",
         build_kwargs=None,
+        train_size=None,
         name="vit",
         tunable=True,
     ):
         super().__init__(name=name, tunable=tunable)
+        self.train_size = train_size
         self.image_size = pair(image_size, "image_size")
         self.num_classes = num_classes
         self.channels = channels
@@ -243,9 +248,9 @@ class ViTHyperModel(keras_tuner.HyperModel):
 
         epochs = epochs or self.epochs
         batch_size = hp.get("batch_size")
-        train = x.unbatch().batch(batch_size)
-        steps = int(train.cardinality())
-        steps = steps if steps > 0 else 1
+        examples = self.train_size or sum(1 for _ in x.unbatch())
+        steps = -(-examples // batch_size)  # the schedule's length needs the real step count
+        train = x.unbatch().batch(batch_size).apply(tf.data.experimental.assert_cardinality(steps))
         options = augmentation_options(float(hp.get("augment")) or None)
         if options:
             train = train.map(build_augmentation(self.image_size, self.num_classes, **options))
@@ -481,6 +486,7 @@ def tune(
     hypermodel = ViTHyperModel(
         info.image_size, info.num_classes, info.channels, space=space, fixed=fixed,
         epochs=epochs, patience=patience, objective=objective,
+        train_size=info.split_sizes.get("train"),
     )
     if isinstance(strategy, str):
         from keras_vit.training import get_strategy

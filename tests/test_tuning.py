@@ -92,6 +92,23 @@ def test_bad_tune_arguments_fail_before_any_trial(tmp_path, kwargs, message):
     assert not (tmp_path / "vit" / "oracle.json").exists()
 
 
+@pytest.mark.parametrize("train_size", [None, "from_info"])
+def test_fit_schedule_spans_the_trials_real_steps(train_size):
+    from keras_vit.data import load_data
+
+    train, validation, _, info = load_data("digits", 8, 64)
+    size = info.split_sizes["train"]
+    hypermodel = ViTHyperModel(8, 10, info.channels, fixed=dict(TINY, batch_size=16),
+                               train_size=size if train_size else None)
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+    hypermodel.fit(hp, model, train, validation_data=validation, epochs=2, verbose=0)
+    steps = -(-size // 16)
+    assert int(model.optimizer.iterations) == 2 * steps
+    # warmup_fraction is 0: a cosine over the whole run, not over a few steps.
+    assert model.optimizer._learning_rate.decay_steps == 2 * steps
+
+
 def test_search_records_a_nan_trial_as_failed_and_goes_on(tmp_path):
     # Two trials that differ only in the learning rate; 1e9 makes the loss NaN.
     model, hp = tune(
@@ -104,6 +121,8 @@ def test_search_records_a_nan_trial_as_failed_and_goes_on(tmp_path):
     failed = [r for r in rows if r["learning_rate"] == 1e9][0]
     assert failed["status"] == "FAILED" and failed["score"] is None
     assert hp.get("learning_rate") == 3e-3
+    good = [r for r in rows if r["learning_rate"] == 3e-3][0]
+    assert good["score"] > 0.3  # it learned (chance is 0.1)
     assert (out / "results.csv").read_text().startswith("trial_id,status,score")
     assert (out / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((out / "logs").rglob("*tfevents*"))  # TensorBoard with HParams
