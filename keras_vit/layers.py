@@ -98,7 +98,7 @@ def check_choice(value, name, choices):
 
 
 def check_rate(value, name):
-    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
     return float(value)
 

@@ -153,7 +153,7 @@ def build_vit(
     )
     for key in ("hidden_dim", "depth", "num_heads", "mlp_dim", "channels"):
         _check_positive_int(cfg.get(key, channels), key)
-    if not isinstance(num_classes, int) or num_classes < 0:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
         raise ValueError(f"`num_classes` must be an int >= 0. Received: num_classes={num_classes!r}")
     if cfg["hidden_dim"] % cfg["num_heads"]:
         raise ValueError(

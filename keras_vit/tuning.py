@@ -349,16 +349,6 @@ def trial_rows(tuner):
     return rows
 
 
-def _atomic_write(path, write):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_results(rows, out_dir, objective):
     """Writes `results.csv`, `results.json` and `trials.png` under `out_dir`."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -395,10 +385,11 @@ def write_results(rows, out_dir, objective):
         fig.savefig(tmp, format="png")
         plt.close(fig)
 
-    os.makedirs(out_dir, exist_ok=True)
-    _atomic_write(os.path.join(out_dir, "results.csv"), write_csv)
-    _atomic_write(os.path.join(out_dir, "results.json"), write_json)
-    _atomic_write(os.path.join(out_dir, "trials.png"), write_png)
+    from keras_vit.training import atomic_path
+
+    for name, write in (("results.csv", write_csv), ("results.json", write_json), ("trials.png", write_png)):
+        with atomic_path(os.path.join(out_dir, name)) as tmp:
+            write(tmp)
 
 
 def tune(
@@ -512,10 +503,10 @@ def tune(
         raise RuntimeError(f"Every trial failed; see {os.path.join(out_dir, 'results.csv')}.")
     best_hp = search.get_best_hyperparameters(1)[0]
     best_model = search.get_best_models(1)[0]
-    path = os.path.join(out_dir, "best_model.keras")
-    tmp = os.path.join(out_dir, f".best_model.tmp-{os.getpid()}.keras")
-    best_model.save(tmp)
-    os.replace(tmp, path)
+    from keras_vit.training import atomic_path
+
+    with atomic_path(os.path.join(out_dir, "best_model.keras")) as tmp:
+        best_model.save(tmp)
     return best_model, best_hp
 
 

@@ -177,6 +177,8 @@ BAD_BUILDS = [
     (dict(patch_size=0), "`patch_size` must be a positive int"),
     (dict(image_size=(16, 0)), "`image_size` must be a positive int"),
     (dict(num_classes=-1), "`num_classes` must be an int >= 0"),
+    (dict(num_classes=True), "`num_classes` must be an int >= 0"),
+    (dict(dropout=False), "`dropout` must be in [0, 1)"),
     (dict(dropout=1.0), "`dropout` must be in [0, 1)"),
     (dict(attention_dropout=-0.1), "`attention_dropout` must be in [0, 1)"),
     (dict(drop_path_rate=1.5), "`drop_path_rate` must be in [0, 1)"),

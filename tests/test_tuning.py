@@ -153,28 +153,39 @@ def _trial_states(out):
     return states
 
 
+def _backup_epoch(trial_dir):
+    path = trial_dir / "backup" / "training_metadata.json"
+    try:
+        return json.loads(path.read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def test_killed_search_resumes_without_repeating_a_trial(tmp_path):
     out = tmp_path / "search"
-    args = _cli(tmp_path, "--max-trials", "3", "--epochs", "4",
+    epochs = 30
+    args = _cli(tmp_path, "--max-trials", "3", "--epochs", str(epochs), "--patience", "1000",
                 "--space=learning_rate=0.001,0.002,0.003")
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen([sys.executable, *args], env=_env(), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
-    # Kill once one trial is complete and the next one has a backed-up epoch.
+    # Kill as soon as one trial is complete and the next has backed up an epoch.
     while time.time() < deadline:
         states = _trial_states(out)
         done = [t for t, s in states.items() if s == "COMPLETED"]
         running = [t for t, s in states.items() if s == "RUNNING"]
-        if done and running and (out / running[0] / "backup").exists():
+        if done and running and _backup_epoch(out / running[0]):
             break
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        time.sleep(0.2)
+        time.sleep(0.02)
     else:
         pytest.fail("the search never reached a second trial")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    completed_before = {t: (out / t / "trial.json").read_text() for t in done}
     interrupted = running[0]
+    backed_up = _backup_epoch(out / interrupted)
+    assert backed_up is not None and 1 <= backed_up < epochs, "killed mid-trial"
+    completed_before = {t: (out / t / "trial.json").read_text() for t in done}
 
     second = subprocess.run([sys.executable, *args], env=_env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -182,11 +193,10 @@ def test_killed_search_resumes_without_repeating_a_trial(tmp_path):
     assert sorted(states.values()) == ["COMPLETED"] * 3, states
     for trial, text in completed_before.items():  # finished trials were not run again
         assert (out / trial / "trial.json").read_text() == text
-    # The interrupted trial resumed from its backup, not from epoch 1.
-    first_epoch = second.stdout.split("Epoch ", 1)[1].split("/", 1)[0]
-    assert int(first_epoch) > 1, second.stdout[-3000:]
-    assert f"Best trials (val_accuracy)" in second.stdout
-    assert interrupted in states
+    # The interrupted trial resumed after its last backed-up epoch, not from epoch 1.
+    first_epoch = int(second.stdout.split("Epoch ", 1)[1].split("/", 1)[0])
+    assert first_epoch == backed_up + 1, second.stdout[-3000:]
+    assert "Best trials (val_accuracy)" in second.stdout
 
 
 def _free_port():
