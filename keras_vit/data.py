@@ -258,6 +258,19 @@ def _split_indices(n, fraction, seed, labels=None):
     return np.sort(rest), np.sort(held)
 
 
+def _carve_splits(splits, test_split, validation_split, seed):
+    """Carves the missing "test", then "validation" split out of
+    ``splits["train"]`` (an (x, y) pair), in place; the test split first,
+    so it never depends on the validation fraction."""
+    x, y = splits["train"]
+    for name, fraction, split_seed in (("test", test_split, seed), ("validation", validation_split, seed + 1)):
+        if name not in splits:
+            rest, held = _split_indices(len(x), fraction, split_seed, y)
+            splits[name] = (x[held], y[held])
+            x, y = x[rest], y[rest]
+    splits["train"] = (x, y)
+
+
 def _check_arrays(x, y, num_classes, name="arrays"):
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y):
@@ -290,21 +303,12 @@ def _array_splits(arrays, num_classes, test_split, validation_split, seed):
     if num_classes is None:
         num_classes = int(max(np.max(np.asarray(y)) for _, y in arrays.values())) + 1
     checked = {name: _check_arrays(x, y, num_classes, f"{name} arrays") for name, (x, y) in arrays.items()}
-    x, y = checked["train"]
-    if "test" not in checked:
-        rest, held = _split_indices(len(x), test_split, seed, y)
-        checked["test"] = (x[held], y[held])
-        x, y = x[rest], y[rest]
-    if "validation" not in checked:
-        rest, held = _split_indices(len(x), validation_split, seed + 1, y)
-        checked["validation"] = (x[held], y[held])
-        x, y = x[rest], y[rest]
-    checked["train"] = (x, y)
+    _carve_splits(checked, test_split, validation_split, seed)
     splits = {
         name: tf.data.Dataset.from_tensor_slices(pair_) if len(pair_[0]) else None
         for name, pair_ in checked.items()
     }
-    channels = x.shape[-1]
+    channels = checked["train"][0].shape[-1]
     return splits, [str(i) for i in range(num_classes)], channels, num_classes
 
 
@@ -402,16 +406,7 @@ def _folder_splits(root, channels, on_bad_files, test_split, validation_split, s
         if on_bad_files == "error":
             raise ValueError(message + " (on_bad_files='error'; use 'warn' to skip them)")
         warnings.warn("Skipped " + message, stacklevel=3)
-    x, y = arrays["train"]
-    if "test" not in arrays:
-        rest, held = _split_indices(len(x), test_split, seed, y)
-        arrays["test"] = (x[held], y[held])
-        x, y = x[rest], y[rest]
-    if "validation" not in arrays:
-        rest, held = _split_indices(len(x), validation_split, seed + 1, y)
-        arrays["validation"] = (x[held], y[held])
-        x, y = x[rest], y[rest]
-    arrays["train"] = (x, y)
+    _carve_splits(arrays, test_split, validation_split, seed)
 
     def decode(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
