@@ -40,5 +40,5 @@ setup(
         "weights": WEIGHTS,
         "benchmarks": ["keras-hub==0.32.0"],
     },
-    entry_points={"console_scripts": ["keras-vit=keras_vit.cli:main"]},
+    entry_points={"console_scripts": ["keras-vit=keras_vit.cli.main:main"]},
 )

@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+from keras_vit.cli.startup import quiet_startup
+
+quiet_startup()  # only in the keras-vit command: TensorFlow's native start-up lines
+
 from keras_vit.layers import (  # noqa: F401
     AttentionPooling,
     DropPath,

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from keras_vit import __version__
-from keras_vit.cli import build_parser, main
+from keras_vit.cli.main import build_parser, main
 
 COMMANDS = ("train", "tune", "export", "predict", "benchmark", "finetune", "explain")
 

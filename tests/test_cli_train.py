@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vit.cli import main
+from keras_vit.cli.main import main
 from tests.conftest import REPO, run_python
 
 TINY = ["--image-size", "8", "--patch-size", "4", "--hidden-dim", "16", "--depth", "1",

@@ -10,7 +10,7 @@ import pytest
 from keras import ops
 
 from keras_vit import MultiHeadSelfAttention, TransformerBlock
-from keras_vit import layers as L
+from keras_vit.layers.block import _gelu_exact as gelu_training
 
 RNG = np.random.default_rng(0)
 numpy_erf = np.vectorize(math.erf)
@@ -38,7 +38,7 @@ def value_and_grad(fn, x):
 
 def test_exact_gelu_and_its_gradient_equal_the_formula():
     x = np.linspace(-6, 6, 101, dtype="float32")
-    y, grad = value_and_grad(L._gelu_exact, x)  # the training GELU
+    y, grad = value_and_grad(gelu_training, x)  # the training GELU
     cdf = 0.5 * (1 + numpy_erf(x / np.sqrt(2)))
     pdf = np.exp(-0.5 * x**2) / np.sqrt(2 * np.pi)
     np.testing.assert_allclose(y, x * cdf, atol=1e-6)
@@ -49,12 +49,11 @@ def test_exact_gelu_and_its_gradient_equal_the_formula():
 
 
 @pytest.mark.parametrize("qk_norm", [False, True])
-def test_fused_and_explicit_attention_compute_the_same_output(monkeypatch, qk_norm):
+def test_fused_and_explicit_attention_compute_the_same_output(qk_norm):
     x = RNG.normal(size=(2, 7, 16)).astype("float32")
-    layer = MultiHeadSelfAttention(num_heads=4, qk_norm=qk_norm)
-    monkeypatch.setattr(L, "FUSED_ATTENTION", False)
+    layer = MultiHeadSelfAttention(num_heads=4, qk_norm=qk_norm, fused=False)
     explicit = ops.convert_to_numpy(layer(x))
-    monkeypatch.setattr(L, "FUSED_ATTENTION", True)
+    layer.fused = True
     fused = ops.convert_to_numpy(layer(x))
     # Weights requested: the explicit path runs even when fused is forced.
     with_weights, weights = layer(x, return_attention_scores=True)
@@ -63,10 +62,9 @@ def test_fused_and_explicit_attention_compute_the_same_output(monkeypatch, qk_no
     np.testing.assert_allclose(ops.convert_to_numpy(ops.sum(weights, -1)), 1.0, atol=1e-5)
 
 
-def test_attention_dropout_in_training_uses_the_weights_path(monkeypatch):
-    monkeypatch.setattr(L, "FUSED_ATTENTION", True)
+def test_attention_dropout_in_training_uses_the_weights_path():
     x = RNG.normal(size=(4, 9, 8)).astype("float32")
-    layer = MultiHeadSelfAttention(num_heads=2, attention_dropout=0.5)
+    layer = MultiHeadSelfAttention(num_heads=2, attention_dropout=0.5, fused=True)
     inference = ops.convert_to_numpy(layer(x, training=False))
     training = ops.convert_to_numpy(layer(x, training=True))
     assert not np.allclose(training, inference, atol=1e-4)  # dropout did act

@@ -521,7 +521,7 @@ def test_finetune_command(tiny_checkpoint, image_folder, tmp_path):
 
 
 def test_finetune_command_bad_input(tiny_checkpoint, image_folder, tmp_path, capsys):
-    from keras_vit import cli
+    from keras_vit.cli import main as cli
 
     text = tmp_path / "notes.txt"
     text.write_text("not weights")

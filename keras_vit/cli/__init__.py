@@ -1,0 +1,1 @@
+"""The `keras-vit` command line: `main` assembles one module per command."""

@@ -1,0 +1,93 @@
+"""`keras-vit`: the entry point, its sub-commands and its one error rule.
+
+Every command lives in its own module under `keras_vit.cli` with two
+functions: ``add_parser(subparsers)`` and ``run(args)``. Errors follow one
+rule: a `ValueError` (or a missing file) raised by keras_vit's own checks is
+a usage or input error, printed as ``keras-vit COMMAND: error: ...`` with
+exit code 2 and no traceback, like argparse's own usage errors. Anything
+else is a bug: the traceback is printed with a line asking to report it,
+exit code 1.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+
+# Command modules, in the order of the workflow.
+COMMAND_MODULES = (
+    "keras_vit.training",
+    "keras_vit.tuning",
+    "keras_vit.export",
+    "keras_vit.weights",
+    "keras_vit.visualize",
+)
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class CliError(ValueError):
+    """A usage or input error of a command; printed without a traceback."""
+
+
+def _ours(err):
+    """Whether `err` was raised by keras_vit's own code (not deeper down)."""
+    if isinstance(err, CliError):
+        return True
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(PACKAGE_DIR)
+
+
+def build_parser():
+    from keras_vit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="keras-vit",
+        description="Train, tune, export and inspect Vision Transformers built with keras_vit.",
+    )
+    parser.add_argument("--version", action="version", version=f"keras-vit {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's start-up log lines (also KERAS_VIT_VERBOSE=1)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        (getattr(module, "add_parser", None) or module.add_cli)(subparsers)
+    return parser
+
+
+def run_command(args):
+    """Runs the parsed command under the error rule; returns the exit code."""
+    handler = getattr(args, "run", None) or args.func
+    try:
+        return handler(args) or 0
+    except (ValueError, FileNotFoundError) as err:
+        if not _ours(err):
+            return _bug(args)
+        print(f"keras-vit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"keras-vit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _bug(args):
+    traceback.print_exc()
+    print(f"keras-vit {args.command}: internal error (a bug in keras_vit or below it); "
+          "please report it with the traceback above.", file=sys.stderr)
+    return 1
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return run_command(args)
+    except Exception:  # noqa: BLE001 - everything else is a bug, reported as such
+        return _bug(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

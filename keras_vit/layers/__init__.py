@@ -1,0 +1,34 @@
+"""Serializable Keras 3 layers of the Vision Transformer, following the data:
+
+- `patching`: images to tokens (`Patches`, `PatchEncoder`, position tables);
+- `attention`: `MultiHeadSelfAttention`;
+- `block`: `TransformerBlock` with `DropPath` and `LayerScale`;
+- `pooling`: `TokenPooling` ("cls", "gap") and `AttentionPooling` ("map").
+
+Every layer uses `keras.ops` only and is registered under the package name
+``keras_vit``, so `.keras` files reload with ``safe_mode=True`` and no
+``custom_objects`` once `keras_vit` is imported.
+"""
+
+from keras_vit.layers.attention import MultiHeadSelfAttention, layer_norm, use_fused_attention
+from keras_vit.layers.block import ACTIVATIONS, DropPath, LayerScale, TransformerBlock
+from keras_vit.layers.patching import (
+    INTERPOLATIONS,
+    PATCH_EMBEDDINGS,
+    POS_EMBEDDINGS,
+    PatchEncoder,
+    Patches,
+    check_images,
+    grid_size,
+    resample_posemb,
+    sincos_posemb_2d,
+)
+from keras_vit.layers.pooling import AttentionPooling, TokenPooling
+from keras_vit.utils.validation import check_choice, check_rate, pair
+
+__all__ = [
+    "ACTIVATIONS", "INTERPOLATIONS", "PATCH_EMBEDDINGS", "POS_EMBEDDINGS",
+    "AttentionPooling", "DropPath", "LayerScale", "MultiHeadSelfAttention", "PatchEncoder",
+    "Patches", "TokenPooling", "TransformerBlock", "check_choice", "check_images", "check_rate",
+    "grid_size", "layer_norm", "pair", "resample_posemb", "sincos_posemb_2d", "use_fused_attention",
+]

@@ -1,0 +1,260 @@
+"""The pre-norm transformer encoder block and its parts: `DropPath`
+(stochastic depth), `LayerScale` and the MLP activations."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_vit.layers.attention import MultiHeadSelfAttention, layer_norm
+from keras_vit.utils.validation import check_choice, check_rate
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@ops.custom_gradient
+def _gelu_exact_custom_grad(x):
+    """Exact GELU, x * Φ(x), with a hand-written gradient Φ(x) + x * φ(x).
+
+    The same function as `ops.gelu(x, approximate=False)`. TensorFlow's
+    automatic gradient of that formula runs about ten element-wise ops over
+    the MLP's widest tensor; this one runs five and reuses Φ(x).
+    """
+    cdf = 0.5 * (1.0 + ops.erf(x * _INV_SQRT2))
+
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        return upstream * (cdf + x * ops.exp(-0.5 * ops.square(x)) * _INV_SQRT_2PI)
+
+    return x * cdf, grad
+
+
+def _gelu_exact(x):
+    """Exact GELU for training: on TensorFlow with the hand-written gradient
+    (XLA fuses the automatic one elsewhere; keras.ops.custom_gradient does not
+    exist on torch). Inference keeps `ops.gelu`, which grappler fuses with
+    the matmul and TFLite converts to its builtin GELU (not so `ops.erf`)."""
+    if keras.backend.backend() == "tensorflow":
+        return _gelu_exact_custom_grad(x)
+    return ops.gelu(x, approximate=False)
+
+
+ACTIVATIONS = {
+    "gelu": lambda x: ops.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: ops.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * ops.sigmoid(1.702 * x),
+    "relu": ops.relu,
+    "silu": ops.silu,
+}
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: drops a whole residual branch per sample in training.
+
+    Args:
+        rate: float in [0, 1), the probability of dropping the branch.
+        seed: optional int seed.
+
+    Example:
+    >>> DropPath(0.1)(np.ones((2, 3, 4), "float32"), training=False).shape
+    (2, 3, 4)
+    """
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = check_rate(rate, "drop_path")
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator))
+        return x / keep * ops.cast(mask, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class LayerScale(keras.layers.Layer):
+    """Multiplies its input by a learned per-channel scale (CaiT's LayerScale).
+
+    Args:
+        init_value: float, the initial value of every scale.
+
+    Example:
+    >>> LayerScale(1e-5)(np.ones((2, 3, 4), "float32")).shape
+    (2, 3, 4)
+    """
+
+    def __init__(self, init_value=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.init_value = float(init_value)
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(
+            shape=(input_shape[-1],),
+            initializer=keras.initializers.Constant(self.init_value),
+            name="gamma",
+        )
+
+    def call(self, x):
+        return x * ops.cast(self.gamma, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(init_value=self.init_value)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class TransformerBlock(keras.layers.Layer):
+    """A pre-norm transformer encoder block.
+
+    ``x = x + DropPath(LayerScale(Attention(LayerNorm(x))))`` then
+    ``x = x + DropPath(LayerScale(MLP(LayerNorm(x))))`` where the MLP is two
+    Dense layers with the activation between them. LayerNorms compute in
+    float32 under mixed precision.
+
+    Args:
+        num_heads: int, number of attention heads; must divide the width.
+        mlp_dim: int, width of the hidden MLP layer.
+        dropout: float in [0, 1), dropout after the attention projection and
+            in the MLP.
+        attention_dropout: float in [0, 1), dropout on attention weights.
+        drop_path: float in [0, 1), stochastic depth rate of this block.
+        layer_scale: None or float, the initial LayerScale value.
+        qk_norm: bool, normalise queries and keys per head.
+        activation: one of "gelu", "gelu_tanh", "quick_gelu", "relu", "silu".
+        norm_epsilon: float, LayerNorm epsilon.
+        use_qkv_bias: bool, whether the QKV projection has a bias.
+        fused_attention: None (per backend), True or False; see
+            `MultiHeadSelfAttention`'s `fused`.
+
+    Call arguments:
+        x: tokens (B, N, D).
+        return_attention_scores: if True, also return the attention weights
+            (B, num_heads, N, N).
+
+    Example:
+    >>> block = TransformerBlock(num_heads=2, mlp_dim=16)
+    >>> block(np.zeros((1, 5, 8), "float32")).shape
+    (1, 5, 8)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        mlp_dim,
+        dropout=0.0,
+        attention_dropout=0.0,
+        drop_path=0.0,
+        layer_scale=None,
+        qk_norm=False,
+        activation="gelu",
+        norm_epsilon=1e-6,
+        use_qkv_bias=True,
+        fused_attention=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(mlp_dim, int) or mlp_dim <= 0:
+            raise ValueError(f"`mlp_dim` must be a positive int. Received: {mlp_dim!r}")
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.dropout_rate = check_rate(dropout, "dropout")
+        self.attention_dropout = check_rate(attention_dropout, "attention_dropout")
+        self.drop_path_rate = check_rate(drop_path, "drop_path")
+        self.layer_scale = layer_scale
+        self.qk_norm = bool(qk_norm)
+        self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
+        self.norm_epsilon = norm_epsilon
+        self.use_qkv_bias = bool(use_qkv_bias)
+
+        policy = self.dtype_policy
+        self.norm1 = layer_norm(norm_epsilon, "norm1")
+        self.attention = MultiHeadSelfAttention(
+            num_heads, attention_dropout, use_qkv_bias, qk_norm, norm_epsilon,
+            fused=fused_attention, dtype=policy, name="attention",
+        )
+        self.norm2 = layer_norm(norm_epsilon, "norm2")
+        self.mlp_dense1 = keras.layers.Dense(mlp_dim, dtype=policy, name="mlp_dense1")
+        self.mlp_dense2 = None
+        self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=policy, name="dropout")
+        self.drop_path = DropPath(self.drop_path_rate, dtype=policy, name="drop_path")
+        if layer_scale is not None:
+            self.layer_scale1 = LayerScale(layer_scale, dtype=policy, name="layer_scale1")
+            self.layer_scale2 = LayerScale(layer_scale, dtype=policy, name="layer_scale2")
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.norm1.build(input_shape)
+        self.attention.build(input_shape)
+        self.norm2.build(input_shape)
+        self.mlp_dense1.build(input_shape)
+        self.mlp_dense2 = keras.layers.Dense(dim, dtype=self.dtype_policy, name="mlp_dense2")
+        self.mlp_dense2.build((None, None, self.mlp_dim))
+        if self.layer_scale is not None:
+            self.layer_scale1.build(input_shape)
+            self.layer_scale2.build(input_shape)
+
+    def _residual(self, x, branch, scale, training):
+        branch = self.dropout(branch, training=training)
+        if self.layer_scale is not None:
+            branch = scale(branch)
+        return x + ops.cast(self.drop_path(branch, training=training), x.dtype)
+
+    def call(self, x, training=None, return_attention_scores=False):
+        attn = self.attention(
+            self.norm1(x), training=training, return_attention_scores=return_attention_scores
+        )
+        if return_attention_scores:
+            attn, weights = attn
+        x = self._residual(x, attn, getattr(self, "layer_scale1", None), training)
+        # The MLP runs on (B * N, D) rows: as 2-D MatMul + bias + GELU,
+        # TensorFlow's grappler fuses the three into one oneDNN kernel in
+        # inference, where the plain exact GELU (not the training one with
+        # its hand-written gradient) keeps the fusable pattern.
+        h = ops.reshape(self.norm2(x), (-1, x.shape[-1]))
+        h = self.mlp_dense1(h)
+        if self.activation == "gelu" and training:
+            h = _gelu_exact(h)
+        else:
+            h = ACTIVATIONS[self.activation](h)
+        h = self.mlp_dense2(self.dropout(h, training=training))
+        h = ops.reshape(h, ops.shape(x))
+        x = self._residual(x, h, getattr(self, "layer_scale2", None), training)
+        return (x, weights) if return_attention_scores else x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            dropout=self.dropout_rate,
+            attention_dropout=self.attention_dropout,
+            drop_path=self.drop_path_rate,
+            layer_scale=self.layer_scale,
+            qk_norm=self.qk_norm,
+            activation=self.activation,
+            norm_epsilon=self.norm_epsilon,
+            use_qkv_bias=self.use_qkv_bias,
+            fused_attention=self.attention.fused,
+        )
+        return config

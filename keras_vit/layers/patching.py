@@ -1,0 +1,381 @@
+"""Images to tokens: `Patches`, `PatchEncoder` and the pure functions on
+patch grids and position tables (`grid_size`, `sincos_posemb_2d`,
+`resample_posemb`).
+
+Every function uses `keras.ops` only, so the same code runs on TensorFlow,
+JAX and PyTorch.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_vit.utils.validation import check_choice, pair
+
+POS_EMBEDDINGS = ("learned", "sincos", "none")
+INTERPOLATIONS = ("bicubic", "bilinear")
+PATCH_EMBEDDINGS = ("conv", "linear")
+
+
+def grid_size(image_size, patch_size, stride=None, name="image_size"):
+    """Number of patches along each axis for images of `image_size`.
+
+    Raises a `ValueError` naming sizes that would work when the image is
+    smaller than a patch or the stride does not tile it exactly.
+    """
+    patch_size = pair(patch_size, "patch_size")
+    stride = pair(stride or patch_size, "stride")
+    grid = []
+    for axis, size, p, s in zip(("height", "width"), image_size, patch_size, stride):
+        if size is None:
+            grid.append(None)
+            continue
+        if size < p:
+            raise ValueError(
+                f"The image {axis} {size} (from `{name}`) is smaller than the "
+                f"patch size {p}. Use images of at least {p} pixels."
+            )
+        if (size - p) % s:
+            lower = p + (size - p) // s * s
+            raise ValueError(
+                f"The image {axis} {size} (from `{name}`) is not tiled exactly "
+                f"by patches of {p} with stride {s}: (size - {p}) must be a "
+                f"multiple of {s}. Sizes that work: {lower} or {lower + s}."
+            )
+        grid.append((size - p) // s + 1)
+    return tuple(grid)
+
+
+def sincos_posemb_2d(grid_h, grid_w, dim, temperature=10000.0):
+    """Fixed 2-D sine/cosine position embeddings, shape (grid_h * grid_w, dim).
+
+    The first half of the channels encodes the row, the second half the
+    column. Along each axis, with ``d = dim / 2`` channels,
+    ``PE(pos, 2i) = sin(pos / T^(2i/d))`` and
+    ``PE(pos, 2i+1) = cos(pos / T^(2i/d))``. `grid_h` and `grid_w` may be
+    symbolic (known only at run time).
+    """
+    if dim % 4:
+        raise ValueError(
+            f"`hidden_dim` must be divisible by 4 for pos_embedding='sincos'. "
+            f"Received: hidden_dim={dim}"
+        )
+    axis_dim = dim // 2
+    exponent = ops.arange(0, axis_dim, 2, dtype="float32") / axis_dim
+    inv_freq = 1.0 / ops.power(temperature, exponent)
+
+    def encode(n):
+        angles = ops.arange(n, dtype="float32")[:, None] * inv_freq[None, :]
+        interleaved = ops.stack([ops.sin(angles), ops.cos(angles)], axis=-1)
+        return ops.reshape(interleaved, (-1, axis_dim))
+
+    rows = ops.broadcast_to(encode(grid_h)[:, None, :], (grid_h, grid_w, axis_dim))
+    cols = ops.broadcast_to(encode(grid_w)[None, :, :], (grid_h, grid_w, axis_dim))
+    return ops.reshape(ops.concatenate([rows, cols], axis=-1), (-1, dim))
+
+
+def _interpolation_matrix(in_size, out_size, method):
+    """(out_size, in_size) matrix that resamples one axis.
+
+    Half-pixel centres; taps that fall outside the input are dropped and the
+    rest renormalised, as `keras.ops.image.resize` does on TensorFlow and
+    JAX. Bicubic uses Keys' kernel with a = -0.5.
+    """
+    in_f = ops.cast(in_size, "float32")
+    centres = (ops.arange(out_size, dtype="float32") + 0.5) * in_f / ops.cast(
+        out_size, "float32"
+    ) - 0.5
+    base = ops.floor(centres)
+    t = centres - base
+    if method == "bicubic":
+
+        def kernel(d):
+            d = ops.abs(d)
+            near = (1.5 * d - 2.5) * d * d + 1.0
+            far = ((-0.5 * d + 2.5) * d - 4.0) * d + 2.0
+            return ops.where(d <= 1.0, near, ops.where(d < 2.0, far, 0.0))
+
+        offsets = (-1, 0, 1, 2)
+    else:
+        kernel = lambda d: ops.maximum(1.0 - ops.abs(d), 0.0)  # noqa: E731
+        offsets = (0, 1)
+    source = ops.arange(in_size, dtype="float32")[None, :]
+    matrix = 0.0
+    for offset in offsets:
+        index = base + offset
+        weight = kernel(t - offset)
+        matrix = matrix + weight[:, None] * ops.cast(ops.equal(index[:, None], source), "float32")
+    return matrix / ops.sum(matrix, axis=1, keepdims=True)
+
+
+def resample_posemb(posemb, new_grid, old_grid=None, method="bicubic"):
+    """Resamples patch position embeddings on their 2-D grid.
+
+    Args:
+        posemb: (N, D) or (1, N, D) embeddings of the patch tokens only
+            (class and register rows excluded), laid out row by row.
+        new_grid: (h, w) target grid; entries may be symbolic.
+        old_grid: (h, w) source grid; defaults to a square grid of N.
+        method: "bicubic" or "bilinear".
+
+    Returns:
+        The embeddings on the new grid, with the input's rank.
+    """
+    check_choice(method, "interpolation", INTERPOLATIONS)
+    rank = len(posemb.shape)
+    table = ops.reshape(posemb, (-1, posemb.shape[-1]))
+    if old_grid is None:
+        side = int(round(math.sqrt(table.shape[0])))
+        old_grid = (side, side)
+    table = ops.reshape(ops.cast(table, "float32"), (old_grid[0], old_grid[1], -1))
+    rows = _interpolation_matrix(old_grid[0], new_grid[0], method)
+    cols = _interpolation_matrix(old_grid[1], new_grid[1], method)
+    table = ops.einsum("ih,hwd,jw->ijd", rows, table, cols)
+    table = ops.reshape(table, (-1, posemb.shape[-1]))
+    return table[None] if rank == 3 else table
+
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class Patches(keras.layers.Layer):
+    """Cuts images into flattened patches.
+
+    Images (B, H, W, C) become (B, N, patch_h * patch_w * C), the patches
+    taken row by row, each flattened in (row, column, channel) order. With
+    `stride` smaller than `patch_size` the patches overlap (the `step` of
+    `patchify`): N = ((H - p) / s + 1) * ((W - p) / s + 1). H and W may be
+    unknown until run time.
+
+    Args:
+        patch_size: int or (h, w) pair, the size of a patch in pixels.
+        stride: int or (h, w) pair, the step between patches; defaults to
+            `patch_size` (no overlap).
+
+    Example:
+    >>> images = np.zeros((2, 32, 32, 3), "float32")
+    >>> Patches(8)(images).shape
+    (2, 16, 192)
+    >>> Patches(8, stride=4)(images).shape
+    (2, 49, 192)
+    """
+
+    def __init__(self, patch_size, stride=None, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = pair(patch_size, "patch_size")
+        self.stride = pair(stride or patch_size, "stride")
+
+    def call(self, images):
+        check_images(images, None, self.patch_size, self.stride)
+        if self.stride == self.patch_size:
+            batch, height, width, channels = ops.shape(images)
+            (ph, pw) = self.patch_size
+            x = ops.reshape(images, (batch, height // ph, ph, width // pw, pw, channels))
+            x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        else:
+            x = ops.image.extract_patches(
+                images, self.patch_size, strides=self.stride, padding="valid"
+            )
+        return ops.reshape(x, (ops.shape(images)[0], -1, self.patch_dim(images.shape[-1])))
+
+    def patch_dim(self, channels):
+        return self.patch_size[0] * self.patch_size[1] * channels
+
+    def compute_output_shape(self, input_shape):
+        gh, gw = grid_size(input_shape[1:3], self.patch_size, self.stride)
+        n = None if gh is None or gw is None else gh * gw
+        return (input_shape[0], n, self.patch_dim(input_shape[-1]))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(patch_size=self.patch_size, stride=self.stride)
+        return config
+
+
+def check_images(images, channels, patch_size, stride):
+    """Raises a clear `ValueError` for images of the wrong rank, channel count
+    or a size the patches do not tile (checked where the size is known)."""
+    shape = tuple(images.shape)
+    if len(shape) != 4:
+        raise ValueError(
+            f"Expected a batch of images of shape (batch, height, width, "
+            f"channels), i.e. rank 4. Received an input of shape {shape}."
+        )
+    if channels is not None and shape[-1] is not None and shape[-1] != channels:
+        raise ValueError(
+            f"Expected images with {channels} channels (`channels={channels}`). "
+            f"Received images of shape {shape}."
+        )
+    grid_size(shape[1:3], patch_size, stride, name="the input images")
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class PatchEncoder(keras.layers.Layer):
+    """Embeds images as a sequence of tokens.
+
+    Projects each patch linearly to `hidden_dim`, adds position embeddings
+    and prepends an optional learnable class token and optional register
+    tokens. Output: (B, [cls] + [registers] + N patches, hidden_dim).
+
+    Learned positions are built for `grid_size` and resampled on their 2-D
+    grid (class row untouched) whenever the patch grid at run time differs,
+    so one model serves several image sizes. Register tokens get no position.
+
+    Args:
+        hidden_dim: int, the token width.
+        patch_size: int or (h, w) pair.
+        stride: int or (h, w) pair; defaults to `patch_size`. Smaller than
+            the patch gives overlapping patches.
+        grid_size: (h, w) patch grid the learned positions are built for;
+            needed for `pos_embedding="learned"`.
+        use_cls_token: bool, prepend a learnable class token.
+        num_registers: int, number of learnable register tokens.
+        pos_embedding: "learned" (trainable, normal init with std 0.02),
+            "sincos" (fixed 2-D sine/cosine) or "none".
+        interpolation: "bicubic" or "bilinear", used to resample learned
+            positions.
+        patch_embedding: "conv" (one strided convolution) or "linear"
+            (`Patches` followed by a `Dense` layer); the two compute the
+            same function.
+
+    Example:
+    >>> encoder = PatchEncoder(64, patch_size=8, grid_size=(4, 4))
+    >>> encoder(np.zeros((2, 32, 32, 3), "float32")).shape
+    (2, 17, 64)
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        patch_size,
+        stride=None,
+        grid_size=None,
+        use_cls_token=True,
+        num_registers=0,
+        pos_embedding="learned",
+        interpolation="bicubic",
+        patch_embedding="conv",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(hidden_dim, int) or hidden_dim <= 0:
+            raise ValueError(f"`hidden_dim` must be a positive int. Received: {hidden_dim!r}")
+        if not isinstance(num_registers, int) or num_registers < 0:
+            raise ValueError(
+                f"`num_registers` must be an int >= 0. Received: {num_registers!r}"
+            )
+        self.hidden_dim = hidden_dim
+        self.patch_size = pair(patch_size, "patch_size")
+        self.stride = pair(stride or patch_size, "stride")
+        self.grid_size = None if grid_size is None else pair(grid_size, "grid_size")
+        self.use_cls_token = bool(use_cls_token)
+        self.num_registers = num_registers
+        self.pos_embedding = check_choice(pos_embedding, "pos_embedding", POS_EMBEDDINGS)
+        self.interpolation = check_choice(interpolation, "interpolation", INTERPOLATIONS)
+        self.patch_embedding = check_choice(
+            patch_embedding, "patch_embedding", PATCH_EMBEDDINGS
+        )
+        if pos_embedding == "learned" and self.grid_size is None:
+            raise ValueError("`grid_size` is required with pos_embedding='learned'.")
+        if pos_embedding == "sincos" and hidden_dim % 4:
+            sincos_posemb_2d(1, 1, hidden_dim)  # raises the hidden_dim error
+        if patch_embedding == "conv":
+            self.projection = keras.layers.Conv2D(
+                hidden_dim,
+                self.patch_size,
+                strides=self.stride,
+                padding="valid",
+                dtype=self.dtype_policy,
+                name="projection",
+            )
+        else:
+            self.patches = Patches(self.patch_size, self.stride, dtype=self.dtype_policy, name="patches")
+            self.projection = keras.layers.Dense(hidden_dim, dtype=self.dtype_policy, name="projection")
+
+    @property
+    def num_prefix_tokens(self):
+        return int(self.use_cls_token) + self.num_registers
+
+    def build(self, input_shape):
+        self.channels = input_shape[-1]
+        if self.patch_embedding == "conv":
+            self.projection.build(input_shape)
+        else:
+            self.projection.build((None, None, self.patches.patch_dim(self.channels)))
+        init = keras.initializers.TruncatedNormal(stddev=0.02)
+        if self.use_cls_token:
+            self.cls_token = self.add_weight(
+                shape=(1, 1, self.hidden_dim), initializer="zeros", name="cls_token"
+            )
+        if self.num_registers:
+            self.registers = self.add_weight(
+                shape=(1, self.num_registers, self.hidden_dim),
+                initializer=init,
+                name="registers",
+            )
+        if self.pos_embedding == "learned":
+            rows = int(self.use_cls_token) + self.grid_size[0] * self.grid_size[1]
+            self.position_embedding = self.add_weight(
+                shape=(1, rows, self.hidden_dim),
+                initializer=keras.initializers.RandomNormal(stddev=0.02),
+                name="position_embedding",
+            )
+
+    def patch_positions(self, grid):
+        """The position embeddings of the patch tokens for a (h, w) grid,
+        shape (1, h * w, hidden_dim), or None without positions."""
+        if self.pos_embedding == "sincos":
+            return sincos_posemb_2d(grid[0], grid[1], self.hidden_dim)[None]
+        if self.pos_embedding == "none":
+            return None
+        table = self.position_embedding[:, int(self.use_cls_token) :, :]
+        if all(isinstance(g, int) for g in grid) and tuple(grid) == self.grid_size:
+            return table
+        return resample_posemb(table, grid, self.grid_size, self.interpolation)
+
+    def call(self, images):
+        check_images(images, self.channels, self.patch_size, self.stride)
+        batch = ops.shape(images)[0]
+        if self.patch_embedding == "conv":
+            x = self.projection(images)
+            grid = ops.shape(x)[1:3]
+        else:
+            grid = [(s - p) // st + 1 for s, p, st in zip(ops.shape(images)[1:3], self.patch_size, self.stride)]
+            x = self.projection(self.patches(images))
+        x = ops.reshape(x, (batch, -1, self.hidden_dim))
+        positions = self.patch_positions(grid)
+        if positions is not None:
+            x = x + ops.cast(positions, x.dtype)
+        prefix = []
+        if self.use_cls_token:
+            cls = self.cls_token
+            if self.pos_embedding == "learned":
+                cls = cls + self.position_embedding[:, :1, :]
+            prefix.append(ops.broadcast_to(ops.cast(cls, x.dtype), (batch, 1, self.hidden_dim)))
+        if self.num_registers:
+            prefix.append(
+                ops.broadcast_to(
+                    ops.cast(self.registers, x.dtype), (batch, self.num_registers, self.hidden_dim)
+                )
+            )
+        return ops.concatenate(prefix + [x], axis=1) if prefix else x
+
+    def compute_output_shape(self, input_shape):
+        gh, gw = grid_size(input_shape[1:3], self.patch_size, self.stride, "the input images")
+        n = None if gh is None or gw is None else gh * gw + self.num_prefix_tokens
+        return (input_shape[0], n, self.hidden_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_dim=self.hidden_dim,
+            patch_size=self.patch_size,
+            stride=self.stride,
+            grid_size=self.grid_size,
+            use_cls_token=self.use_cls_token,
+            num_registers=self.num_registers,
+            pos_embedding=self.pos_embedding,
+            interpolation=self.interpolation,
+            patch_embedding=self.patch_embedding,
+        )
+        return config

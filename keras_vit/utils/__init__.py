@@ -1,0 +1,2 @@
+"""Small helpers shared by the package: argument checks (`validation`) and
+files written atomically (`io`)."""

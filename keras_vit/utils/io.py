@@ -1,0 +1,152 @@
+"""Files and directories written atomically, and the small formats built on
+that: JSON, CSV and PNG figures.
+
+`atomic_path` is the package's one writer: whatever the block writes at the
+temporary path (a file or a directory) replaces the target only when the
+block finishes without an exception, so a crash never leaves half an
+artifact where a good one was. Temporary names start with a dot and carry
+``.tmp-``, so `remove_stale_temporaries` can clean up after a killed write.
+"""
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+TMP_TAG = ".tmp-"
+OLD_TAG = ".old-"
+
+
+def _sibling(path, tag):
+    """A hidden name beside `path`, unique to this call, that keeps the
+    file's suffixes (Keras checks ".keras" and ".weights.h5")."""
+    suffix = "".join(path.suffixes) if path.suffix else ""
+    return path.with_name(f".{path.name}{tag}{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary `Path` beside `path`; moves it onto `path` on success.
+
+    A file is swapped in with one `os.replace`; a directory by renaming the
+    old one away, renaming the new one in, then deleting the old one (a
+    crash between those two renames leaves the old one at ``.NAME.old-*``).
+    On an exception the temporary path is removed and `path` is untouched.
+    The parent folder is created when missing.
+
+    Example:
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> target.read_text()
+    'done'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path, TMP_TAG)
+    try:
+        yield tmp
+        if tmp.is_dir():
+            old = None
+            if path.exists():
+                old = _sibling(path, OLD_TAG)
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        elif tmp.exists():
+            os.replace(tmp, path)
+        else:
+            raise FileNotFoundError(f"Nothing was written at the temporary path for {path}.")
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def remove_stale_temporaries(folder):
+    """Deletes temporary entries that killed atomic writes left in `folder`
+    (not recursively); returns their names.
+
+    Example:
+    >>> remove_stale_temporaries("/nonexistent")
+    []
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and (TMP_TAG in entry.name or OLD_TAG in entry.name):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return sorted(removed)
+
+
+def write_bytes(path, data):
+    """Writes bytes atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path, text):
+    """Writes text atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, data):
+    """Writes `data` as indented JSON atomically.
+
+    Example:
+    >>> import tempfile
+    >>> p = write_json(Path(tempfile.mkdtemp()) / "m.json", {"a": 1})
+    >>> json.loads(p.read_text())
+    {'a': 1}
+    """
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_csv(path, rows):
+    """Writes dict rows as CSV atomically; columns in order of appearance."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())
+
+
+def new_figure(*args, **kwargs):
+    """A matplotlib `Figure` on the Agg canvas; the global backend is left
+    alone (no `matplotlib.use`)."""
+    from matplotlib.figure import Figure
+
+    return Figure(*args, **kwargs)
+
+
+def save_figure(fig, path):
+    """Saves a figure as PNG atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return write_bytes(path, buffer.getvalue())
+
+
+def write_png(path, pixels):
+    """Writes a uint8 image array (H, W[, C]) as PNG atomically with Pillow."""
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    array = np.asarray(pixels, dtype="uint8")
+    Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array).save(buffer, "PNG")
+    return write_bytes(path, buffer.getvalue())
