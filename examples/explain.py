@@ -67,7 +67,7 @@ def main(argv=None):
     size = model.input_shape[1:3]
     image = visualize.read_image(args.image, None if None in size else size)
     maps = visualize.attention_maps(model, image[None])  # (depth, 1, heads, N, N)
-    prefix = model.get_layer("patch_encoder").num_prefix_tokens
+    prefix = model.backbone.num_prefix_tokens
     for i, layer in enumerate(maps[:, 0]):
         to_patches = layer[:, 0, prefix:].sum(-1)  # per head: token 0's attention on the patches
         print(f"block {i}: token 0 -> patches, per head: {', '.join(f'{v:.3f}' for v in to_patches)}")

@@ -1,12 +1,12 @@
 """keras_vit: Vision Transformers as serializable Keras 3 layers and models."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from keras_vit.cli.startup import quiet_startup
 
 quiet_startup()  # only in the keras-vit command: TensorFlow's native start-up lines
 
-from keras_vit.layers import (  # noqa: F401
+from keras_vit.layers import (  # noqa: E402,F401
     AttentionPooling,
     DropPath,
     LayerScale,
@@ -18,4 +18,4 @@ from keras_vit.layers import (  # noqa: F401
     resample_posemb,
     sincos_posemb_2d,
 )
-from keras_vit.model import PRESETS, build_vit  # noqa: F401
+from keras_vit.models import PRESETS, ViTBackbone, ViTClassifier, build_vit  # noqa: E402,F401

@@ -157,15 +157,15 @@ def model_geometry(model, image_size=None):
             f"Expected a classifier with outputs (batch, num_classes). Got output shape {out} "
             "(build the model with num_classes > 0)."
         )
-    layer_names = {layer.name for layer in model.layers}
-    if "patch_encoder" in layer_names and "head" not in layer_names:
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and model.head is None:
         raise ValueError(
             "The model has no classification head (built with num_classes=0); export a classifier "
             "(num_classes > 0)."
         )
     fixed = None if None in shape[1:3] else tuple(shape[1:3])
     patch = stride = reference = None
-    encoder = model.get_layer("patch_encoder") if "patch_encoder" in layer_names else None
+    encoder = backbone.patch_encoder if backbone is not None else None
     if encoder is not None:
         patch, stride = encoder.patch_size, encoder.stride
         if encoder.grid_size is not None:
@@ -199,6 +199,8 @@ def _check_class_names(class_names, num_classes):
 
 
 def _ends_in_activation(model):
+    if hasattr(model, "outputs_logits"):
+        return not model.outputs_logits
     return isinstance(model.layers[-1], keras.layers.Activation)
 
 
@@ -217,8 +219,7 @@ def _check_backend():
 
 
 def _check_pixels_model(model):
-    names = {layer.name for layer in model.layers}
-    if "patch_encoder" in names and "rescaling" not in names:
+    if not getattr(model, "include_rescaling", True):
         warnings.warn(
             "The model has no 'rescaling' layer (include_rescaling=False), but exported "
             "artifacts feed it raw pixels in [0, 255]. Build it with include_rescaling=True.",

@@ -266,6 +266,8 @@ def make_optimizer(
 
 
 def _outputs_probabilities(model):
+    if hasattr(model, "outputs_logits"):
+        return not model.outputs_logits
     last = model.layers[-1] if getattr(model, "layers", None) else None
     activation = getattr(last, "activation", None)
     return getattr(activation, "__name__", "") == "softmax" and last.name == "predictions"
@@ -914,7 +916,7 @@ def train_from_config(config):
     >>> result = train_from_config(resolve_config("digits", epochs=1))
     """
     from keras_vit.data import load_data
-    from keras_vit.model import build_vit
+    from keras_vit.models import build_vit
 
     strategy = get_strategy(config["strategy"])  # before any other TF work
     train_ds, val_ds, test_ds, info = load_data(
@@ -963,7 +965,7 @@ def add_cli(subparsers):
     >>> add_cli(parser.add_subparsers())
     """
     from keras_vit.data import AUGMENTATIONS
-    from keras_vit.model import PRESETS, POOLINGS
+    from keras_vit.models import PRESETS, POOLINGS
 
     parser = subparsers.add_parser(
         "train", help="Train a ViT (default: from scratch on the bundled digits).",

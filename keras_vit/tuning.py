@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vit.layers import check_choice, grid_size, pair
-from keras_vit.model import build_vit
+from keras_vit.models import build_vit
 
 # The default search space. A list is a choice; a (low, high) tuple is a
 # range, sampled on a log scale for the entries in LOG_SCALE. Every entry

@@ -20,13 +20,13 @@ from keras_vit import layers as L
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
-def _blocks(model):
-    blocks = [layer for layer in model.layers if isinstance(layer, L.TransformerBlock)]
-    if not blocks:
+def _backbone(model):
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
         raise ValueError(
-            f"Model {model.name!r} has no TransformerBlock layers; attention maps need a build_vit model."
+            f"Model {model.name!r} is not a ViTClassifier; attention maps need a build_vit model."
         )
-    return blocks
+    return backbone
 
 
 class _BlockWithAttention(keras.layers.Layer):
@@ -58,13 +58,13 @@ def attention_model(model):
     >>> sub = attention_model(model)
     >>> [w.shape for w in sub.predict(images)]
     """
-    blocks = _blocks(model)
-    x = blocks[0].input
+    backbone = _backbone(model)
+    x = backbone.blocks[0].input
     outputs = []
-    for block in blocks:
+    for block in backbone.blocks:
         x, weights = _BlockWithAttention(block)(x)
         outputs.append(weights)
-    return keras.Model(model.input, outputs, name=f"{model.name}_attention")
+    return keras.Model(backbone.input, outputs, name=f"{model.name}_attention")
 
 
 def attention_maps(model, images, batch_size=32):
@@ -152,7 +152,7 @@ def rollout_heatmap(model, images, head_fusion="mean"):
     (2, 14, 14)
     """
     images = np.asarray(images)
-    encoder = model.get_layer("patch_encoder")
+    encoder = _backbone(model).patch_encoder
     grid = L.grid_size(images.shape[1:3], encoder.patch_size, encoder.stride, "images")
     rollout = attention_rollout(attention_maps(model, images), head_fusion)
     prefix = encoder.num_prefix_tokens

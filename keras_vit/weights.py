@@ -591,7 +591,7 @@ def assign_weights(model, converted, replace_head=False):
         )
     pos_path = "patch_encoder/position_embedding"
     if pos_path in variables:
-        encoder = model.get_layer("patch_encoder")
+        encoder = model.backbone.patch_encoder
         converted.tensors[pos_path] = fit_position_embedding(
             converted.tensors[pos_path], encoder.grid_size, encoder.use_cls_token
         )
@@ -673,7 +673,7 @@ def default_num_heads(hidden_dim):
     >>> default_num_heads(768)
     12
     """
-    from keras_vit.model import _SIZES
+    from keras_vit.models import SIZES as _SIZES
 
     for dim, _, heads, _ in _SIZES.values():
         if dim == hidden_dim:
@@ -782,7 +782,7 @@ def from_checkpoint(path, num_classes=None, image_size=None, *, num_heads=None, 
     Example:
     >>> model = from_checkpoint("ViT-B_16.npz", num_classes=10, image_size=384)
     """
-    from keras_vit.model import build_vit
+    from keras_vit.models import build_vit
 
     converted = path if isinstance(path, Converted) else convert_file(path)
     config = infer_config(converted, num_heads, image_size)
@@ -818,8 +818,8 @@ def set_backbone_trainable(model, trainable):
     Example:
     >>> set_backbone_trainable(model, False)  # train the head only
     """
-    for layer in model.layers:
-        if layer.name != "head":
+    for layer in (model.backbone, model.pooler, model.pre_logits, *model.head_hidden):
+        if layer is not None:
             layer.trainable = trainable
 
 

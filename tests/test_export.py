@@ -20,7 +20,7 @@ from PIL import Image
 
 from keras_vit import build_vit
 from keras_vit import export as E
-from keras_vit.cli import main as cli_main
+from keras_vit.cli.main import main as cli_main
 from tests.conftest import REPO, run_python
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports need TensorFlow")

@@ -1,4 +1,5 @@
-"""`build_vit`: presets, image sizes, saving, mixed precision and bad input."""
+"""`ViTBackbone`, `ViTClassifier` and `build_vit`: presets, image sizes,
+saving, feature extraction, mixed precision and bad input."""
 
 import json
 
@@ -6,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vit import PRESETS, build_vit
+from keras_vit import PRESETS, ViTBackbone, ViTClassifier, build_vit
 from tests.conftest import BACKEND, run_python, tiny_vit_kwargs
 
 # Parameter counts of timm's reference models (1000 classes, 224 px).
@@ -33,32 +34,88 @@ def test_small_image_presets_build_at_their_size():
         size = PRESETS[name]["image_size"]
         assert 28 <= size <= 64
         model = build_vit(name, image_size=size, num_classes=10)
-        assert model.get_layer("patch_encoder").grid_size == (size // 4, size // 4)
+        assert model.backbone.patch_encoder.grid_size == (size // 4, size // 4)
+
+
+@pytest.mark.backend_independent
+def test_a_preset_builds_at_its_own_image_size_and_class_count():
+    model = build_vit("Mu/4", depth=1)
+    assert model.image_size == (32, 32) and model.input_shape == (None, 32, 32, 3)
+    assert model.num_classes == 10 and model.output_shape == (None, 10)
+    assert ViTClassifier.from_preset("Mu/8", depth=1).image_size == (64, 64)
+    assert ViTBackbone.from_preset("Ti/16", depth=1).image_size == (224, 224)
+    assert build_vit("Mu/4", depth=1, image_size=48, num_classes=3).output_shape == (None, 3)
 
 
 def test_keyword_arguments_override_the_preset():
     model = build_vit("S/16", image_size=64, num_classes=3, depth=2, patch_size=8)
-    blocks = [layer for layer in model.layers if layer.name.startswith("encoder_block_")]
-    assert len(blocks) == 2
-    assert model.get_layer("patch_encoder").patch_size == (8, 8)
-    assert model.get_layer("patch_encoder").hidden_dim == 384
+    assert len(model.backbone.blocks) == 2
+    assert model.backbone.patch_encoder.patch_size == (8, 8)
+    assert model.backbone.patch_encoder.hidden_dim == 384
 
 
 def test_issue_example_overlapping_non_square_gap():
     model = build_vit(image_size=(40, 56), patch_size=8, stride=4, num_classes=7,
                       hidden_dim=48, depth=2, num_heads=3, mlp_dim=96, pooling="gap")
-    encoder = model.get_layer("patch_encoder")
+    encoder = model.backbone.patch_encoder
     assert encoder.grid_size == (9, 13)
     assert model.output_shape == (None, 7)
     assert model(np.zeros((2, 40, 56, 3))).shape == (2, 7)
 
 
-def test_stable_readable_layer_names(tiny_vit):
-    names = [layer.name for layer in tiny_vit(representation_size=8).layers]
-    assert names == [
+def test_parts_are_attributes_with_stable_readable_names(tiny_vit):
+    model = tiny_vit(representation_size=8)
+    backbone = model.backbone
+    assert [layer.name for layer in backbone.layers] == [
         "images", "rescaling", "patch_encoder", "embedding_dropout", "encoder_block_0",
-        "encoder_block_1", "encoder_norm", "cls_pooling", "pre_logits", "head_dropout", "head",
+        "encoder_block_1", "encoder_norm",
     ]
+    assert backbone.rescaling is backbone.layers[1] and backbone.patch_encoder is backbone.layers[2]
+    assert backbone.blocks == backbone.layers[4:6] and backbone.norm is backbone.layers[6]
+    assert [layer.name for layer in model.layers] == [
+        "images", "vit_backbone", "cls_pooling", "pre_logits", "head_dropout", "head"]
+    assert (model.pooler.name, model.pre_logits.units, model.head.units) == ("cls_pooling", 8, 4)
+    # Variable paths stay those of the flat model (checkpoint conversion relies on them).
+    paths = [v.path for v in model.weights]
+    assert paths[0].startswith("patch_encoder/") and paths[-1] == "head/bias"
+
+
+def test_config_records_what_serving_needs(tiny_vit):
+    model = tiny_vit(pooling="gap", classifier_activation="softmax", class_names=list("abcd"),
+                     include_rescaling=False)
+    config = model.get_config()
+    assert config["pooling"] == "gap" and config["classifier_activation"] == "softmax"
+    assert config["class_names"] == list("abcd") and config["outputs_logits"] is False
+    assert config["backbone"]["config"]["include_rescaling"] is False
+    assert tiny_vit().get_config()["outputs_logits"] is True
+    clone = ViTClassifier.from_config(config)
+    assert (clone.pooling, clone.class_names, clone.include_rescaling) == ("gap", list("abcd"), False)
+
+
+def test_backbone_features_per_block_as_tokens_and_maps(tiny_vit, images):
+    backbone = tiny_vit(num_registers=2).backbone
+    tokens = backbone.forward_intermediates(images)
+    assert [tuple(t.shape) for t in tokens] == [(3, 1 + 2 + 16, 16)] * 2
+    maps = backbone.forward_intermediates(images, indices=[-1], output="maps", norm=True)
+    assert tuple(maps[0].shape) == (3, 4, 4, 16)
+    final = keras.ops.convert_to_numpy(backbone(images))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(maps[0]).reshape(3, 16, 16), final[:, 3:], atol=1e-5)
+    assert len(backbone.forward_intermediates(images, indices=1)) == 1
+    with pytest.raises(ValueError, match="`indices` must hold block indices"):
+        backbone.forward_intermediates(images, indices=[5])
+    with pytest.raises(ValueError, match="Unknown `output`"):
+        backbone.forward_intermediates(images, output="nchw")
+
+
+def test_no_weight_decay_names_biases_norms_tokens_and_positions(tiny_vit):
+    model = tiny_vit(pooling="map", class_token=True, num_registers=1, layer_scale=0.1)
+    exempt = {id(v) for v in model.no_weight_decay()}
+    by_name = {}
+    for v in model.trainable_variables:
+        by_name.setdefault(v.name, set()).add(id(v) in exempt)
+    assert by_name["kernel"] == {False}
+    for name in ("bias", "gamma", "beta", "cls_token", "registers", "position_embedding", "probe"):
+        assert by_name[name] == {True}, name
 
 
 def test_any_size_model_runs_at_several_sizes_with_resampled_positions():
@@ -90,13 +147,14 @@ def test_uint8_and_float_pixels_give_the_same_logits(tiny_vit, images):
 @pytest.mark.parametrize("pooling", ["cls", "gap", "map"])
 def test_poolings_give_different_heads(tiny_vit, images, pooling):
     model = tiny_vit(pooling=pooling)
-    assert any(layer.name == f"{pooling}_pooling" for layer in model.layers)
+    assert model.pooling == pooling and model.pooler.name == f"{pooling}_pooling"
     assert model.predict(images, verbose=0).shape == (3, 4)
 
 
 def test_head_options(tiny_vit, images):
     model = tiny_vit(head_units=[12, 6], classifier_activation="softmax", dropout=0.1)
-    assert [model.get_layer(n).units for n in ("head_dense_0", "head_dense_1", "head")] == [12, 6, 4]
+    assert [layer.units for layer in (*model.head_hidden, model.head)] == [12, 6, 4]
+    assert not model.outputs_logits
     probs = model.predict(images, verbose=0)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
     features = tiny_vit(num_classes=0)
@@ -152,7 +210,7 @@ def test_mixed_precision_gives_finite_float32_logits(policy, pooling):
     try:
         model = build_vit(**tiny_vit_kwargs(pooling=pooling, layer_scale=0.1, qk_norm=True))
         logits = model.predict(np.full((2, 16, 16, 3), 255, "uint8"), verbose=0)
-        block = model.get_layer("encoder_block_0")
+        block = model.backbone.blocks[0]
         assert block.norm1.compute_dtype == "float32"
         assert block.mlp_dense1.compute_dtype == policy.split("_")[1]
     finally:
@@ -168,12 +226,12 @@ BAD_BUILDS = [
     (dict(image_size=3), "smaller than the patch size 4"),
     (dict(image_size=18), "Sizes that work: 16 or 20"),
     (dict(image_size=17, stride=2), "Sizes that work: 16 or 18"),
-    (dict(variant="X/16"), "Known variants: Mu/4"),
+    (dict(variant="X/16"), "Unknown `preset`: 'X/16'. Accepted values: 'Mu/4'"),
     (dict(pooling="max"), "Unknown `pooling`: 'max'. Accepted values: 'cls', 'gap', 'map'"),
     (dict(pos_embedding="rope"), "Unknown `pos_embedding`: 'rope'"),
     (dict(activation="tanh"), "Unknown `activation`: 'tanh'"),
-    (dict(depth=0), "`depth` must be a positive int"),
-    (dict(hidden_dim=-16), "`hidden_dim` must be a positive int"),
+    (dict(depth=0), "`depth` must be an int >= 1"),
+    (dict(hidden_dim=-16), "`hidden_dim` must be an int >= 1"),
     (dict(patch_size=0), "`patch_size` must be a positive int"),
     (dict(image_size=(16, 0)), "`image_size` must be a positive int"),
     (dict(num_classes=-1), "`num_classes` must be an int >= 0"),

@@ -140,7 +140,7 @@ def test_mixed_precision_builds_the_model_under_the_policy(tmp_path):
     data = load_data("digits", 8, 256, test_split=0.5)
     result = train(tiny_model, data, epochs=1, run_dir=tmp_path, precision="mixed_bfloat16",
                    jit_compile=False, verbose=0)
-    assert result.model.get_layer("encoder_block_0").dtype_policy.name == "mixed_bfloat16"
+    assert result.model.backbone.blocks[0].dtype_policy.name == "mixed_bfloat16"
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     images = next(iter(data[2]))[0]
     assert keras.backend.standardize_dtype(result.model(images).dtype) == "float32"

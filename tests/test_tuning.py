@@ -22,7 +22,7 @@ TINY = {"patch_size": 4, "hidden_dim": 16, "num_heads": 2, "depth": 1, "mlp_rati
 
 
 def encoder_blocks(model):
-    return [layer for layer in model.layers if layer.name.startswith("encoder_block_")]
+    return model.backbone.blocks
 
 
 def test_search_space_offers_only_heads_that_divide_the_width():
@@ -45,7 +45,7 @@ def test_search_space_offers_only_heads_that_divide_the_width():
                 hp.Fixed(heads_name(width), heads)
             model = hypermodel.build(hp)
             assert encoder_blocks(model)[0].attention.num_heads == heads
-            assert model.get_layer("patch_encoder").hidden_dim == width
+            assert model.backbone.hidden_dim == width
 
 
 def test_fixed_and_narrowed_entries_and_user_hyperparameters():
@@ -55,9 +55,9 @@ def test_fixed_and_narrowed_entries_and_user_hyperparameters():
     hp.Fixed("depth", 2)
     model = hypermodel.build(hp)
     assert len(encoder_blocks(model)) == 2
-    assert model.get_layer("patch_encoder").patch_size == (8, 8)
+    assert model.backbone.patch_size == (8, 8)
     assert hp.get("hidden_dim") == 32
-    assert any(layer.name == "gap_pooling" for layer in model.layers)
+    assert model.pooling == "gap"
 
 
 @pytest.mark.parametrize(

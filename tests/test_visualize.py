@@ -27,8 +27,9 @@ def test_attention_maps_are_every_blocks_softmax_weights(model, images):
     # The first block's weights equal that block called on the model's tokens.
     import keras
 
-    tokens_model = keras.Model(model.input, model.get_layer("encoder_block_0").input)
-    _, weights = model.get_layer("encoder_block_0")(tokens_model(images), return_attention_scores=True)
+    block = model.backbone.blocks[0]
+    tokens_model = keras.Model(model.backbone.input, block.input)
+    _, weights = block(tokens_model(images), return_attention_scores=True)
     np.testing.assert_allclose(maps[0], np.asarray(weights), atol=1e-5)
     # The model itself is unchanged and still predicts.
     assert model.predict(images, verbose=0).shape == (3, 4)
@@ -105,7 +106,7 @@ def test_bad_input_is_refused(model, images, tmp_path):
     import keras
 
     mlp = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="no TransformerBlock"):
+    with pytest.raises(ValueError, match="is not a ViTClassifier"):
         V.attention_model(mlp)
 
 
@@ -124,7 +125,7 @@ def test_explain_command_writes_an_overlay(tiny_vit, tmp_path):
 
 
 def test_explain_command_bad_input(tiny_vit, tmp_path, capsys):
-    from keras_vit import cli
+    from keras_vit.cli import main as cli
 
     tiny_vit().save(tmp_path / "vit.keras")
     Image.fromarray(np.zeros((16, 16, 3), "uint8")).save(tmp_path / "photo.png")

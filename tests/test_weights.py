@@ -144,7 +144,7 @@ def test_pre_logits_state_dict_matches_torch_reference(timm_vit, tmp_path):
     state.update({f"head.{k}": v for k, v in head.state_dict().items()})
     path = save_state_dict(state, tmp_path / "vit.pth")
     model = W.from_checkpoint(path, num_heads=2)
-    assert model.get_layer("pre_logits").units == 12
+    assert model.pre_logits.units == 12
     images = pixels(32, 32)
     expected = timm_logits(backbone, images, head=lambda f: head(torch.tanh(pre_logits(f))))
     diff = np.abs(model.predict(images, verbose=0) - expected).max()
@@ -153,19 +153,19 @@ def test_pre_logits_state_dict_matches_torch_reference(timm_vit, tmp_path):
 
     # Keep the pre-logits but replace the head: pre-logit features equal.
     new = W.from_checkpoint(path, num_classes=3, num_heads=2)
-    features = build_features(new, "pre_logits")(images)
+    features = build_features(new, new.pre_logits)(images)
     with torch.no_grad():
         ref = torch.tanh(pre_logits(torch.from_numpy(timm_logits(backbone, images)))).numpy()
     assert np.abs(np.asarray(features) - ref).max() < TOL
     assert new.output_shape == (None, 3)
     dropped = W.from_checkpoint(path, num_classes=3, num_heads=2, keep_pre_logits=False)
-    assert "pre_logits" not in [layer.name for layer in dropped.layers]
+    assert dropped.pre_logits is None
 
 
-def build_features(model, layer_name):
+def build_features(model, layer):
     import keras
 
-    return keras.Model(model.input, model.get_layer(layer_name).output)
+    return keras.Model(model.input, layer.output)
 
 
 def original_npz_arrays(dim=16, depth=2, heads=2, mlp=32, grid=4, patch=4, classes=3,
@@ -227,7 +227,7 @@ def test_npz_matches_timms_own_npz_loader(timm_vit, tmp_path, layout):
     ).eval()
     timm_load_npz(reference, str(path))
     model = W.from_checkpoint(path)  # heads read from the file
-    assert model.get_layer("encoder_block_0").num_heads == 2
+    assert model.backbone.blocks[0].num_heads == 2
     images = pixels(16, 16)
     diff = np.abs(model.predict(images, verbose=0) - timm_logits(reference, images)).max()
     print(f"npz {layout}: max |logit difference| = {diff:.2e}")
@@ -251,7 +251,7 @@ def test_in_memory_and_bfloat16_state_dicts(timm_vit, tmp_path):
     half = {k: v.to(torch.bfloat16) for k, v in reference.state_dict().items()}
     path = save_state_dict(half, tmp_path / "bf16.safetensors")
     W.load_timm(model, path)
-    kernel = model.get_layer("head").kernel.numpy()
+    kernel = model.head.kernel.numpy()
     np.testing.assert_array_equal(kernel, half["head.weight"].float().numpy().T)
 
 
@@ -263,7 +263,7 @@ def test_resolution_change_resamples_positions_like_timm(timm_vit, tmp_path):
                          embed_dim=16, depth=1, num_heads=2)
     path = save_state_dict(source.state_dict(), tmp_path / "vit.safetensors")
     model = W.from_checkpoint(path, image_size=24, num_heads=2)
-    table = model.get_layer("patch_encoder").position_embedding.numpy()
+    table = model.backbone.patch_encoder.position_embedding.numpy()
     old = source.pos_embed.detach().numpy()
     assert table.shape == (1, 1 + 6 * 6, 16)
     np.testing.assert_array_equal(table[:, 0], old[:, 0])
@@ -310,10 +310,10 @@ def test_new_head_when_num_classes_differs(timm_vit, tmp_path):
     assert np.abs(features.predict(images, verbose=0) - ref).max() < TOL
     # Loading into a model with another head warns and keeps that head.
     other = build_vit(image_size=16, num_classes=7, patch_size=4, hidden_dim=16, depth=1, num_heads=2, mlp_dim=64)
-    head_before = other.get_layer("head").kernel.numpy().copy()
+    head_before = other.head.kernel.numpy().copy()
     with pytest.warns(UserWarning, match="classifier was not loaded"):
         W.load_timm(other, path)
-    np.testing.assert_array_equal(other.get_layer("head").kernel.numpy(), head_before)
+    np.testing.assert_array_equal(other.head.kernel.numpy(), head_before)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         W.load_timm(other, path, replace_head=True)
@@ -487,7 +487,7 @@ def test_fine_tune_at_a_new_resolution_learns_and_saves(tiny_checkpoint, image_f
                          frozen_epochs=1, batch_size=8, learning_rate=1e-3, test_split=0.25, verbose=0)
     model = result.model
     assert model.input_shape == (None, 20, 20, 3)
-    assert model.get_layer("patch_encoder").position_embedding.shape == (1, 1 + 25, 16)
+    assert model.backbone.patch_encoder.position_embedding.shape == (1, 1 + 25, 16)
     assert [row["stage"] for row in result.history] == ["head"] + ["full"] * 4
     losses = [row["loss"] for row in result.history]
     assert losses[-1] < losses[0]

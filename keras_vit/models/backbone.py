@@ -1,0 +1,264 @@
+"""`ViTBackbone`: images in, the encoded token sequence out.
+
+A `keras.Model` built functionally in its constructor (the keras-hub
+Backbone pattern): the constructor arguments are its whole config, and its
+parts are attributes — `rescaling`, `patch_encoder`, `blocks`, `norm` — so
+code elsewhere never looks a layer up by name.
+"""
+
+import keras
+from keras import ops
+
+from keras_vit.layers import ACTIVATIONS, INTERPOLATIONS, PATCH_EMBEDDINGS, POS_EMBEDDINGS
+from keras_vit.layers import PatchEncoder, TransformerBlock, grid_size, layer_norm
+from keras_vit.models.presets import SIZE_FIELDS, preset_config
+from keras_vit.utils.validation import check_choice, check_positive_int, check_rate, pair
+
+FEATURE_FORMATS = ("tokens", "maps")
+
+
+def _check_config(c):
+    """Validates the backbone's arguments (a dict) before any layer exists."""
+    for key in ("hidden_dim", "depth", "num_heads", "mlp_dim", "channels"):
+        check_positive_int(c[key], key)
+    check_positive_int(c["num_registers"], "num_registers", minimum=0)
+    if c["hidden_dim"] % c["num_heads"]:
+        raise ValueError(
+            f"`hidden_dim` must be divisible by `num_heads`. Received: hidden_dim={c['hidden_dim']}, "
+            f"num_heads={c['num_heads']}. Head counts that divide it: "
+            f"{[h for h in range(1, 17) if c['hidden_dim'] % h == 0]}")
+    check_choice(c["pos_embedding"], "pos_embedding", POS_EMBEDDINGS)
+    check_choice(c["activation"], "activation", tuple(ACTIVATIONS))
+    check_choice(c["interpolation"], "interpolation", INTERPOLATIONS)
+    check_choice(c["patch_embedding"], "patch_embedding", PATCH_EMBEDDINGS)
+    for key in ("class_token", "qk_norm", "use_qkv_bias", "include_rescaling"):
+        check_choice(c[key], key, (True, False))
+    check_choice(c["fused_attention"], "fused_attention", (None, True, False))
+    for key in ("dropout", "attention_dropout", "drop_path_rate"):
+        check_rate(c[key], key)
+    if c["layer_scale"] is not None and (isinstance(c["layer_scale"], bool) or not isinstance(c["layer_scale"], (int, float))):
+        raise ValueError(f"`layer_scale` must be None or a number. Received: layer_scale={c['layer_scale']!r}")
+    if isinstance(c["norm_epsilon"], bool) or not isinstance(c["norm_epsilon"], (int, float)) or not c["norm_epsilon"] > 0:
+        raise ValueError(f"`norm_epsilon` must be a number > 0. Received: norm_epsilon={c['norm_epsilon']!r}")
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class ViTBackbone(keras.Model):
+    """The Vision Transformer encoder: images (B, H, W, C) to tokens (B, N, D).
+
+    Token order is ``[class, registers, patches]``; the patches come row by
+    row. The output is the sequence after the final LayerNorm.
+
+    Args:
+        image_size: int, (h, w), or None for a model that takes any size the
+            patches tile (positions are then built for
+            `reference_image_size` and resampled per input).
+        patch_size, stride: int or (h, w); `stride` defaults to the patch
+            size, a smaller one gives overlapping patches.
+        channels: int, image channels.
+        hidden_dim, depth, num_heads, mlp_dim: the transformer's size.
+        pos_embedding: "learned", "sincos" or "none".
+        num_registers: int, register tokens (they get no position).
+        class_token: bool, prepend a learnable class token.
+        dropout, attention_dropout: rates in [0, 1).
+        drop_path_rate: stochastic depth of the last block, rising linearly
+            from 0 in the first.
+        layer_scale: None or the initial LayerScale value.
+        qk_norm: bool, LayerNorm on each head's queries and keys.
+        activation: MLP activation, a key of `keras_vit.layers.ACTIVATIONS`.
+        use_qkv_bias: bool, bias in the QKV projection.
+        include_rescaling: bool; True maps pixels in [0, 255] to [-1, 1]
+            inside the model.
+        reference_image_size: the size learned positions are built for when
+            `image_size` is None (default 224).
+        interpolation: "bicubic" or "bilinear" resampling of positions.
+        patch_embedding: "conv" or "linear" (the same function).
+        norm_epsilon: float > 0, LayerNorm epsilon.
+        fused_attention: None (decided per backend), True or False.
+
+    Example:
+    >>> backbone = ViTBackbone(image_size=32, patch_size=8, hidden_dim=32,
+    ...                        depth=2, num_heads=2, mlp_dim=64)
+    >>> backbone(np.zeros((1, 32, 32, 3))).shape
+    (1, 17, 32)
+    >>> [m.shape for m in backbone.forward_intermediates(np.zeros((1, 32, 32, 3)), output="maps")]
+    [(1, 4, 4, 32), (1, 4, 4, 32)]
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size=224,
+        patch_size=16,
+        stride=None,
+        channels=3,
+        hidden_dim=768,
+        depth=12,
+        num_heads=12,
+        mlp_dim=3072,
+        pos_embedding="learned",
+        num_registers=0,
+        class_token=True,
+        dropout=0.0,
+        attention_dropout=0.0,
+        drop_path_rate=0.0,
+        layer_scale=None,
+        qk_norm=False,
+        activation="gelu",
+        use_qkv_bias=True,
+        include_rescaling=True,
+        reference_image_size=None,
+        interpolation="bicubic",
+        patch_embedding="conv",
+        norm_epsilon=1e-6,
+        fused_attention=None,
+        **kwargs,
+    ):
+        config = dict(locals())
+        for key in ("self", "kwargs", "__class__"):
+            config.pop(key, None)
+        _check_config(config)
+        patch = pair(patch_size, "patch_size")
+        stride = pair(stride or patch, "stride")
+        if image_size is None:
+            reference = pair(reference_image_size or 224, "reference_image_size")
+            input_hw = (None, None)
+        else:
+            reference = input_hw = pair(image_size, "image_size")
+        grid = grid_size(reference, patch, stride, "image_size" if image_size else "reference_image_size")
+
+        # === Layers ===
+        self.rescaling = (
+            keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling") if include_rescaling else None)
+        self.patch_encoder = PatchEncoder(
+            hidden_dim, patch, stride=stride, grid_size=grid, use_cls_token=class_token,
+            num_registers=num_registers, pos_embedding=pos_embedding, interpolation=interpolation,
+            patch_embedding=patch_embedding, name="patch_encoder")
+        self.embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
+        self.blocks = [
+            TransformerBlock(
+                num_heads, mlp_dim, dropout=dropout, attention_dropout=attention_dropout,
+                drop_path=drop_path_rate * i / max(depth - 1, 1), layer_scale=layer_scale,
+                qk_norm=qk_norm, activation=activation, norm_epsilon=norm_epsilon,
+                use_qkv_bias=use_qkv_bias, fused_attention=fused_attention, name=f"encoder_block_{i}")
+            for i in range(depth)
+        ]
+        self.norm = layer_norm(norm_epsilon, "encoder_norm")
+
+        # === Functional model ===
+        images = keras.Input(shape=(*input_hw, channels), name="images")
+        x = self._embed(images)
+        for block in self.blocks:
+            x = block(x)
+        super().__init__(inputs=images, outputs=self.norm(x), **{"name": "vit_backbone", **kwargs})
+
+        # === Config ===
+        config.update(patch_size=patch, stride=stride,
+                      image_size=None if image_size is None else reference,
+                      reference_image_size=reference)
+        self._vit_config = config
+
+    def _embed(self, images):
+        x = self.rescaling(images) if self.rescaling is not None else images
+        return self.embedding_dropout(self.patch_encoder(x))
+
+    # --- what the rest of the package reads ------------------------------
+
+    def __getattr__(self, name):
+        # Config values (hidden_dim, patch_size, ...) read as attributes.
+        config = self.__dict__.get("_vit_config")
+        if config is not None and name in config:
+            return config[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def num_prefix_tokens(self):
+        """Class and register tokens before the patch tokens."""
+        return self.patch_encoder.num_prefix_tokens
+
+    def patch_grid(self, image_size=None):
+        """The (h, w) patch grid of images of `image_size` (default: the
+        size the model was built for)."""
+        size = self.reference_image_size if image_size is None else pair(image_size, "image_size")
+        return grid_size(size, self.patch_size, self.stride, "image_size")
+
+    # --- feature extraction -----------------------------------------------
+
+    def forward_intermediates(self, images, indices=None, *, output="tokens", norm=False,
+                              training=False):
+        """Per-block outputs, for feature extraction and dense tasks.
+
+        Args:
+            images: (B, H, W, C) pixels as the model takes them.
+            indices: None (every block), an int n (the last n blocks) or a
+                list of block indices (negative counts from the end).
+            output: "tokens" for (B, N, D) sequences with the prefix tokens,
+                or "maps" for patch tokens as (B, h, w, D) feature maps.
+            norm: bool, apply the final LayerNorm to each output.
+            training: bool, run dropout and stochastic depth.
+
+        Returns:
+            A list with one tensor per selected block, in block order.
+        """
+        check_choice(output, "output", FEATURE_FORMATS)
+        selected = self._block_indices(indices)
+        x = self._embed(images)
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x, training=training)
+            if i in selected:
+                y = self.norm(x) if norm else x
+                outputs.append(self._to_map(y, images) if output == "maps" else y)
+        return outputs
+
+    def _block_indices(self, indices):
+        depth = len(self.blocks)
+        if indices is None:
+            return set(range(depth))
+        if isinstance(indices, int) and not isinstance(indices, bool):
+            if not 1 <= indices <= depth:
+                raise ValueError(f"`indices` as a count must be in [1, {depth}]. Received: indices={indices}")
+            return set(range(depth - indices, depth))
+        chosen = set()
+        for i in indices:
+            if isinstance(i, bool) or not isinstance(i, int) or not -depth <= i < depth:
+                raise ValueError(
+                    f"`indices` must hold block indices in [-{depth}, {depth - 1}]. Received: indices={indices!r}")
+            chosen.add(i % depth)
+        return chosen
+
+    def _to_map(self, tokens, images):
+        h, w = (
+            (s - p) // st + 1 for s, p, st in zip(ops.shape(images)[1:3], self.patch_size, self.stride))
+        patches = tokens[:, self.num_prefix_tokens:]
+        return ops.reshape(patches, (ops.shape(tokens)[0], h, w, tokens.shape[-1]))
+
+    # --- construction -----------------------------------------------------
+
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable}
+        config.update(self._vit_config)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """A backbone of preset `name` ("B/16", "Mu/4", ...), with its own
+        image size unless `image_size` is given, and other arguments
+        overridden.
+
+        Example:
+        >>> ViTBackbone.from_preset("Mu/4", depth=2).image_size
+        (32, 32)
+        """
+        overrides = dict(overrides)
+        sizes = {k: overrides.pop(k) for k in (*SIZE_FIELDS, "patch_size") if k in overrides}
+        config = preset_config(name, **sizes)
+        config.pop("num_classes")
+        if overrides.get("image_size", 0) is None:
+            overrides.setdefault("reference_image_size", config["image_size"])
+        config.update(overrides)
+        return cls(**config)

@@ -1,0 +1,272 @@
+"""`ViTClassifier` (a backbone, a pooling, a head) and `build_vit`.
+
+The classifier is a `keras.Model` built functionally in its constructor. It
+knows its `backbone` and its head parts as attributes, and its config
+records everything needed to serve it: pooling, rescaling (through the
+backbone), the classifier activation and so whether it outputs logits, the
+class names and the preprocessing it expects.
+"""
+
+import keras
+
+from keras_vit.layers import AttentionPooling, TokenPooling
+from keras_vit.models.backbone import ViTBackbone
+from keras_vit.models.presets import preset_config
+from keras_vit.utils.validation import check_choice, check_positive_int, check_rate
+
+POOLINGS = ("cls", "gap", "map")
+# Variable names (as Keras names them) that get no weight decay besides every
+# 0-D and 1-D variable: biases of any rank, tokens, positions, the MAP probe.
+NO_DECAY_NAMES = ("bias", "cls_token", "registers", "position_embedding", "probe")
+
+
+def _check_head(num_classes, pooling, representation_size, head_units, dropout,
+                classifier_activation, class_names, backbone):
+    check_positive_int(num_classes, "num_classes", minimum=0)
+    check_choice(pooling, "pooling", POOLINGS)
+    if pooling == "cls" and not backbone.class_token:
+        raise ValueError("`pooling='cls'` needs a class token; got class_token=False.")
+    if representation_size is not None:
+        check_positive_int(representation_size, "representation_size")
+    if head_units is not None and not isinstance(head_units, (list, tuple)):
+        raise ValueError(f"`head_units` must be None or a list of positive ints. Received: head_units={head_units!r}")
+    for units in head_units or ():
+        check_positive_int(units, "head_units")
+    check_rate(dropout, "dropout")
+    if classifier_activation is not None:
+        try:
+            keras.activations.get(classifier_activation)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"Unknown `classifier_activation`: {classifier_activation!r}. Accepted values: None "
+                "(logits) or a Keras activation name such as 'softmax' or 'sigmoid'.") from None
+    if class_names is not None:
+        names = list(class_names)
+        if len(names) != num_classes or not all(isinstance(n, str) for n in names):
+            raise ValueError(
+                f"`class_names` must be a list of {num_classes} strings (one per class). "
+                f"Received {len(names)} entries: {names[:5]}")
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class ViTClassifier(keras.Model):
+    """An image classifier: `ViTBackbone`, pooling, optional pre-logits or
+    MLP head, and a float32 `head`.
+
+    Args:
+        backbone: a `ViTBackbone`.
+        num_classes: int >= 0; 0 returns the pooled features.
+        pooling: "cls" (class token), "gap" (mean of the patch tokens) or
+            "map" (attention pooling with a learned query).
+        representation_size: optional int, a tanh pre-logits layer.
+        head_units: optional list of ints, an MLP head (GELU, dropout).
+        dropout: float in [0, 1), dropout before the head.
+        classifier_activation: None (the outputs are logits) or a Keras
+            activation name such as "softmax", computed in float32.
+        class_names: optional list of `num_classes` strings.
+        preprocessing: optional dict describing how images are prepared for
+            this model (e.g. interpolation); stored in the config and read by
+            data loading, export and prediction.
+
+    Example:
+    >>> backbone = ViTBackbone(image_size=32, patch_size=8, hidden_dim=32,
+    ...                        depth=1, num_heads=2, mlp_dim=64)
+    >>> model = ViTClassifier(backbone, num_classes=3, pooling="gap")
+    >>> model(np.zeros((2, 32, 32, 3))).shape
+    (2, 3)
+    >>> model.outputs_logits
+    True
+    """
+
+    def __init__(self, backbone, num_classes=1000, pooling="cls", representation_size=None,
+                 head_units=None, dropout=0.0, classifier_activation=None, class_names=None,
+                 preprocessing=None, **kwargs):
+        if not isinstance(backbone, ViTBackbone):
+            raise ValueError(f"`backbone` must be a ViTBackbone. Received: {type(backbone).__name__}")
+        _check_head(num_classes, pooling, representation_size, head_units, dropout,
+                    classifier_activation, class_names, backbone)
+        if preprocessing is not None and not isinstance(preprocessing, dict):
+            raise ValueError(f"`preprocessing` must be None or a dict. Received: {preprocessing!r}")
+
+        # === Layers ===
+        self.backbone = backbone
+        if pooling == "map":
+            self.pooler = AttentionPooling(
+                backbone.num_heads, backbone.mlp_dim, backbone.activation, backbone.norm_epsilon,
+                name="map_pooling")
+        else:
+            self.pooler = TokenPooling(pooling, num_prefix_tokens=backbone.num_prefix_tokens,
+                                       name=f"{pooling}_pooling")
+        self.pre_logits = (
+            keras.layers.Dense(representation_size, activation="tanh", name="pre_logits")
+            if representation_size else None)
+        self.head_hidden = [
+            keras.layers.Dense(units, activation="gelu", name=f"head_dense_{i}")
+            for i, units in enumerate(head_units or ())]
+        self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
+        self.head = keras.layers.Dense(num_classes, dtype="float32", name="head") if num_classes else None
+        self.predictions = (
+            keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")
+            if num_classes and classifier_activation else None)
+
+        # === Functional model ===
+        images = keras.Input(shape=backbone.input_shape[1:], name="images")
+        x = self.pooler(backbone(images))
+        if self.pre_logits is not None:
+            x = self.pre_logits(x)
+        for dense in self.head_hidden:
+            x = self.head_dropout(dense(x))
+        if self.head is not None:
+            x = self.head(self.head_dropout(x))
+            if self.predictions is not None:
+                x = self.predictions(x)
+        super().__init__(inputs=images, outputs=x, **{"name": "vit", **kwargs})
+
+        # === Config ===
+        self.num_classes = num_classes
+        self.pooling = pooling
+        self.representation_size = representation_size
+        self.head_units = list(head_units) if head_units else None
+        self.dropout = float(dropout)
+        self.classifier_activation = classifier_activation
+        self.class_names = list(class_names) if class_names is not None else None
+        self.preprocessing = dict(preprocessing) if preprocessing else None
+
+    # --- what the rest of the package reads ------------------------------
+
+    @property
+    def outputs_logits(self):
+        """True when the outputs are logits (no classifier activation)."""
+        return self.head is not None and self.predictions is None
+
+    @property
+    def image_size(self):
+        return self.backbone.image_size
+
+    @property
+    def channels(self):
+        return self.backbone.channels
+
+    @property
+    def include_rescaling(self):
+        return self.backbone.include_rescaling
+
+    def no_weight_decay(self):
+        """The variables the optimizer must not decay: every 0-D and 1-D
+        variable (biases, norm scales and offsets, LayerScale) and every bias,
+        token, position table and MAP probe.
+
+        Example:
+        >>> model = build_vit("Mu/4", depth=1)
+        >>> all(v.name != "kernel" for v in model.no_weight_decay())
+        True
+        """
+        return [v for v in self.trainable_variables if len(v.shape) <= 1 or v.name in NO_DECAY_NAMES]
+
+    # --- construction -----------------------------------------------------
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "num_classes": self.num_classes,
+            "pooling": self.pooling,
+            "representation_size": self.representation_size,
+            "head_units": self.head_units,
+            "dropout": self.dropout,
+            "classifier_activation": self.classifier_activation,
+            "class_names": self.class_names,
+            "preprocessing": self.preprocessing,
+            "outputs_logits": self.outputs_logits,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("outputs_logits", None)  # recorded for readers; follows from the activation
+        if isinstance(config["backbone"], dict):
+            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """A classifier of preset `name` with the preset's image size and
+        class count unless overridden; see `build_vit` for the arguments.
+
+        Example:
+        >>> model = ViTClassifier.from_preset("Mu/4", depth=1)
+        >>> model.image_size, model.num_classes
+        ((32, 32), 10)
+        """
+        return build_vit(name, **overrides)
+
+
+_HEAD_ARGS = ("num_classes", "pooling", "representation_size", "head_units",
+              "classifier_activation", "class_names", "preprocessing")
+
+
+class _FromPreset:
+    def __repr__(self):
+        return "<the preset's>"
+
+
+FROM_PRESET = _FromPreset()
+
+
+def build_vit(variant=None, *, image_size=FROM_PRESET, num_classes=FROM_PRESET, patch_size=None,
+              hidden_dim=None, depth=None, num_heads=None, mlp_dim=None, pooling="cls",
+              class_token=None, dropout=0.0, name=None, **kwargs):
+    """Builds a Vision Transformer classifier, a `ViTClassifier`.
+
+    Args:
+        variant: a preset name from `PRESETS` such as "B/16" or "Ti/4"
+            (default "B/16"); its size, patch, image size and class count
+            are used for the arguments left out.
+        image_size: int, (h, w), or None for a model that takes any size.
+        num_classes: int >= 0; 0 returns the pooled features.
+        patch_size, hidden_dim, depth, num_heads, mlp_dim: override the
+            preset's.
+        pooling: "cls", "gap" or "map".
+        class_token: None adds a class token exactly when `pooling="cls"`;
+            True also keeps one with "gap" or "map" (as timm's
+            `global_pool="avg"` models).
+        dropout: rate in [0, 1) used in the blocks and before the head.
+        name: optional model name (default "vit").
+        **kwargs: other `ViTBackbone` arguments (stride, channels,
+            pos_embedding, num_registers, attention_dropout, drop_path_rate,
+            layer_scale, qk_norm, activation, use_qkv_bias, include_rescaling,
+            reference_image_size, interpolation, patch_embedding,
+            norm_epsilon, fused_attention) and `ViTClassifier` arguments
+            (representation_size, head_units, classifier_activation,
+            class_names, preprocessing).
+
+    Returns:
+        A `ViTClassifier` mapping images (B, H, W, channels) to float32
+        logits (B, num_classes).
+
+    Example:
+    >>> model = build_vit(image_size=32, num_classes=10, patch_size=8,
+    ...                   hidden_dim=32, depth=1, num_heads=2, mlp_dim=64)
+    >>> model(np.zeros((1, 32, 32, 3))).shape
+    (1, 10)
+    >>> build_vit("Mu/4", depth=1).image_size
+    (32, 32)
+    """
+    config = preset_config(variant, patch_size=patch_size, hidden_dim=hidden_dim, depth=depth,
+                           num_heads=num_heads, mlp_dim=mlp_dim)
+    if image_size is not FROM_PRESET:
+        config["image_size"] = image_size
+    if image_size is None and kwargs.get("reference_image_size") is None:
+        kwargs["reference_image_size"] = preset_config(variant)["image_size"]
+    if num_classes is not FROM_PRESET:
+        config["num_classes"] = num_classes
+    check_choice(pooling, "pooling", POOLINGS)
+    if class_token is not None:
+        check_choice(class_token, "class_token", (True, False))
+    head = {k: kwargs.pop(k) for k in _HEAD_ARGS if k in kwargs}
+    head["num_classes"] = config.pop("num_classes")
+    backbone = ViTBackbone(
+        **config, dropout=dropout, class_token=pooling == "cls" if class_token is None else class_token,
+        **kwargs)
+    return ViTClassifier(backbone, pooling=pooling, dropout=dropout, name=name or "vit", **head)
