@@ -257,7 +257,7 @@ def test_bad_arguments_raise_a_clear_value_error(overrides, message):
     "shape,message",
     [
         ((1, 16, 16, 1), "Expected images with 3 channels"),
-        ((16, 16, 3), "Expected shape (None, None, None, 3)"),
+        ((16, 16, 3), "add a batch axis"),
         ((1, 2, 2, 3), "smaller than the patch size 4"),
         ((1, 18, 16, 3), "Sizes that work: 16 or 20"),
     ],
@@ -272,3 +272,39 @@ def test_bad_images_at_call_time_raise_a_clear_value_error(shape, message):
 def test_fixed_size_model_rejects_another_size_clearly(tiny_vit):
     with pytest.raises(ValueError, match="expected shape=\\(None, 16, 16, 3\\)"):
         tiny_vit().predict(np.zeros((1, 24, 24, 3)), verbose=0)
+
+
+@pytest.mark.parametrize("pixels,message", [
+    (np.ones((1, 16, 16, 3), bool), "real pixel values"),
+    (np.ones((1, 16, 16, 3)) * (1 + 2j), "real pixel values"),
+    (np.full((1, 16, 16, 3), "a"), "real pixel values"),
+    (np.ones((16, 16, 3), "float32"), "add a batch axis"),
+    (np.zeros((0, 16, 16, 3), "float32"), "batch holds no images"),
+])
+def test_inputs_that_are_not_a_pixel_batch_are_refused(tiny_vit, pixels, message):
+    model = tiny_vit()
+    for run in (model, lambda x: model.predict(x, verbose=0), model.backbone):
+        with pytest.raises(ValueError, match=message):
+            run(pixels)
+
+
+@pytest.mark.backend_independent
+def test_absurd_sizes_are_refused_before_any_weight_is_made():
+    with pytest.raises(ValueError, match="too large to build"):
+        build_vit(hidden_dim=65536, num_heads=16, mlp_dim=262144, depth=48)
+    with pytest.raises(ValueError, match="patch tokens per image"):
+        build_vit("Ti/16", image_size=8192, patch_size=8, depth=1)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="graphs with run-time image sizes are TensorFlow's")
+def test_untiled_size_is_refused_inside_a_graph_with_dynamic_height_and_width():
+    import tensorflow as tf
+
+    model = build_vit(image_size=None, reference_image_size=16, **{
+        k: v for k, v in tiny_vit_kwargs().items() if k != "image_size"})
+    serve = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec((None, None, None, 3))])
+    assert serve(tf.zeros((1, 20, 24, 3))).shape == (1, 4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not tiled exactly by patches of 4"):
+        serve(tf.zeros((1, 18, 16, 3)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="smaller than the patch size"):
+        serve(tf.zeros((1, 2, 16, 3)))

@@ -20,6 +20,7 @@ from keras_vit.layers.patching import (
     Patches,
     check_images,
     grid_size,
+    patch_stride,
     resample_posemb,
     sincos_posemb_2d,
 )
@@ -30,5 +31,5 @@ __all__ = [
     "ACTIVATIONS", "INTERPOLATIONS", "PATCH_EMBEDDINGS", "POS_EMBEDDINGS",
     "AttentionPooling", "DropPath", "LayerScale", "MultiHeadSelfAttention", "PatchEncoder",
     "Patches", "TokenPooling", "TransformerBlock", "check_choice", "check_images", "check_rate",
-    "grid_size", "layer_norm", "pair", "resample_posemb", "sincos_posemb_2d", "use_fused_attention",
+    "grid_size", "layer_norm", "pair", "patch_stride", "resample_posemb", "sincos_posemb_2d", "use_fused_attention",
 ]

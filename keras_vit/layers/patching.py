@@ -18,6 +18,24 @@ INTERPOLATIONS = ("bicubic", "bilinear")
 PATCH_EMBEDDINGS = ("conv", "linear")
 
 
+def patch_stride(patch_size, stride=None):
+    """The (h, w) stride: the patch size when `stride` is None. A stride
+    larger than the patch would skip pixels the model never sees, so it is
+    refused, as are 0 and negative strides.
+
+    Example:
+    >>> patch_stride(8), patch_stride(8, 4)
+    ((8, 8), (4, 4))
+    """
+    patch = pair(patch_size, "patch_size")
+    stride = patch if stride is None else pair(stride, "stride")
+    if any(s > p for s, p in zip(stride, patch)):
+        raise ValueError(
+            f"`stride` {stride} is larger than `patch_size` {patch}: the pixels between "
+            f"patches would never reach the model. Use a stride <= the patch size.")
+    return stride
+
+
 def grid_size(image_size, patch_size, stride=None, name="image_size"):
     """Number of patches along each axis for images of `image_size`.
 
@@ -25,7 +43,7 @@ def grid_size(image_size, patch_size, stride=None, name="image_size"):
     smaller than a patch or the stride does not tile it exactly.
     """
     patch_size = pair(patch_size, "patch_size")
-    stride = pair(stride or patch_size, "stride")
+    stride = patch_stride(patch_size, stride)
     grid = []
     for axis, size, p, s in zip(("height", "width"), image_size, patch_size, stride):
         if size is None:
@@ -163,7 +181,7 @@ class Patches(keras.layers.Layer):
     def __init__(self, patch_size, stride=None, **kwargs):
         super().__init__(**kwargs)
         self.patch_size = pair(patch_size, "patch_size")
-        self.stride = pair(stride or patch_size, "stride")
+        self.stride = patch_stride(patch_size, stride)
 
     def call(self, images):
         check_images(images, None, self.patch_size, self.stride)
@@ -207,6 +225,28 @@ def check_images(images, channels, patch_size, stride):
             f"Received images of shape {shape}."
         )
     grid_size(shape[1:3], patch_size, stride, name="the input images")
+    if None in shape[1:3] and keras.backend.backend() == "tensorflow":
+        _assert_tiled_in_graph(images, patch_size, stride)
+
+
+def _assert_tiled_in_graph(images, patch_size, stride):
+    """In a TensorFlow graph whose height or width is only known at run time
+    (a tf.function or SavedModel signature with dynamic H and W), checks the
+    tiling when the graph runs instead of letting the patches crop the image
+    (JAX and torch always know the shape, and are checked above)."""
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        return
+    shape = tf.shape(images)
+    for axis, (p, s) in enumerate(zip(patch_size, stride), start=1):
+        size = shape[axis]
+        tf.debugging.assert_greater_equal(
+            size, p, message=f"The input images are smaller than the patch size {p}.")
+        tf.debugging.assert_equal(
+            tf.math.floormod(size - p, s), 0,
+            message=f"The input images' {'height' if axis == 1 else 'width'} is not tiled exactly by "
+                    f"patches of {p} with stride {s}: (size - {p}) must be a multiple of {s}.")
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -266,7 +306,7 @@ class PatchEncoder(keras.layers.Layer):
             )
         self.hidden_dim = hidden_dim
         self.patch_size = pair(patch_size, "patch_size")
-        self.stride = pair(stride or patch_size, "stride")
+        self.stride = patch_stride(patch_size, stride)
         self.grid_size = None if grid_size is None else pair(grid_size, "grid_size")
         self.use_cls_token = bool(use_cls_token)
         self.num_registers = num_registers

@@ -7,14 +7,65 @@ code elsewhere never looks a layer up by name.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_vit.layers import ACTIVATIONS, INTERPOLATIONS, PATCH_EMBEDDINGS, POS_EMBEDDINGS
 from keras_vit.layers import PatchEncoder, TransformerBlock, grid_size, layer_norm
+from keras_vit.layers.patching import patch_stride
 from keras_vit.models.presets import SIZE_FIELDS, preset_config
 from keras_vit.utils.validation import check_choice, check_positive_int, check_rate, pair
 
 FEATURE_FORMATS = ("tokens", "maps")
+# Beyond these a model cannot be trained or run on any machine this package
+# targets; refusing them up front beats an out-of-memory error deep in the backend.
+MAX_PARAMETERS = 10_000_000_000
+MAX_TOKENS = 2**17
+
+
+def check_pixel_batch(x):
+    """Refuses inputs that are not a batch of real-valued pixels: bool,
+    complex and string arrays, a missing batch axis, an empty batch.
+    Datasets and other non-array inputs pass through unchecked."""
+    dtype, shape = getattr(x, "dtype", None), getattr(x, "shape", None)
+    if dtype is None or shape is None:
+        return
+    name = getattr(dtype, "name", None) or str(dtype)
+    kind = dtype.kind if isinstance(dtype, np.dtype) else ""
+    if kind in ("b", "c", "U", "S", "O") or name in ("string", "bool", "object") or "complex" in name:
+        raise ValueError(
+            f"Images must hold real pixel values (uint8, int or float in [0, 255]). "
+            f"Received an array of dtype {name}.")
+    if len(shape) == 3:
+        raise ValueError(
+            f"Expected a batch of images (batch, height, width, channels). Received one of shape "
+            f"{tuple(shape)}: add a batch axis, e.g. images[None].")
+    if len(shape) == 4 and shape[0] == 0:
+        raise ValueError("The batch holds no images (batch size 0).")
+
+
+def _check_size(c, grid):
+    d, mlp = c["hidden_dim"], c["mlp_dim"]
+    params = c["depth"] * (4 * d * d + 2 * d * mlp)
+    tokens = grid[0] * grid[1]
+    if params > MAX_PARAMETERS or tokens > MAX_TOKENS:
+        raise ValueError(
+            f"The model is too large to build: about {params:,} parameters in its blocks "
+            f"(at most {MAX_PARAMETERS:,}) and {tokens:,} patch tokens per image (at most "
+            f"{MAX_TOKENS:,}). Check hidden_dim, depth, mlp_dim, image_size and patch_size.")
+
+
+class ChecksImages:
+    """Mixin of the models: refuses bad pixel batches in calls and `predict`
+    with a clear error (see `check_pixel_batch`)."""
+
+    def __call__(self, inputs, *args, **kwargs):
+        check_pixel_batch(inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        check_pixel_batch(x)
+        return super().predict(x, *args, **kwargs)
 
 
 def _check_config(c):
@@ -43,7 +94,7 @@ def _check_config(c):
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
-class ViTBackbone(keras.Model):
+class ViTBackbone(ChecksImages, keras.Model):
     """The Vision Transformer encoder: images (B, H, W, C) to tokens (B, N, D).
 
     Token order is ``[class, registers, patches]``; the patches come row by
@@ -119,13 +170,14 @@ class ViTBackbone(keras.Model):
             config.pop(key, None)
         _check_config(config)
         patch = pair(patch_size, "patch_size")
-        stride = pair(stride or patch, "stride")
+        stride = patch_stride(patch, stride)
         if image_size is None:
             reference = pair(reference_image_size or 224, "reference_image_size")
             input_hw = (None, None)
         else:
             reference = input_hw = pair(image_size, "image_size")
         grid = grid_size(reference, patch, stride, "image_size" if image_size else "reference_image_size")
+        _check_size(config, grid)
 
         # === Layers ===
         self.rescaling = (

@@ -10,7 +10,7 @@ class names and the preprocessing it expects.
 import keras
 
 from keras_vit.layers import AttentionPooling, TokenPooling
-from keras_vit.models.backbone import ViTBackbone
+from keras_vit.models.backbone import ChecksImages, ViTBackbone
 from keras_vit.models.presets import preset_config
 from keras_vit.utils.validation import check_choice, check_positive_int, check_rate
 
@@ -49,7 +49,7 @@ def _check_head(num_classes, pooling, representation_size, head_units, dropout,
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
-class ViTClassifier(keras.Model):
+class ViTClassifier(ChecksImages, keras.Model):
     """An image classifier: `ViTBackbone`, pooling, optional pre-logits or
     MLP head, and a float32 `head`.
 
