@@ -56,9 +56,34 @@ def test_patches_accept_sizes_unknown_until_run_time():
 # ------------------------------------------------------------ PatchEncoder
 
 
-def test_sincos_table_equals_the_formula():
+def big_vision_sincos(h, w, width, temperature=10_000.0):
+    """big_vision's posemb_sincos_2d, transcribed to numpy as a reference."""
+    y, x = np.mgrid[:h, :w]
+    omega = np.arange(width // 4) / (width // 4 - 1)
+    omega = 1.0 / temperature**omega
+    y = np.einsum("m,d->md", y.flatten(), omega)
+    x = np.einsum("m,d->md", x.flatten(), omega)
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+
+
+def test_sincos_table_follows_big_vision_by_default():
+    table = ops.convert_to_numpy(sincos_posemb_2d(3, 5, 16))
+    np.testing.assert_allclose(table, big_vision_sincos(3, 5, 16), atol=1e-5)
+    encoder = PatchEncoder(16, 4, grid_size=(3, 5), pos_embedding="sincos", use_cls_token=False)
+    assert encoder.get_config()["sincos_layout"] == "big_vision"
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(encoder.patch_positions((3, 5))[0]), big_vision_sincos(3, 5, 16), atol=1e-5)
+
+
+def test_sincos_config_without_a_layout_loads_as_the_old_one():
+    config = PatchEncoder(16, 4, pos_embedding="sincos", use_cls_token=False).get_config()
+    del config["sincos_layout"]  # as keras_vit 0.1 wrote it
+    assert PatchEncoder.from_config(config).sincos_layout == "rows_interleaved"
+
+
+def test_rows_interleaved_sincos_table_equals_the_formula():
     gh, gw, dim = 3, 5, 16
-    table = ops.convert_to_numpy(sincos_posemb_2d(gh, gw, dim))
+    table = ops.convert_to_numpy(sincos_posemb_2d(gh, gw, dim, layout="rows_interleaved"))
     d = dim // 2
     expected = np.zeros((gh, gw, dim))
     for y in range(gh):

@@ -65,20 +65,42 @@ def grid_size(image_size, patch_size, stride=None, name="image_size"):
     return tuple(grid)
 
 
-def sincos_posemb_2d(grid_h, grid_w, dim, temperature=10000.0):
+SINCOS_LAYOUTS = ("big_vision", "rows_interleaved")
+
+
+def sincos_posemb_2d(grid_h, grid_w, dim, temperature=10000.0, layout="big_vision"):
     """Fixed 2-D sine/cosine position embeddings, shape (grid_h * grid_w, dim).
 
-    The first half of the channels encodes the row, the second half the
-    column. Along each axis, with ``d = dim / 2`` channels,
-    ``PE(pos, 2i) = sin(pos / T^(2i/d))`` and
-    ``PE(pos, 2i+1) = cos(pos / T^(2i/d))``. `grid_h` and `grid_w` may be
-    symbolic (known only at run time).
+    Two channel layouts, recorded in `PatchEncoder`'s config:
+
+    - "big_vision" (the default, as big_vision's `posemb_sincos_2d`): with
+      ``q = dim / 4`` and ``w_i = T^(-i / (q - 1))``, the channels are
+      ``[sin(x w), cos(x w), sin(y w), cos(y w)]`` for column x and row y.
+    - "rows_interleaved" (keras_vit 0.1): the first half encodes the row,
+      the second the column, each as interleaved
+      ``sin(pos / T^(2i/d)), cos(pos / T^(2i/d))`` with ``d = dim / 2``.
+
+    `grid_h` and `grid_w` may be symbolic (known only at run time).
+
+    Example:
+    >>> sincos_posemb_2d(2, 3, 8).shape
+    (6, 8)
     """
+    check_choice(layout, "sincos_layout", SINCOS_LAYOUTS)
     if dim % 4:
         raise ValueError(
             f"`hidden_dim` must be divisible by 4 for pos_embedding='sincos'. "
             f"Received: hidden_dim={dim}"
         )
+    if layout == "big_vision":
+        quarter = dim // 4
+        steps = ops.arange(quarter, dtype="float32") / max(quarter - 1, 1)
+        omega = 1.0 / ops.power(temperature, steps)
+        ys = ops.repeat(ops.arange(grid_h, dtype="float32"), grid_w)
+        xs = ops.tile(ops.arange(grid_w, dtype="float32"), [grid_h])
+        x_angles, y_angles = xs[:, None] * omega[None], ys[:, None] * omega[None]
+        return ops.concatenate(
+            [ops.sin(x_angles), ops.cos(x_angles), ops.sin(y_angles), ops.cos(y_angles)], axis=1)
     axis_dim = dim // 2
     exponent = ops.arange(0, axis_dim, 2, dtype="float32") / axis_dim
     inv_freq = 1.0 / ops.power(temperature, exponent)
@@ -277,6 +299,9 @@ class PatchEncoder(keras.layers.Layer):
         patch_embedding: "conv" (one strided convolution) or "linear"
             (`Patches` followed by a `Dense` layer); the two compute the
             same function.
+        sincos_layout: channel layout of "sincos" positions, "big_vision"
+            or "rows_interleaved" (see `sincos_posemb_2d`). Configs saved
+            without it (keras_vit 0.1) load as "rows_interleaved".
 
     Example:
     >>> encoder = PatchEncoder(64, patch_size=8, grid_size=(4, 4))
@@ -295,9 +320,11 @@ class PatchEncoder(keras.layers.Layer):
         pos_embedding="learned",
         interpolation="bicubic",
         patch_embedding="conv",
+        sincos_layout="big_vision",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.sincos_layout = check_choice(sincos_layout, "sincos_layout", SINCOS_LAYOUTS)
         if not isinstance(hidden_dim, int) or hidden_dim <= 0:
             raise ValueError(f"`hidden_dim` must be a positive int. Received: {hidden_dim!r}")
         if not isinstance(num_registers, int) or num_registers < 0:
@@ -365,7 +392,7 @@ class PatchEncoder(keras.layers.Layer):
         """The position embeddings of the patch tokens for a (h, w) grid,
         shape (1, h * w, hidden_dim), or None without positions."""
         if self.pos_embedding == "sincos":
-            return sincos_posemb_2d(grid[0], grid[1], self.hidden_dim)[None]
+            return sincos_posemb_2d(grid[0], grid[1], self.hidden_dim, layout=self.sincos_layout)[None]
         if self.pos_embedding == "none":
             return None
         table = self.position_embedding[:, int(self.use_cls_token) :, :]
@@ -417,5 +444,11 @@ class PatchEncoder(keras.layers.Layer):
             pos_embedding=self.pos_embedding,
             interpolation=self.interpolation,
             patch_embedding=self.patch_embedding,
+            sincos_layout=self.sincos_layout,
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # keras_vit 0.1 wrote no layout and used rows-first, interleaved channels.
+        return cls(**{"sincos_layout": "rows_interleaved", **config})

@@ -126,6 +126,8 @@ class ViTBackbone(ChecksImages, keras.Model):
         patch_embedding: "conv" or "linear" (the same function).
         norm_epsilon: float > 0, LayerNorm epsilon.
         fused_attention: None (decided per backend), True or False.
+        sincos_layout: channel layout of "sincos" positions, "big_vision"
+            (default) or "rows_interleaved".
 
     Example:
     >>> backbone = ViTBackbone(image_size=32, patch_size=8, hidden_dim=32,
@@ -163,6 +165,7 @@ class ViTBackbone(ChecksImages, keras.Model):
         patch_embedding="conv",
         norm_epsilon=1e-6,
         fused_attention=None,
+        sincos_layout="big_vision",
         **kwargs,
     ):
         config = dict(locals())
@@ -185,7 +188,7 @@ class ViTBackbone(ChecksImages, keras.Model):
         self.patch_encoder = PatchEncoder(
             hidden_dim, patch, stride=stride, grid_size=grid, use_cls_token=class_token,
             num_registers=num_registers, pos_embedding=pos_embedding, interpolation=interpolation,
-            patch_embedding=patch_embedding, name="patch_encoder")
+            patch_embedding=patch_embedding, sincos_layout=sincos_layout, name="patch_encoder")
         self.embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
         self.blocks = [
             TransformerBlock(
