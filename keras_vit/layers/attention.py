@@ -74,7 +74,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     Example:
     >>> attn = MultiHeadSelfAttention(num_heads=2)
     >>> out, weights = attn(np.zeros((1, 5, 8), "float32"), return_attention_scores=True)
-    >>> out.shape, weights.shape
+    >>> tuple(out.shape), tuple(weights.shape)
     ((1, 5, 8), (1, 2, 5, 5))
     """
 

@@ -58,7 +58,7 @@ class DropPath(keras.layers.Layer):
         seed: optional int seed.
 
     Example:
-    >>> DropPath(0.1)(np.ones((2, 3, 4), "float32"), training=False).shape
+    >>> tuple(DropPath(0.1)(np.ones((2, 3, 4), "float32"), training=False).shape)
     (2, 3, 4)
     """
 
@@ -93,7 +93,7 @@ class LayerScale(keras.layers.Layer):
         init_value: float, the initial value of every scale.
 
     Example:
-    >>> LayerScale(1e-5)(np.ones((2, 3, 4), "float32")).shape
+    >>> tuple(LayerScale(1e-5)(np.ones((2, 3, 4), "float32")).shape)
     (2, 3, 4)
     """
 
@@ -151,7 +151,7 @@ class TransformerBlock(keras.layers.Layer):
 
     Example:
     >>> block = TransformerBlock(num_heads=2, mlp_dim=16)
-    >>> block(np.zeros((1, 5, 8), "float32")).shape
+    >>> tuple(block(np.zeros((1, 5, 8), "float32")).shape)
     (1, 5, 8)
     """
 

@@ -83,7 +83,7 @@ def sincos_posemb_2d(grid_h, grid_w, dim, temperature=10000.0, layout="big_visio
     `grid_h` and `grid_w` may be symbolic (known only at run time).
 
     Example:
-    >>> sincos_posemb_2d(2, 3, 8).shape
+    >>> tuple(sincos_posemb_2d(2, 3, 8).shape)
     (6, 8)
     """
     check_choice(layout, "sincos_layout", SINCOS_LAYOUTS)
@@ -194,9 +194,9 @@ class Patches(keras.layers.Layer):
 
     Example:
     >>> images = np.zeros((2, 32, 32, 3), "float32")
-    >>> Patches(8)(images).shape
+    >>> tuple(Patches(8)(images).shape)
     (2, 16, 192)
-    >>> Patches(8, stride=4)(images).shape
+    >>> tuple(Patches(8, stride=4)(images).shape)
     (2, 49, 192)
     """
 
@@ -305,7 +305,7 @@ class PatchEncoder(keras.layers.Layer):
 
     Example:
     >>> encoder = PatchEncoder(64, patch_size=8, grid_size=(4, 4))
-    >>> encoder(np.zeros((2, 32, 32, 3), "float32")).shape
+    >>> tuple(encoder(np.zeros((2, 32, 32, 3), "float32")).shape)
     (2, 17, 64)
     """
 

@@ -21,7 +21,7 @@ class TokenPooling(keras.layers.Layer):
             register tokens) that "gap" leaves out.
 
     Example:
-    >>> TokenPooling("gap")(np.ones((2, 5, 8), "float32")).shape
+    >>> tuple(TokenPooling("gap")(np.ones((2, 5, 8), "float32")).shape)
     (2, 8)
     """
 
@@ -56,7 +56,7 @@ class AttentionPooling(keras.layers.Layer):
         norm_epsilon: float, LayerNorm epsilon.
 
     Example:
-    >>> AttentionPooling(num_heads=2, mlp_dim=16)(np.zeros((1, 5, 8), "float32")).shape
+    >>> tuple(AttentionPooling(num_heads=2, mlp_dim=16)(np.zeros((1, 5, 8), "float32")).shape)
     (1, 8)
     """
 

@@ -132,9 +132,9 @@ class ViTBackbone(ChecksImages, keras.Model):
     Example:
     >>> backbone = ViTBackbone(image_size=32, patch_size=8, hidden_dim=32,
     ...                        depth=2, num_heads=2, mlp_dim=64)
-    >>> backbone(np.zeros((1, 32, 32, 3))).shape
+    >>> tuple(backbone(np.zeros((1, 32, 32, 3))).shape)
     (1, 17, 32)
-    >>> [m.shape for m in backbone.forward_intermediates(np.zeros((1, 32, 32, 3)), output="maps")]
+    >>> [tuple(m.shape) for m in backbone.forward_intermediates(np.zeros((1, 32, 32, 3)), output="maps")]
     [(1, 4, 4, 32), (1, 4, 4, 32)]
     """
 

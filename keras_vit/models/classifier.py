@@ -72,7 +72,7 @@ class ViTClassifier(ChecksImages, keras.Model):
     >>> backbone = ViTBackbone(image_size=32, patch_size=8, hidden_dim=32,
     ...                        depth=1, num_heads=2, mlp_dim=64)
     >>> model = ViTClassifier(backbone, num_classes=3, pooling="gap")
-    >>> model(np.zeros((2, 32, 32, 3))).shape
+    >>> tuple(model(np.zeros((2, 32, 32, 3))).shape)
     (2, 3)
     >>> model.outputs_logits
     True
@@ -248,7 +248,7 @@ def build_vit(variant=None, *, image_size=FROM_PRESET, num_classes=FROM_PRESET, 
     Example:
     >>> model = build_vit(image_size=32, num_classes=10, patch_size=8,
     ...                   hidden_dim=32, depth=1, num_heads=2, mlp_dim=64)
-    >>> model(np.zeros((1, 32, 32, 3))).shape
+    >>> tuple(model(np.zeros((1, 32, 32, 3))).shape)
     (1, 10)
     >>> build_vit("Mu/4", depth=1).image_size
     (32, 32)

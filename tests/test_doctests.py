@@ -1,0 +1,27 @@
+"""The docstring examples of the self-contained modules run and stay true."""
+
+import doctest
+import importlib
+
+import numpy as np
+import pytest
+
+MODULES = (
+    "keras_vit.layers.patching",
+    "keras_vit.layers.attention",
+    "keras_vit.layers.block",
+    "keras_vit.layers.pooling",
+    "keras_vit.models.presets",
+    "keras_vit.models.backbone",
+    "keras_vit.models.classifier",
+    "keras_vit.utils.validation",
+    "keras_vit.utils.io",
+)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, extraglobs={"np": np}, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0
