@@ -308,3 +308,17 @@ def test_untiled_size_is_refused_inside_a_graph_with_dynamic_height_and_width():
         serve(tf.zeros((1, 18, 16, 3)))
     with pytest.raises(tf.errors.InvalidArgumentError, match="smaller than the patch size"):
         serve(tf.zeros((1, 2, 16, 3)))
+
+
+def test_pre_norm_final_norm_and_fc_norm_options(tiny_vit, images):
+    model = tiny_vit(pooling="gap", pre_norm=True, final_norm=False, fc_norm=True)
+    backbone = model.backbone
+    assert backbone.norm_pre is not None and backbone.norm is None and model.fc_norm is not None
+    # By hand: tokens -> norm_pre -> blocks (no final norm) -> mean -> fc_norm -> head.
+    x = backbone.norm_pre(backbone.patch_encoder(backbone.rescaling(images)))
+    for block in backbone.blocks:
+        x = block(x)
+    expected = model.head(model.fc_norm(keras.ops.mean(x, axis=1)))  # gap: no class token
+    np.testing.assert_allclose(model.predict(images, verbose=0), keras.ops.convert_to_numpy(expected), atol=1e-5)
+    clone = ViTClassifier.from_config(model.get_config())
+    assert clone.fc_norm is not None and clone.backbone.norm is None and clone.backbone.norm_pre is not None

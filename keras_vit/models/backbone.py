@@ -82,7 +82,7 @@ def _check_config(c):
     check_choice(c["activation"], "activation", tuple(ACTIVATIONS))
     check_choice(c["interpolation"], "interpolation", INTERPOLATIONS)
     check_choice(c["patch_embedding"], "patch_embedding", PATCH_EMBEDDINGS)
-    for key in ("class_token", "qk_norm", "use_qkv_bias", "include_rescaling"):
+    for key in ("class_token", "qk_norm", "use_qkv_bias", "include_rescaling", "pre_norm", "final_norm"):
         check_choice(c[key], key, (True, False))
     check_choice(c["fused_attention"], "fused_attention", (None, True, False))
     for key in ("dropout", "attention_dropout", "drop_path_rate"):
@@ -98,7 +98,7 @@ class ViTBackbone(ChecksImages, keras.Model):
     """The Vision Transformer encoder: images (B, H, W, C) to tokens (B, N, D).
 
     Token order is ``[class, registers, patches]``; the patches come row by
-    row. The output is the sequence after the final LayerNorm.
+    row. The output is the sequence after the final LayerNorm (`norm`).
 
     Args:
         image_size: int, (h, w), or None for a model that takes any size the
@@ -128,6 +128,11 @@ class ViTBackbone(ChecksImages, keras.Model):
         fused_attention: None (decided per backend), True or False.
         sincos_layout: channel layout of "sincos" positions, "big_vision"
             (default) or "rows_interleaved".
+        pre_norm: bool, a LayerNorm (`norm_pre`) on the embedded tokens
+            before the blocks, as CLIP-style towers have.
+        final_norm: bool, the LayerNorm after the blocks; False leaves it
+            out (`norm` is None), for classifiers that normalise after
+            pooling instead (`ViTClassifier(fc_norm=True)`).
 
     Example:
     >>> backbone = ViTBackbone(image_size=32, patch_size=8, hidden_dim=32,
@@ -166,6 +171,8 @@ class ViTBackbone(ChecksImages, keras.Model):
         norm_epsilon=1e-6,
         fused_attention=None,
         sincos_layout="big_vision",
+        pre_norm=False,
+        final_norm=True,
         **kwargs,
     ):
         config = dict(locals())
@@ -190,6 +197,7 @@ class ViTBackbone(ChecksImages, keras.Model):
             num_registers=num_registers, pos_embedding=pos_embedding, interpolation=interpolation,
             patch_embedding=patch_embedding, sincos_layout=sincos_layout, name="patch_encoder")
         self.embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
+        self.norm_pre = layer_norm(norm_epsilon, "norm_pre") if pre_norm else None
         self.blocks = [
             TransformerBlock(
                 num_heads, mlp_dim, dropout=dropout, attention_dropout=attention_dropout,
@@ -198,14 +206,15 @@ class ViTBackbone(ChecksImages, keras.Model):
                 use_qkv_bias=use_qkv_bias, fused_attention=fused_attention, name=f"encoder_block_{i}")
             for i in range(depth)
         ]
-        self.norm = layer_norm(norm_epsilon, "encoder_norm")
+        self.norm = layer_norm(norm_epsilon, "encoder_norm") if final_norm else None
 
         # === Functional model ===
         images = keras.Input(shape=(*input_hw, channels), name="images")
         x = self._embed(images)
         for block in self.blocks:
             x = block(x)
-        super().__init__(inputs=images, outputs=self.norm(x), **{"name": "vit_backbone", **kwargs})
+        outputs = self.norm(x) if self.norm is not None else x
+        super().__init__(inputs=images, outputs=outputs, **{"name": "vit_backbone", **kwargs})
 
         # === Config ===
         config.update(patch_size=patch, stride=stride,
@@ -215,7 +224,8 @@ class ViTBackbone(ChecksImages, keras.Model):
 
     def _embed(self, images):
         x = self.rescaling(images) if self.rescaling is not None else images
-        return self.embedding_dropout(self.patch_encoder(x))
+        x = self.embedding_dropout(self.patch_encoder(x))
+        return self.norm_pre(x) if self.norm_pre is not None else x
 
     # --- what the rest of the package reads ------------------------------
 
@@ -262,7 +272,7 @@ class ViTBackbone(ChecksImages, keras.Model):
         for i, block in enumerate(self.blocks):
             x = block(x, training=training)
             if i in selected:
-                y = self.norm(x) if norm else x
+                y = self.norm(x) if norm and self.norm is not None else x
                 outputs.append(self._to_map(y, images) if output == "maps" else y)
         return outputs
 

@@ -9,7 +9,7 @@ class names and the preprocessing it expects.
 
 import keras
 
-from keras_vit.layers import AttentionPooling, TokenPooling
+from keras_vit.layers import AttentionPooling, TokenPooling, layer_norm
 from keras_vit.models.backbone import ChecksImages, ViTBackbone
 from keras_vit.models.presets import preset_config
 from keras_vit.utils.validation import check_choice, check_positive_int, check_rate
@@ -58,6 +58,9 @@ class ViTClassifier(ChecksImages, keras.Model):
         num_classes: int >= 0; 0 returns the pooled features.
         pooling: "cls" (class token), "gap" (mean of the patch tokens) or
             "map" (attention pooling with a learned query).
+        fc_norm: bool, a LayerNorm after the pooling (timm's `fc_norm`, the
+            default of its average-pooling models, whose backbone then has
+            no final norm: build it with `final_norm=False`).
         representation_size: optional int, a tanh pre-logits layer.
         head_units: optional list of ints, an MLP head (GELU, dropout).
         dropout: float in [0, 1), dropout before the head.
@@ -78,13 +81,14 @@ class ViTClassifier(ChecksImages, keras.Model):
     True
     """
 
-    def __init__(self, backbone, num_classes=1000, pooling="cls", representation_size=None,
+    def __init__(self, backbone, num_classes=1000, pooling="cls", fc_norm=False, representation_size=None,
                  head_units=None, dropout=0.0, classifier_activation=None, class_names=None,
                  preprocessing=None, **kwargs):
         if not isinstance(backbone, ViTBackbone):
             raise ValueError(f"`backbone` must be a ViTBackbone. Received: {type(backbone).__name__}")
         _check_head(num_classes, pooling, representation_size, head_units, dropout,
                     classifier_activation, class_names, backbone)
+        check_choice(fc_norm, "fc_norm", (True, False))
         if preprocessing is not None and not isinstance(preprocessing, dict):
             raise ValueError(f"`preprocessing` must be None or a dict. Received: {preprocessing!r}")
 
@@ -97,6 +101,7 @@ class ViTClassifier(ChecksImages, keras.Model):
         else:
             self.pooler = TokenPooling(pooling, num_prefix_tokens=backbone.num_prefix_tokens,
                                        name=f"{pooling}_pooling")
+        self.fc_norm = layer_norm(backbone.norm_epsilon, "fc_norm") if fc_norm else None
         self.pre_logits = (
             keras.layers.Dense(representation_size, activation="tanh", name="pre_logits")
             if representation_size else None)
@@ -112,6 +117,8 @@ class ViTClassifier(ChecksImages, keras.Model):
         # === Functional model ===
         images = keras.Input(shape=backbone.input_shape[1:], name="images")
         x = self.pooler(backbone(images))
+        if self.fc_norm is not None:
+            x = self.fc_norm(x)
         if self.pre_logits is not None:
             x = self.pre_logits(x)
         for dense in self.head_hidden:
@@ -125,6 +132,7 @@ class ViTClassifier(ChecksImages, keras.Model):
         # === Config ===
         self.num_classes = num_classes
         self.pooling = pooling
+        self.use_fc_norm = fc_norm
         self.representation_size = representation_size
         self.head_units = list(head_units) if head_units else None
         self.dropout = float(dropout)
@@ -172,6 +180,7 @@ class ViTClassifier(ChecksImages, keras.Model):
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "num_classes": self.num_classes,
             "pooling": self.pooling,
+            "fc_norm": self.use_fc_norm,
             "representation_size": self.representation_size,
             "head_units": self.head_units,
             "dropout": self.dropout,
@@ -202,7 +211,7 @@ class ViTClassifier(ChecksImages, keras.Model):
         return build_vit(name, **overrides)
 
 
-_HEAD_ARGS = ("num_classes", "pooling", "representation_size", "head_units",
+_HEAD_ARGS = ("num_classes", "pooling", "fc_norm", "representation_size", "head_units",
               "classifier_activation", "class_names", "preprocessing")
 
 
@@ -237,8 +246,9 @@ def build_vit(variant=None, *, image_size=FROM_PRESET, num_classes=FROM_PRESET, 
             pos_embedding, num_registers, attention_dropout, drop_path_rate,
             layer_scale, qk_norm, activation, use_qkv_bias, include_rescaling,
             reference_image_size, interpolation, patch_embedding,
-            norm_epsilon, fused_attention) and `ViTClassifier` arguments
-            (representation_size, head_units, classifier_activation,
+            norm_epsilon, fused_attention, sincos_layout, pre_norm,
+            final_norm) and `ViTClassifier` arguments (fc_norm,
+            representation_size, head_units, classifier_activation,
             class_names, preprocessing).
 
     Returns:
