@@ -32,6 +32,9 @@ setup(
         "matplotlib>=3.7",
         "scikit-learn>=1.3",
         "pyyaml>=6",
+        # pretrained presets: the hub client (its cache, HF_HUB_OFFLINE) and safetensors files
+        "huggingface_hub>=0.23",
+        "safetensors>=0.4",
     ],
     extras_require={
         # Tests compare against timm; timm imports torchvision, whose PyPI
