@@ -16,6 +16,7 @@ MODULES = (
     "keras_vit.models.classifier",
     "keras_vit.utils.validation",
     "keras_vit.utils.io",
+    "keras_vit.utils.locks",
     "keras_vit.hub",
 )
 
