@@ -14,6 +14,7 @@ MODULES = (
     "keras_vit.models.presets",
     "keras_vit.models.backbone",
     "keras_vit.models.classifier",
+    "keras_vit.models.preset_io",
     "keras_vit.utils.validation",
     "keras_vit.utils.io",
     "keras_vit.utils.locks",

@@ -322,3 +322,36 @@ def test_pre_norm_final_norm_and_fc_norm_options(tiny_vit, images):
     np.testing.assert_allclose(model.predict(images, verbose=0), keras.ops.convert_to_numpy(expected), atol=1e-5)
     clone = ViTClassifier.from_config(model.get_config())
     assert clone.fc_norm is not None and clone.backbone.norm is None and clone.backbone.norm_pre is not None
+
+
+def test_save_to_preset_reloads_in_a_fresh_process_with_identical_outputs(tmp_path, tiny_vit, images):
+    model = tiny_vit(pooling="gap", class_names=list("abcd"), pixel_mean=(0.485, 0.456, 0.406),
+                     pixel_std=(0.229, 0.224, 0.225))
+    for weight in model.weights:
+        weight.assign(weight + np.random.default_rng(2).normal(0, 0.05, weight.shape))
+    model.save_to_preset(tmp_path / "preset")
+    assert json.loads((tmp_path / "preset" / "preprocessing.json").read_text())["class_names"] == list("abcd")
+    np.save(tmp_path / "images.npy", images)
+    code = f"""
+import json, numpy as np
+from keras_vit.models import ViTClassifier, ViTBackbone
+model = ViTClassifier.from_preset({str(tmp_path / 'preset')!r})
+images = np.load({str(tmp_path / 'images.npy')!r})
+other = ViTClassifier.from_preset({str(tmp_path / 'preset')!r}, num_classes=2, image_size=24)
+backbone = ViTBackbone.from_preset({str(tmp_path / 'preset')!r})
+print("RESULT" + json.dumps(dict(out=model.predict(images, verbose=0).tolist(), names=model.class_names,
+      other=[other.num_classes, list(other.image_size)], backbone=type(backbone).__name__)))
+"""
+    out = json.loads(run_python(code).stdout.split("RESULT", 1)[1])
+    np.testing.assert_allclose(out["out"], model.predict(images, verbose=0), atol=1e-6)
+    assert out["names"] == list("abcd") and out["other"] == [2, [24, 24]]
+    assert out["backbone"] == "ViTBackbone"
+
+
+def test_pixel_mean_and_std_normalise_inside_the_model(tiny_vit):
+    model = tiny_vit(pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224, 0.225))
+    out = keras.ops.convert_to_numpy(model.backbone.rescaling(np.full((1, 1, 1, 3), 255.0, "float32")))
+    np.testing.assert_allclose(out[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225],
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="`pixel_std` must be a list"):
+        tiny_vit(pixel_std=(0.5, 0.0, 0.5))

@@ -13,7 +13,7 @@ from keras import ops
 from keras_vit.layers import ACTIVATIONS, INTERPOLATIONS, PATCH_EMBEDDINGS, POS_EMBEDDINGS
 from keras_vit.layers import PatchEncoder, TransformerBlock, grid_size, layer_norm
 from keras_vit.layers.patching import patch_stride
-from keras_vit.models.presets import SIZE_FIELDS, preset_config
+from keras_vit.models.presets import PRESETS, SIZE_FIELDS, preset_config
 from keras_vit.utils.validation import check_choice, check_positive_int, check_rate, pair
 
 FEATURE_FORMATS = ("tokens", "maps")
@@ -55,6 +55,17 @@ def _check_size(c, grid):
             f"{MAX_TOKENS:,}). Check hidden_dim, depth, mlp_dim, image_size and patch_size.")
 
 
+def _rescaling(mean, std):
+    """(x / 255 - mean) / std as one Rescaling layer (per channel if given)."""
+    n = max(len(mean), len(std))
+    mean, std = (list(v) * (n if len(v) == 1 else 1) for v in (mean, std))
+    scale = [1.0 / (255.0 * s) for s in std]
+    offset = [-m / s for m, s in zip(mean, std)]
+    if n == 1:
+        scale, offset = scale[0], offset[0]
+    return keras.layers.Rescaling(scale, offset=offset, name="rescaling")
+
+
 class ChecksImages:
     """Mixin of the models: refuses bad pixel batches in calls and `predict`
     with a clear error (see `check_pixel_batch`)."""
@@ -85,6 +96,14 @@ def _check_config(c):
     for key in ("class_token", "qk_norm", "use_qkv_bias", "include_rescaling", "pre_norm", "final_norm"):
         check_choice(c[key], key, (True, False))
     check_choice(c["fused_attention"], "fused_attention", (None, True, False))
+    for key in ("pixel_mean", "pixel_std"):
+        value = c[key]
+        if (not isinstance(value, (list, tuple)) or len(value) not in (1, c["channels"])
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                or (key == "pixel_std" and min(value) <= 0)):
+            raise ValueError(
+                f"`{key}` must be a list of 1 or `channels`={c['channels']} numbers"
+                f"{' > 0' if key == 'pixel_std' else ''} (fractions of 255). Received: {key}={value!r}")
     for key in ("dropout", "attention_dropout", "drop_path_rate"):
         check_rate(c[key], key)
     if c["layer_scale"] is not None and (isinstance(c["layer_scale"], bool) or not isinstance(c["layer_scale"], (int, float))):
@@ -118,8 +137,13 @@ class ViTBackbone(ChecksImages, keras.Model):
         qk_norm: bool, LayerNorm on each head's queries and keys.
         activation: MLP activation, a key of `keras_vit.layers.ACTIVATIONS`.
         use_qkv_bias: bool, bias in the QKV projection.
-        include_rescaling: bool; True maps pixels in [0, 255] to [-1, 1]
-            inside the model.
+        include_rescaling: bool; True maps pixels in [0, 255] to
+            ``(x / 255 - pixel_mean) / pixel_std`` inside the model, so it
+            takes raw pixels.
+        pixel_mean, pixel_std: per-channel (or one) mean and standard
+            deviation, as fractions of 255; the default 0.5 and 0.5 give
+            the original ViT's [-1, 1], (0.485, 0.456, 0.406) and
+            (0.229, 0.224, 0.225) ImageNet's.
         reference_image_size: the size learned positions are built for when
             `image_size` is None (default 224).
         interpolation: "bicubic" or "bilinear" resampling of positions.
@@ -165,6 +189,8 @@ class ViTBackbone(ChecksImages, keras.Model):
         activation="gelu",
         use_qkv_bias=True,
         include_rescaling=True,
+        pixel_mean=(0.5,),
+        pixel_std=(0.5,),
         reference_image_size=None,
         interpolation="bicubic",
         patch_embedding="conv",
@@ -178,6 +204,11 @@ class ViTBackbone(ChecksImages, keras.Model):
         config = dict(locals())
         for key in ("self", "kwargs", "__class__"):
             config.pop(key, None)
+        for key in ("pixel_mean", "pixel_std"):
+            if isinstance(config[key], (int, float)) and not isinstance(config[key], bool):
+                config[key] = (config[key],)
+            if isinstance(config[key], tuple):
+                config[key] = list(config[key])
         _check_config(config)
         patch = pair(patch_size, "patch_size")
         stride = patch_stride(patch, stride)
@@ -190,8 +221,7 @@ class ViTBackbone(ChecksImages, keras.Model):
         _check_size(config, grid)
 
         # === Layers ===
-        self.rescaling = (
-            keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling") if include_rescaling else None)
+        self.rescaling = _rescaling(config["pixel_mean"], config["pixel_std"]) if include_rescaling else None
         self.patch_encoder = PatchEncoder(
             hidden_dim, patch, stride=stride, grid_size=grid, use_cls_token=class_token,
             num_registers=num_registers, pos_embedding=pos_embedding, interpolation=interpolation,
@@ -309,16 +339,28 @@ class ViTBackbone(ChecksImages, keras.Model):
     def from_config(cls, config):
         return cls(**config)
 
+    def save_to_preset(self, directory):
+        """Writes a preset directory that `from_preset(directory)` loads."""
+        from keras_vit.models.preset_io import save_to_preset
+
+        return save_to_preset(self, directory)
+
     @classmethod
     def from_preset(cls, name, **overrides):
-        """A backbone of preset `name` ("B/16", "Mu/4", ...), with its own
-        image size unless `image_size` is given, and other arguments
-        overridden.
+        """A backbone of architecture preset `name` ("B/16", "Mu/4", ...),
+        with its own image size unless `image_size` is given, and other
+        arguments overridden; or a pretrained one: a known name,
+        ``"hf://owner/repo"``, a preset directory or a checkpoint file
+        (see `keras_vit.hub`).
 
         Example:
         >>> ViTBackbone.from_preset("Mu/4", depth=2).image_size
         (32, 32)
         """
+        if name not in PRESETS:
+            from keras_vit.models.preset_io import load_preset
+
+            return load_preset(cls, name, **overrides)
         overrides = dict(overrides)
         sizes = {k: overrides.pop(k) for k in (*SIZE_FIELDS, "patch_size") if k in overrides}
         config = preset_config(name, **sizes)

@@ -11,7 +11,7 @@ import keras
 
 from keras_vit.layers import AttentionPooling, TokenPooling, layer_norm
 from keras_vit.models.backbone import ChecksImages, ViTBackbone
-from keras_vit.models.presets import preset_config
+from keras_vit.models.presets import PRESETS, preset_config
 from keras_vit.utils.validation import check_choice, check_positive_int, check_rate
 
 POOLINGS = ("cls", "gap", "map")
@@ -198,16 +198,31 @@ class ViTClassifier(ChecksImages, keras.Model):
             config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
 
+    def save_to_preset(self, directory):
+        """Writes a preset directory (config, weights, preprocessing) that
+        `ViTClassifier.from_preset(directory)` loads in any process."""
+        from keras_vit.models.preset_io import save_to_preset
+
+        return save_to_preset(self, directory)
+
     @classmethod
     def from_preset(cls, name, **overrides):
-        """A classifier of preset `name` with the preset's image size and
-        class count unless overridden; see `build_vit` for the arguments.
+        """A classifier of architecture preset `name` with the preset's image
+        size and class count unless overridden (see `build_vit` for the
+        arguments); or a pretrained one: a known name, ``"hf://owner/repo"``,
+        a preset directory or a checkpoint file (see `keras_vit.hub`). A new
+        `num_classes` gets a fresh head; a new `image_size` resamples the
+        learned positions.
 
         Example:
         >>> model = ViTClassifier.from_preset("Mu/4", depth=1)
         >>> model.image_size, model.num_classes
         ((32, 32), 10)
         """
+        if name not in PRESETS:
+            from keras_vit.models.preset_io import load_preset
+
+            return load_preset(cls, name, **overrides)
         return build_vit(name, **overrides)
 
 
