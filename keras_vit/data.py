@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_vit.layers import check_choice, check_rate, pair
+from keras_vit import preprocessing
+from keras_vit.preprocessing import IMAGE_EXTENSIONS, INTERPOLATIONS, RESIZE_MODES, ImageSettings
+from keras_vit.utils.validation import check_choice, check_rate, pair
 
 AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 LABEL_MODES = ("categorical", "int")
-RESIZE_MODES = ("resize", "pad")
 BAD_FILE_POLICIES = ("warn", "error")
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation", "valid"), "test": ("test",)}
 
@@ -62,6 +62,8 @@ class DataInfo:
             "validation" and "test" (None where unknown).
         source: a short description of where the data came from.
         label_mode: "categorical" (one-hot) or "int".
+        preprocessing: the `keras_vit.preprocessing.ImageSettings` the
+            images were prepared with, as a dict.
 
     Example:
     >>> train, val, test, info = load_data("digits", 16, 32)
@@ -76,6 +78,7 @@ class DataInfo:
     split_sizes: dict
     source: str
     label_mode: str = "categorical"
+    preprocessing: dict = None
 
     def to_dict(self):
         """Returns the info as a JSON-serialisable dict."""
@@ -382,7 +385,8 @@ def _list_class_folder(root, bad):
 def _folder_splits(root, channels, on_bad_files, test_split, validation_split, seed):
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"The image folder does not exist: {root}")
+        raise ValueError(f"The image folder does not exist: {root} (for a TFDS dataset with a "
+                         f"config, write 'tfds:{root}')")
     found = {
         split: next((root / n for n in names if (root / n).is_dir()), None)
         for split, names in SPLIT_FOLDERS.items()
@@ -409,8 +413,7 @@ def _folder_splits(root, channels, on_bad_files, test_split, validation_split, s
     _carve_splits(arrays, test_split, validation_split, seed)
 
     def decode(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
-        return tf.cast(image, "float32"), label
+        return preprocessing.decode_image(tf.io.read_file(path), channels), label
 
     splits = {
         s: tf.data.Dataset.from_tensor_slices(a).map(decode, num_parallel_calls=AUTOTUNE) if len(a[0]) else None
@@ -419,7 +422,21 @@ def _folder_splits(root, channels, on_bad_files, test_split, validation_split, s
     return splits, class_names, channels
 
 
-def _tfds_splits(name, data_dir, download, splits, validation_split):
+def _carve_tfds(train, test_split, validation_split):
+    """Test, then validation, carved from one TFDS split by percentages."""
+    test_start = round(100 * (1 - test_split))
+    val_start = round(test_start * (1 - validation_split))
+    if not 0 < val_start <= test_start:
+        raise ValueError(
+            f"test_split={test_split} and validation_split={validation_split} leave no training data.")
+    return {
+        "train": f"{train}[:{val_start}%]",
+        "validation": f"{train}[{val_start}%:{test_start}%]" if val_start < test_start else None,
+        "test": f"{train}[{test_start}%:]" if test_start < 100 else None,
+    }
+
+
+def _tfds_splits(name, data_dir, download, splits, validation_split, test_split):
     import tensorflow_datasets as tfds
 
     try:
@@ -444,11 +461,12 @@ def _tfds_splits(name, data_dir, download, splits, validation_split):
             raise ValueError(
                 f"Cannot tell the splits of TFDS dataset {name!r} (available: "
                 f"{sorted(available)}); pass splits=dict(train=..., test=...).")
-        splits = {"train": "train"}
-        splits["validation"] = next((s for s in ("validation", "val") if s in available), None)
-        splits["test"] = "test" if "test" in available else None
-        if splits["test"] is None:
-            splits = {"train": "train[:80%]", "validation": splits["validation"], "test": "train[80%:]"}
+        validation = next((s for s in ("validation", "val") if s in available), None)
+        if "test" not in available:
+            splits = _carve_tfds("train", test_split, 0 if validation else validation_split)
+            splits["validation"] = validation or splits["validation"]
+        else:
+            splits = {"train": "train", "validation": validation, "test": "test"}
     else:
         unknown = set(splits) - set(SPLIT_FOLDERS)
         if unknown or "train" not in splits:
@@ -466,7 +484,8 @@ def _tfds_splits(name, data_dir, download, splits, validation_split):
                 f"pass splits=dict(validation=...) or validation_split=0.")
         splits["train"], splits["validation"] = f"{base}[:{percent}%]", f"{base}[{percent}%:]"
     datasets = {
-        s: builder.as_dataset(split=v, as_supervised=True, shuffle_files=False) if v else None
+        s: builder.as_dataset(split=v, shuffle_files=False).map(lambda ex: (ex["image"], ex["label"]))
+        if v else None
         for s, v in ((s, splits.get(s)) for s in SPLIT_FOLDERS)
     }
     label = builder.info.features["label"]
@@ -477,20 +496,6 @@ def _tfds_splits(name, data_dir, download, splits, validation_split):
 # --------------------------------------------------------------------------
 # load_data
 # --------------------------------------------------------------------------
-
-
-def _to_channels(image, source_channels, channels):
-    if source_channels == channels:
-        return image
-    if source_channels == 1 and channels == 3:
-        return tf.image.grayscale_to_rgb(image)
-    if source_channels == 3 and channels == 1:
-        return tf.image.rgb_to_grayscale(image)
-    if source_channels == 4 and channels in (1, 3):
-        return _to_channels(image[..., :3], 3, channels)
-    raise ValueError(
-        f"Cannot convert images with {source_channels} channels to `channels={channels}`; "
-        f"accepted: 1 (grayscale) or 3 (RGB).")
 
 
 def load_data(
@@ -505,6 +510,8 @@ def load_data(
     channels=None,
     label_mode="categorical",
     resize="resize",
+    interpolation="bilinear",
+    antialias=True,
     num_classes=None,
     data_dir=None,
     download=False,
@@ -533,6 +540,9 @@ def load_data(
         channels: 1 or 3; defaults to the source's channels (3 for folders).
         label_mode: "categorical" (one-hot float32) or "int".
         resize: "resize" (stretch) or "pad" (keep the aspect ratio and pad).
+        interpolation: "bilinear", "bicubic", "nearest" or "area".
+        antialias: bool, low-pass filter when shrinking. Images go through
+            `keras_vit.preprocessing`, the same path as serving.
         num_classes: classes of array sources; inferred when None.
         data_dir: TFDS data directory.
         download: bool, let TFDS download and prepare a missing dataset.
@@ -560,6 +570,7 @@ def load_data(
     size = pair(image_size, "image_size")
     check_choice(label_mode, "label_mode", LABEL_MODES)
     check_choice(resize, "resize", RESIZE_MODES)
+    check_choice(interpolation, "interpolation", INTERPOLATIONS)
     check_choice(on_bad_files, "on_bad_files", BAD_FILE_POLICIES)
     if channels is not None:
         check_choice(channels, "channels", (1, 3))
@@ -593,7 +604,8 @@ def load_data(
             arrays, num_classes, test_split, validation_split, seed)
         class_names = names or class_names
         description = f"npz:{source}"
-    elif os.sep in str(source) or os.path.isdir(source) or str(source).startswith("."):
+    elif not str(source).startswith("tfds:") and (
+            os.sep in str(source) or os.path.isdir(source) or str(source).startswith(".")):
         source_channels = channels or 3
         datasets, class_names, _ = _folder_splits(
             source, source_channels, on_bad_files, test_split, validation_split, seed)
@@ -601,18 +613,15 @@ def load_data(
     else:
         name = str(source).removeprefix("tfds:")
         datasets, class_names, source_channels = _tfds_splits(
-            name, data_dir, download, splits, validation_split)
+            name, data_dir, download, splits, validation_split, test_split)
         description = f"tfds:{name}"
     num_classes = len(class_names)
     channels = channels or source_channels
 
+    settings = ImageSettings(size, channels, interpolation, antialias, resize)
+
     def prepare(image, label):
-        image = _to_channels(tf.cast(image, "float32"), source_channels, channels)
-        if resize == "pad":
-            image = tf.image.resize_with_pad(image, *size)
-        else:
-            image = tf.image.resize(image, size)
-        image = tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), (*size, channels))
+        image = tf.ensure_shape(preprocessing.prepare(image, settings), (*size, channels))
         label = tf.cast(label, "int32")
         if label_mode == "categorical":
             label = tf.one_hot(label, num_classes, dtype="float32")
@@ -643,6 +652,6 @@ def load_data(
         out[split] = ds.prefetch(AUTOTUNE)
     info = DataInfo(
         class_names=class_names, num_classes=num_classes, image_size=size, channels=channels,
-        split_sizes=sizes, source=description, label_mode=label_mode,
+        split_sizes=sizes, source=description, label_mode=label_mode, preprocessing=settings.to_dict(),
     )
     return out["train"], out["validation"], out["test"], info

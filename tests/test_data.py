@@ -206,3 +206,36 @@ def test_augmentation_strengths():
         augmentation_options(1.5)
     with pytest.raises(ValueError, match="rand_augment"):
         build_augmentation(8, 2, rand_augment=2.0)
+
+
+@pytest.fixture(scope="module")
+def train_only_tfds(tmp_path_factory):
+    """A real, prepared TFDS dataset on disk with only a "train" split."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    rng = np.random.default_rng(0)
+    examples = {"image": rng.integers(0, 256, (40, 8, 8, 1)).astype("uint8"), "label": np.arange(40) % 2}
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(8, 8, 1)), "label": tfds.features.ClassLabel(names=["a", "b"])})
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name="keras_vit_train_only", version="1.0.0", config="small", features=features,
+        split_datasets={"train": tf.data.Dataset.from_tensor_slices(examples)}, data_dir=str(data_dir))
+    return str(data_dir)
+
+
+def test_tfds_dataset_with_only_a_train_split_carves_test_and_validation(train_only_tfds):
+    train, val, test, info = load_data("tfds:keras_vit_train_only/small", 8, 4, data_dir=train_only_tfds)
+    sizes = info.split_sizes
+    assert sum(sizes.values()) == 40
+    assert sizes["test"] == 8  # test_split=0.2, taken first
+    assert sizes["validation"] >= 2 and val is not None and test is not None
+    _, _, _, half = load_data("tfds:keras_vit_train_only/small", 8, 4, data_dir=train_only_tfds, test_split=0.5,
+                              validation_split=0)
+    assert half.split_sizes == {"train": 20, "validation": 0, "test": 20}
+
+
+def test_tfds_prefix_with_a_config_or_version_goes_to_tfds(train_only_tfds):
+    _, _, _, info = load_data("tfds:keras_vit_train_only/small:1.0.0", 8, 4, data_dir=train_only_tfds)
+    assert info.source == "tfds:keras_vit_train_only/small:1.0.0" and info.num_classes == 2
