@@ -20,6 +20,7 @@ from PIL import Image
 
 from keras_vit import build_vit
 from keras_vit import export as E
+from keras_vit.utils.io import atomic_path
 from keras_vit.cli.main import main as cli_main
 from tests.conftest import REPO, run_python
 
@@ -254,14 +255,14 @@ def test_keras_predictor_matches_model(digits, artifacts):
 @pytest.mark.parametrize("kind", ["file", "directory"])
 def test_failed_write_keeps_previous_artifact(tmp_path, kind):
     target = tmp_path / "artifact"
-    with E.atomic_path(target) as tmp:
+    with atomic_path(target) as tmp:
         if kind == "file":
             tmp.write_bytes(b"good")
         else:
             tmp.mkdir()
             (tmp / "saved_model.pb").write_bytes(b"good")
     with pytest.raises(RuntimeError):
-        with E.atomic_path(target) as tmp:
+        with atomic_path(target) as tmp:
             if kind == "file":
                 tmp.write_bytes(b"half")
             else:
@@ -414,7 +415,10 @@ def image_folder(digits, tmp_path_factory):
 
 
 def _cli(capsys, *argv):
-    code = cli_main([str(a) for a in argv])
+    try:
+        code = cli_main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's usage errors
+        code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -436,14 +440,14 @@ def test_cli_predict_globs_and_bad_files(artifacts, image_folder, tmp_path, caps
     assert code == 0 and len(out.strip().splitlines()) == 4
     (tmp_path / "notes.png").write_text("not an image")
     code, _, err = _cli(capsys, "predict", artifacts["float32"], tmp_path / "notes.png")
-    assert code == 1 and "Cannot read" in err and "notes.png" in err
+    assert code == 2 and "Cannot decode" in err and "notes.png" in err
     Image.fromarray(np.zeros((20, 20), "uint8")).save(tmp_path / "big.png")
     code, _, err = _cli(capsys, "predict", artifacts["float32"], tmp_path / "big.png")
-    assert code == 1 and "(20, 20)" in err and "(16, 16)" in err and "--resize" in err
+    assert code == 2 and "(20, 20)" in err and "(16, 16)" in err and "--resize" in err
     code, out, err = _cli(capsys, "predict", artifacts["float32"], tmp_path / "big.png", "--resize")
     assert code == 0 and "big.png" in out, err
     code, _, err = _cli(capsys, "predict", artifacts["float32"], tmp_path / "nothing_*.png")
-    assert code == 1 and "matches no file" in err
+    assert code == 2 and "matches no file" in err
 
 
 def test_cli_export_and_benchmark(artifacts, image_folder, tmp_path, capsys):
@@ -455,9 +459,9 @@ def test_cli_export_and_benchmark(artifacts, image_folder, tmp_path, capsys):
     assert code == 0, err
     assert "wrote" in out and E.tflite_metadata(output)["class_names"] == DIGITS
     code, _, err = _cli(capsys, "export", artifacts["keras"], "--format", "tflite", "--quantization", "int4")
-    assert code == 1 and "--quantization" in err and "'int8'" in err
+    assert code == 2 and "--quantization" in err and "'int8'" in err
     code, _, err = _cli(capsys, "export", artifacts["keras"], "--format", "tflite", "--quantization", "int8")
-    assert code == 1 and "representative_data" in err
+    assert code == 2 and "representative_data" in err
     code, out, err = _cli(
         capsys, "benchmark", artifacts["keras"], artifacts["savedmodel"], output,
         "--batch-size", 4, "--iterations", 3, "--warmup", 1,
@@ -469,3 +473,26 @@ def test_cli_export_and_benchmark(artifacts, image_folder, tmp_path, capsys):
     assert [(r[1], r[3]) for r in rows] == [
         ("keras", "1"), ("keras", "4"), ("savedmodel", "1"), ("savedmodel", "4"), ("tflite", "1"), ("tflite", "4"),
     ]
+
+
+def test_loading_a_saved_model_runs_none_of_its_graph_code(tmp_path):
+    """A crafted SavedModel whose `metadata` signature writes a file: loading
+    it as a predictor reads metadata from a file only, so nothing is written."""
+    marker = tmp_path / "pwned.txt"
+
+    class Crafted(tf.Module):
+        @tf.function(input_signature=[])
+        def metadata(self):
+            tf.io.write_file(str(marker), "ran")
+            return {"class_names": tf.constant(["a"])}
+
+        @tf.function(input_signature=[tf.TensorSpec((None, 8, 8, 3), tf.uint8)])
+        def serve(self, images):
+            return {"probabilities": tf.ones((tf.shape(images)[0], 1))}
+
+    module = Crafted()
+    tf.saved_model.save(module, str(tmp_path / "crafted"),
+                        signatures={"serving_default": module.serve, "metadata": module.metadata})
+    with pytest.raises(ValueError, match="not a SavedModel from keras_vit"):
+        E.load_predictor(tmp_path / "crafted")
+    assert not marker.exists()

@@ -19,7 +19,9 @@ import traceback
 COMMAND_MODULES = (
     "keras_vit.training",
     "keras_vit.tuning",
-    "keras_vit.export",
+    "keras_vit.cli.export",
+    "keras_vit.cli.predict",
+    "keras_vit.cli.benchmark",
     "keras_vit.weights",
     "keras_vit.visualize",
 )
