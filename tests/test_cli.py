@@ -5,6 +5,8 @@ import subprocess
 
 import pytest
 
+from tests.conftest import REPO
+
 from keras_vit import __version__
 from keras_vit.cli.main import build_parser, main
 
@@ -34,13 +36,18 @@ def test_no_command_prints_help_and_returns_2(capsys):
     assert all(command in out for command in COMMANDS)
 
 
-def test_benchmark_suite_is_reachable_from_the_cli(tmp_path):
-    argv = ["benchmark", "--suite", "--configs", "tiny", "--contenders", "keras_vit",
-            "--repeats", "1", "--jit", "off", "--no-memory", "--out", str(tmp_path)]
-    assert main(argv) == 0
+def test_the_benchmark_suite_runs_from_the_source_tree_not_the_package(tmp_path):
+    from tests.conftest import run_python
+
+    run_python(["-m", "benchmarks.run", "--configs", "tiny", "--contenders", "keras_vit", "--repeats", "1",
+                "--jit", "off", "--no-memory", "--out", str(tmp_path)], cwd=str(REPO))
     assert list(tmp_path.glob("*.md")) and list(tmp_path.glob("*.json"))
+    package = REPO / "keras_vit"
+    assert not any("benchmarks" in p.read_text() and "sys.path" in p.read_text() for p in package.rglob("*.py"))
 
 
-def test_benchmark_without_models_or_suite_is_a_clear_error(capsys):
-    assert main(["benchmark"]) == 1
-    assert "needs model files (or --suite)" in capsys.readouterr().err
+def test_benchmark_without_models_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["benchmark"])
+    assert exit_info.value.code == 2
+    assert "the following arguments are required: models" in capsys.readouterr().err
