@@ -17,7 +17,7 @@ import tempfile
 
 import numpy as np
 
-from keras_vit import visualize
+from keras_vit import explain as visualize
 
 
 def demo_model_and_image(workdir):
@@ -64,8 +64,7 @@ def main(argv=None):
         parser.error("pass IMAGE and --model, or --demo")
 
     model = visualize.load_any_model(args.model)
-    size = model.input_shape[1:3]
-    image = visualize.read_image(args.image, None if None in size else size)
+    image = visualize.model_image(args.image, model)
     maps = visualize.attention_maps(model, image[None])  # (depth, 1, heads, N, N)
     prefix = model.backbone.num_prefix_tokens
     for i, layer in enumerate(maps[:, 0]):

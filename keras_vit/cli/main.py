@@ -23,7 +23,7 @@ COMMAND_MODULES = (
     "keras_vit.cli.predict",
     "keras_vit.cli.benchmark",
     "keras_vit.weights",
-    "keras_vit.visualize",
+    "keras_vit.cli.explain",
 )
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

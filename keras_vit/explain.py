@@ -8,14 +8,15 @@ identity term, after fusing the heads by their mean, max or min.
 `save_attention_overlay` draws a map over its image as a PNG.
 """
 
-import io
 import os
-import tempfile
 
 import keras
 import numpy as np
 
-from keras_vit import layers as L
+from keras_vit import preprocessing
+from keras_vit.layers import grid_size
+from keras_vit.utils.io import write_png
+from keras_vit.utils.validation import check_choice
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -114,7 +115,7 @@ def attention_rollout(attention, head_fusion="mean", residual=True):
     >>> rollout = attention_rollout(attention_maps(model, images), "max")
     >>> rollout.sum(-1)  # all ones
     """
-    L.check_choice(head_fusion, "head_fusion", HEAD_FUSIONS)
+    check_choice(head_fusion, "head_fusion", HEAD_FUSIONS)
     attention = np.asarray(attention, dtype="float64")
     if attention.ndim != 5 or attention.shape[-1] != attention.shape[-2]:
         raise ValueError(
@@ -153,7 +154,7 @@ def rollout_heatmap(model, images, head_fusion="mean"):
     """
     images = np.asarray(images)
     encoder = _backbone(model).patch_encoder
-    grid = L.grid_size(images.shape[1:3], encoder.patch_size, encoder.stride, "images")
+    grid = grid_size(images.shape[1:3], encoder.patch_size, encoder.stride, "images")
     rollout = attention_rollout(attention_maps(model, images), head_fusion)
     prefix = encoder.num_prefix_tokens
     rows = rollout[:, 0] if encoder.use_cls_token else rollout[:, prefix:].mean(axis=1)
@@ -216,13 +217,11 @@ def overlay(image, heatmap, alpha=0.5, cmap="jet"):
 
 
 def save_attention_overlay(image, heatmap, path, alpha=0.5, cmap="jet"):
-    """Writes the heatmap drawn over the image as a PNG of the image's size.
-
-    The file is written under a temporary name in the same folder and then
-    renamed, so `path` never holds a half-written file.
+    """Writes the heatmap drawn over the image as a PNG of the image's size,
+    atomically (`keras_vit.utils.io`).
 
     Args:
-        image: array (H, W, 3) or (H, W), pixels in [0, 255].
+        image: array (H, W, 3), (H, W, 1) or (H, W), pixels in [0, 255].
         heatmap: 2-D array, e.g. one map of `rollout_heatmap`.
         path: output file; ".png" is the format written.
         alpha: float in [0, 1], the heatmap's opacity.
@@ -234,69 +233,43 @@ def save_attention_overlay(image, heatmap, path, alpha=0.5, cmap="jet"):
     Example:
     >>> save_attention_overlay(image, rollout_heatmap(model, image[None])[0], "attention.png")
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.image
-
     path = os.fspath(path)
     if not path.lower().endswith(".png"):
         raise ValueError(f"`path` must end with '.png' (the format written). Received: path={path!r}")
-    pixels = overlay(image, heatmap, alpha, cmap)
-    buffer = io.BytesIO()
-    matplotlib.image.imsave(buffer, pixels, format="png")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".overlay-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_png(path, overlay(image, heatmap, alpha, cmap))
     return path
 
 
-# --------------------------------------------------------------------------
-# Command line: keras-vit explain IMAGE --model MODEL
-# --------------------------------------------------------------------------
-
-
 def load_any_model(path):
-    """A `.keras` file (loaded in safe mode) or a checkpoint (`from_checkpoint`).
+    """A `.keras` file (loaded in safe mode), a preset (`ViTClassifier.from_preset`:
+    a directory, ``hf://owner/repo`` or a known name) or a checkpoint file.
 
     Example:
     >>> model = load_any_model("vit.keras")
     """
-    import keras_vit  # noqa: F401  (registers the layers)
+    from keras_vit.models import ViTClassifier
 
     if os.fspath(path).endswith(".keras"):
         return keras.models.load_model(path, safe_mode=True)
-    from keras_vit.weights import from_checkpoint
+    if os.path.isfile(path):
+        from keras_vit.weights import from_checkpoint
 
-    return from_checkpoint(path)
+        return from_checkpoint(path)
+    return ViTClassifier.from_preset(path)
 
 
-def read_image(path, size=None):
-    """An image file as a float32 (H, W, 3) array in [0, 255], resized to
-    `size` (h, w) when given.
+def model_image(source, model):
+    """An image (file, bytes or array) prepared for `model` through
+    `keras_vit.preprocessing`: the model's channels, its size (when fixed)
+    and its recorded interpolation.
 
     Example:
-    >>> read_image("cat.jpg", (224, 224)).shape
+    >>> model_image("cat.jpg", model).shape
     (224, 224, 3)
     """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if size is not None:
-                img = img.resize((size[1], size[0]), Image.BICUBIC)
-            return np.asarray(img, dtype="float32")
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"Cannot read the image {os.fspath(path)!r}: {err}") from err
+    settings = dict(getattr(model, "preprocessing", None) or {})
+    settings.update(image_size=model.image_size, channels=model.channels)
+    return preprocessing.load_image(source, preprocessing.ImageSettings.from_dict(settings))
 
 
 def explain(image_path, model, output, head_fusion="mean", alpha=0.5, cmap="jet"):
@@ -306,46 +279,11 @@ def explain(image_path, model, output, head_fusion="mean", alpha=0.5, cmap="jet"
     Example:
     >>> explain("cat.jpg", load_any_model("vit.keras"), "cat_attention.png")
     """
-    L.check_choice(head_fusion, "head_fusion", HEAD_FUSIONS)
-    size = model.input_shape[1:3]
-    image = read_image(image_path, None if None in size else size)
+    check_choice(head_fusion, "head_fusion", HEAD_FUSIONS)
+    image = model_image(image_path, model)
     heatmap = rollout_heatmap(model, image[None], head_fusion)[0]
     save_attention_overlay(image, heatmap, output, alpha, cmap)
     prediction = None
-    if len(model.output_shape) == 2 and model.output_shape[-1] > 1:
+    if model.num_classes > 1:
         prediction = int(np.argmax(model.predict(image[None], verbose=0)[0]))
     return output, prediction
-
-
-def _explain_command(args):
-    from keras_vit.weights import cli_errors
-
-    return cli_errors("explain")(_explain)(args)
-
-
-def _explain(args):
-    model = load_any_model(args.model)
-    output = args.output or os.path.splitext(os.path.basename(args.image))[0] + "_attention.png"
-    path, prediction = explain(args.image, model, output, args.head_fusion, args.alpha, args.cmap)
-    print(f"Wrote {path}" + ("" if prediction is None else f" (predicted class {prediction})"))
-    return 0
-
-
-def add_cli(subparsers):
-    """Registers `keras-vit explain`.
-
-    Example:
-    >>> add_cli(parser.add_subparsers())
-    """
-    parser = subparsers.add_parser(
-        "explain",
-        help="Draw a model's attention rollout over an image (PNG).",
-        description="Writes the attention rollout (Abnar & Zuidema) of IMAGE as a PNG overlay.",
-    )
-    parser.add_argument("image", help="an image file (PNG, JPEG, ...)")
-    parser.add_argument("--model", required=True, help="a .keras model, or a .npz/.safetensors/.pth checkpoint")
-    parser.add_argument("--output", "-o", help="PNG to write (default: IMAGE_attention.png)")
-    parser.add_argument("--head-fusion", default="mean", choices=HEAD_FUSIONS)
-    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
-    parser.add_argument("--cmap", default="jet", help="matplotlib colormap")
-    parser.set_defaults(func=_explain_command)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_vit import visualize as V
+from keras_vit import explain as V
 from tests.conftest import run_python
 
 
@@ -123,6 +123,20 @@ def test_explain_command_writes_an_overlay(tiny_vit, tmp_path):
         assert png.format == "PNG" and png.size == (16, 16)  # the model's input size
 
 
+def test_explain_works_on_one_channel_models(tiny_vit, tmp_path, capsys):
+    """The default digits recipe trains a 1-channel model; explain used to
+    convert every image to RGB and fail on it."""
+    from keras_vit.cli.main import main
+
+    tiny_vit(channels=1).save(tmp_path / "gray.keras")
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 20, 3)).astype("uint8")
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    out = tmp_path / "gray_attention.png"
+    assert main(["explain", str(tmp_path / "photo.png"), "--model", str(tmp_path / "gray.keras"),
+                 "-o", str(out)]) == 0, capsys.readouterr().err
+    with Image.open(out) as png:
+        assert png.size == (16, 16)
+
 
 def test_explain_command_bad_input(tiny_vit, tmp_path, capsys):
     from keras_vit.cli import main as cli
@@ -135,7 +149,7 @@ def test_explain_command_bad_input(tiny_vit, tmp_path, capsys):
     assert exit_.value.code == 2 and "invalid choice: 'sum'" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("not an image")
     assert cli.main(["explain", str(tmp_path / "notes.txt"), "--model", str(tmp_path / "vit.keras")]) == 2
-    assert "keras-vit explain: error: Cannot read the image" in capsys.readouterr().err
+    assert "keras-vit explain: error: Cannot decode" in capsys.readouterr().err
     assert cli.main(["explain", str(tmp_path / "photo.png"), "--model", str(tmp_path / "notes.txt")]) == 2
     assert "error: Unknown checkpoint format" in capsys.readouterr().err
     assert cli.main(["explain", str(tmp_path / "photo.png"), "--model", str(tmp_path / "vit.keras"),
