@@ -22,7 +22,7 @@ COMMAND_MODULES = (
     "keras_vit.cli.export",
     "keras_vit.cli.predict",
     "keras_vit.cli.benchmark",
-    "keras_vit.weights",
+    "keras_vit.cli.finetune",
     "keras_vit.cli.explain",
 )
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
