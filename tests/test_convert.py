@@ -4,6 +4,8 @@ build_vit models and give timm's logits; bad files fail clearly.
 timm and torch (CPU build) come from the `dev` extra.
 """
 
+import functools
+import json
 import os
 import pickle
 import sys
@@ -116,6 +118,25 @@ TIMM_CONFIGS = {
              init_values=0.5, qk_norm=True, reg_tokens=2, no_embed_class=True),
         dict(pooling="cls"),
         ".safetensors",
+    ),
+    # timm's default for average pooling: no final norm, a LayerNorm after pooling
+    "avg_fc_norm": (
+        dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0,
+             global_pool="avg"),
+        dict(pooling="gap"),
+        ".safetensors",
+    ),
+    "linear_patch_embedding": (
+        dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=1, num_heads=4, mlp_ratio=2.0),
+        dict(patch_embedding="linear"),
+        ".safetensors",
+    ),
+    # CLIP-style tower: a LayerNorm before the blocks, eps 1e-5, quick GELU
+    "clip_pre_norm_quick_gelu": (
+        dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0,
+             pre_norm=True, act_layer="quick_gelu", norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-5)),
+        dict(norm_epsilon=1e-5, activation="quick_gelu"),
+        ".pth",
     ),
 }
 
@@ -253,6 +274,7 @@ def test_in_memory_and_bfloat16_state_dicts(timm_vit, tmp_path):
     half = {k: v.to(torch.bfloat16) for k, v in reference.state_dict().items()}
     path = save_state_dict(half, tmp_path / "bf16.safetensors")
     convert.load_timm(model, path)
+    assert convert.read_checkpoint(path)[1]["head.weight"].dtype == np.float32
     kernel = model.head.kernel.numpy()
     np.testing.assert_array_equal(kernel, half["head.weight"].float().numpy().T)
 
@@ -319,6 +341,121 @@ def test_new_head_when_num_classes_differs(timm_vit, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         convert.load_timm(other, path, replace_head=True)
+
+
+# --------------------------------------------------------------------------
+# The model side: every variable by its canonical path, backbones.
+# --------------------------------------------------------------------------
+
+TABLE_CONFIGS = {
+    "plain": dict(),
+    "every_part": dict(pooling="map", fc_norm=True, final_norm=False, pre_norm=True, representation_size=8,
+                       head_units=[12], num_registers=2, qk_norm=True, layer_scale=0.1, use_qkv_bias=False),
+    "no_tokens_no_head": dict(pooling="gap", patch_embedding="linear", pos_embedding="sincos", num_classes=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_CONFIGS))
+def test_variable_table_names_every_variable_once(name):
+    """A variable missing from the table would silently keep its initial
+    value; one listed twice would be loaded twice."""
+    model = tiny_model(**TABLE_CONFIGS[name])
+    for part in (model, model.backbone):
+        table = convert.variable_table(part)
+        assert sorted(id(v) for v in table.values()) == sorted(id(v) for v in part.weights)
+        assert all(variable.path == path for path, variable in table.items())  # the models' contract
+
+
+def test_backbone_takes_the_backbone_tensors_and_ignores_the_classifier(timm_vit):
+    from keras_vit.models import ViTBackbone
+
+    VisionTransformer, _ = timm_vit
+    source = random_timm(VisionTransformer, img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=1,
+                         num_heads=2, class_token=False, global_pool="map", reg_tokens=1, no_embed_class=True)
+    backbone = ViTBackbone(image_size=16, patch_size=4, hidden_dim=16, depth=1, num_heads=2, mlp_dim=64,
+                           class_token=False, num_registers=1)
+    convert.load_timm(backbone, source.state_dict())
+    images = pixels(16, 16)
+    with torch.no_grad():
+        expected = source.forward_features(torch.from_numpy(images / 127.5 - 1).permute(0, 3, 1, 2)).numpy()
+    assert np.abs(backbone.predict(images, verbose=0) - expected).max() < TOL
+    positioned = random_timm(VisionTransformer, img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=1,
+                             num_heads=2, class_token=False, global_pool="map", reg_tokens=1)
+    with pytest.raises(ValueError, match="Register tokens with their own position embeddings"):
+        convert.load_timm(backbone, positioned.state_dict())
+
+
+# --------------------------------------------------------------------------
+# Pretrained presets: a timm directory (config.json + weights, as on the hub).
+# --------------------------------------------------------------------------
+
+# timm name, create_model overrides, keras_vit attributes the config sets
+TIMM_PRESETS = {
+    "clip": ("vit_base_patch16_clip_224.openai_ft_in1k", dict(global_pool="token"), dict(norm_epsilon=1e-5)),
+    "deit_avg_fc_norm": ("deit_tiny_patch16_224.fb_in1k", dict(global_pool="avg"), dict(final_norm=False)),
+    "dinov2_registers": ("vit_small_patch14_reg4_dinov2.lvd142m", dict(), dict(num_registers=4)),
+}
+
+
+def write_timm_preset(directory, name, **kwargs):
+    """A random timm model saved by timm's own `save_for_hf` (config.json
+    with its preprocessing, and model.safetensors)."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(0)
+    patch = 14 if "patch14" in name else 16
+    model = timm.create_model(name, pretrained=False, img_size=2 * patch, depth=1, embed_dim=32, num_heads=2,
+                              num_classes=4, **kwargs).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    save_for_hf(model, directory, model_config=dict(label_names=["w", "x", "y", "z"]), safe_serialization=True)
+    return model
+
+
+@pytest.mark.parametrize("preset", sorted(TIMM_PRESETS))
+def test_timm_preset_directory_gives_timm_logits_from_raw_pixels(timm_vit, tmp_path, preset):
+    from keras_vit.models import ViTBackbone, ViTClassifier
+
+    name, kwargs, expected_config = TIMM_PRESETS[preset]
+    reference = write_timm_preset(tmp_path / "preset", name, **kwargs)
+    cfg = json.loads((tmp_path / "preset" / "config.json").read_text())["pretrained_cfg"]
+    size = cfg["input_size"][1]
+    images = pixels(size, size)
+    x = torch.from_numpy((images / 255 - np.array(cfg["mean"])) / np.array(cfg["std"])).float().permute(0, 3, 1, 2)
+    with torch.no_grad():
+        logits, features = reference(x).numpy(), reference.forward_features(x).numpy()
+
+    model = ViTClassifier.from_preset(str(tmp_path / "preset"))
+    diff = np.abs(model.predict(images, verbose=0) - logits).max()
+    print(f"{preset}: max |logit difference| = {diff:.2e}")
+    assert diff < TOL
+    assert model.class_names == ["w", "x", "y", "z"]
+    assert model.preprocessing == {"interpolation": cfg["interpolation"]}
+    assert model.backbone.pixel_mean == list(cfg["mean"])
+    for key, value in expected_config.items():
+        assert getattr(model.backbone, key) == value
+    backbone = ViTBackbone.from_preset(str(tmp_path / "preset"))
+    assert np.abs(backbone.predict(images, verbose=0) - features).max() < TOL
+    # A new class count gets a fresh head (and no class names); a new size resampled positions.
+    other = ViTClassifier.from_preset(str(tmp_path / "preset"), num_classes=2, image_size=3 * size // 2)
+    assert other.num_classes == 2 and other.class_names is None
+    assert other.predict(pixels(3 * size // 2, 3 * size // 2), verbose=0).shape == (2, 2)
+
+
+def test_timm_config_args_reads_what_the_weights_do_not_record():
+    args = convert.timm_config_args({
+        "architecture": "vit_base_patch16_clip_quickgelu_224", "global_pool": "avg",
+        "model_args": {"num_heads": 3}, "label_names": ["a", "b"],
+        "pretrained_cfg": {"input_size": [3, 48, 64], "interpolation": "bilinear",
+                           "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}})
+    assert args == dict(num_heads=3, pooling="gap", norm_epsilon=1e-5, activation="quick_gelu",
+                        pixel_mean=[0.1, 0.2, 0.3], pixel_std=[0.4, 0.5, 0.6], image_size=(48, 64),
+                        preprocessing={"interpolation": "bilinear"}, class_names=["a", "b"])
+    assert convert.timm_config_args({}) == {}
+    with pytest.raises(ValueError, match="global_pool='avgmax' is not supported"):
+        convert.timm_config_args({"global_pool": "avgmax"})
 
 
 # --------------------------------------------------------------------------
@@ -406,7 +543,7 @@ def test_truncated_and_unknown_files_fail_clearly(tmp_path, tiny_checkpoint):
     save_file({"cls_token": np.ones((1, 1, 8), "float32")}, str(st))
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(st.read_bytes()[:-10])
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(ValueError, match=r"The .safetensors file .* is truncated: its header describes"):
         convert.read_checkpoint(cut)
     pth = tmp_path / "w.pth"
     torch.save({"cls_token": torch.ones(1, 1, 8)}, pth)
@@ -425,6 +562,31 @@ def test_truncated_and_unknown_files_fail_clearly(tmp_path, tiny_checkpoint):
         convert.read_checkpoint(other_zip)
     with pytest.raises(FileNotFoundError):
         convert.read_checkpoint(tmp_path / "missing.npz")
+
+
+def test_pytorch_files_without_torch_name_the_extra_to_install(tmp_path):
+    """Without torch a .pth file is not 'corrupt': the error says what to
+    install; float32 .safetensors files need no torch."""
+    pth = tmp_path / "w.pth"
+    torch.save({"cls_token": torch.ones(1, 1, 8)}, pth)
+    plain = save_state_dict({"cls_token": torch.ones(1, 1, 8)}, tmp_path / "f32.safetensors")
+    code = (
+        "import sys\n"
+        "from keras_vit.convert import read_checkpoint\n"
+        "assert 'torch' not in sys.modules\n"
+        "sys.modules['torch'] = None  # `import torch` now fails as if it were not installed\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        print('LOADED', sorted(read_checkpoint(path)[1]))\n"
+        "    except ValueError as err:\n"
+        "        print('ERROR', err)\n"
+    )
+    lines = run_python(["-c", code, str(pth), str(plain)]).stdout.splitlines()
+    results = [line for line in lines if line.startswith(("ERROR", "LOADED"))]
+    assert len(results) == 2
+    assert results[0].startswith("ERROR") and "PyTorch is not installed" in results[0]
+    assert "pip install keras-vit[weights]" in results[0] and "corrupt" not in results[0]
+    assert results[1] == "LOADED ['cls_token']"  # float32 safetensors need no torch
 
 
 def test_unknown_and_unsupported_tensors_fail_clearly():

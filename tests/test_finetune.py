@@ -113,6 +113,11 @@ def test_finetune_command_bad_input(tiny_checkpoint, image_folder, tmp_path, cap
     with pytest.raises(SystemExit):
         cli.main(["finetune", str(tiny_checkpoint), str(image_folder)])  # no --run-dir
     assert "--run-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["finetune", str(tiny_checkpoint), str(image_folder), "--run-dir", str(tmp_path / "r"),
+                  "--frozen-epochs", "-1"])
+    assert exit_info.value.code == 2
+    assert "--frozen-epochs: expected an int >= 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

@@ -12,17 +12,12 @@ in three steps, each a small function:
 3. `assign_weights` checks every name and shape against the model's
    `variable_table` first and only then assigns (`assign`).
 
+`load_npz` / `load_timm` load a file into a model you built;
 `from_checkpoint` infers the architecture from the file and builds a
-`ViTClassifier` (`build`). Fine-tuning lives in `keras_vit.training.finetune`.
+`ViTClassifier` that fits it (`build`). Fine-tuning lives in `keras_vit.training.finetune`.
 """
 
-from keras_vit.convert.assign import (
-    assign_weights,
-    fit_position_embedding,
-    load_npz,
-    load_timm,
-    variable_table,
-)
+from keras_vit.convert.assign import assign_weights, fit_position_embedding, variable_table
 from keras_vit.convert.big_vision import convert_npz
 from keras_vit.convert.build import (
     convert_file,
@@ -30,6 +25,8 @@ from keras_vit.convert.build import (
     from_checkpoint,
     from_timm_preset,
     infer_config,
+    load_npz,
+    load_timm,
 )
 from keras_vit.convert.readers import FORMATS, CheckpointError, detect_format, read_checkpoint
 from keras_vit.convert.rules import Converted

@@ -1,8 +1,10 @@
-"""Building a model that fits a checkpoint: `infer_config`, `from_checkpoint`
-and `from_timm_preset` (what `ViTClassifier.from_preset` and
-`ViTBackbone.from_preset` call for pretrained handles)."""
+"""Loading checkpoint files: into a model you built (`load_npz`,
+`load_timm`), or into one built to fit the file (`infer_config`,
+`from_checkpoint`, and `from_timm_preset`, which `ViTClassifier.from_preset`
+and `ViTBackbone.from_preset` call for pretrained handles)."""
 
 import math
+import os
 import re
 
 from keras_vit.convert.assign import assign_weights, square_grid
@@ -196,3 +198,54 @@ def from_timm_preset(files, cls, **overrides):
     return from_checkpoint(converted, num_classes, image_size, num_heads=num_heads, pooling=pooling,
                            **{**args, **overrides})
 
+
+def load_npz(model, path, replace_head=False):
+    """Loads an original ViT / big_vision `.npz` checkpoint into `model`.
+
+    Args:
+        model: a `ViTClassifier` (or `ViTBackbone`) with the checkpoint's
+            architecture (its image size may differ: positions are resampled).
+        path: the `.npz` file (read with `allow_pickle=False`).
+        replace_head: bool, keep the model's classifier instead of loading
+            (or warning about) the checkpoint's.
+
+    Returns:
+        The model.
+
+    Example:
+    >>> model = build_vit("B/16", image_size=384, num_classes=10)  # doctest: +SKIP
+    >>> load_npz(model, "ViT-B_16.npz", replace_head=True)  # doctest: +SKIP
+    """
+    fmt, arrays = read_checkpoint(path)
+    if fmt != "npz":
+        raise CheckpointError(f"`load_npz` expects a .npz file; {os.fspath(path)!r} is a {fmt} file. Use `load_timm`.")
+    assign_weights(model, convert_npz(arrays), replace_head)
+    return model
+
+
+def load_timm(model, path_or_state_dict, replace_head=False):
+    """Loads a timm `VisionTransformer` state dict into `model`.
+
+    Args:
+        model: a `ViTClassifier` (or `ViTBackbone`) with the checkpoint's
+            architecture.
+        path_or_state_dict: a `.safetensors` or PyTorch (`.pth`, `.pt`,
+            `.bin`, read with `weights_only=True`) file, or a dict of
+            tensors/arrays.
+        replace_head: bool, keep the model's classifier instead of loading
+            (or warning about) the checkpoint's.
+
+    Returns:
+        The model.
+
+    Example:
+    >>> model = build_vit("S/16", num_classes=1000)  # doctest: +SKIP
+    >>> load_timm(model, "vit_small_patch16_224.safetensors")  # doctest: +SKIP
+    """
+    state = path_or_state_dict
+    if not isinstance(state, dict):
+        fmt, state = read_checkpoint(state)
+        if fmt == "npz":
+            raise CheckpointError(f"{os.fspath(path_or_state_dict)!r} is a .npz file; use `load_npz`.")
+    assign_weights(model, convert_timm(state), replace_head)
+    return model

@@ -139,8 +139,10 @@ def _read_safetensors(path):
     _check_safetensors_length(path)
     try:
         with safe_open(path, framework="np") as f:
-            return {name: f.get_tensor(name) for name in f.keys()}
-    except TypeError:  # bfloat16, which numpy lacks: read through torch
+            arrays = {name: f.get_tensor(name) for name in f.keys()}
+        # float32 like the torch path (numpy knows bfloat16 once TF or JAX registered it)
+        return {k: v.astype("float32") if v.dtype.name in ("bfloat16", "float16") else v for k, v in arrays.items()}
+    except TypeError:  # bfloat16 without TF or JAX loaded: numpy lacks it, read through torch
         _import_torch(f"{path!r} holds bfloat16 tensors, which are read through PyTorch")
         with safe_open(path, framework="pt") as f:
             return state_dict_to_numpy({name: f.get_tensor(name) for name in f.keys()}, path)

@@ -77,7 +77,18 @@ def convert_timm(state_dict):
     converted = apply_rules(state_dict_to_numpy(state_dict, "state_dict"), TIMM_RULES, TIMM_UNSUPPORTED)
     _embed_class_position(converted)
     _rename_map_attention(converted)
+    _zero_patch_bias(converted)
     return converted
+
+
+def _zero_patch_bias(converted):
+    """timm's CLIP towers (`pre_norm=True`) embed patches without a bias;
+    keras_vit's patch projection always has one, and a zero bias computes
+    the same function."""
+    kernel = converted.tensors.get("patch_encoder/projection/kernel")
+    if kernel is not None and "patch_encoder/projection/bias" not in converted.tensors:
+        converted.tensors["patch_encoder/projection/bias"] = np.zeros(kernel.shape[-1], kernel.dtype)
+        converted.sources["patch_encoder/projection/bias"] = "(no patch_embed.proj.bias: zeros)"
 
 
 def _rename_map_attention(converted):
@@ -100,21 +111,26 @@ def _rename_map_attention(converted):
             sources[f"{base}key/{kind}"] = sources[f"{base}value/{kind}"] = source
 
 
+def _is_square(n):
+    return n > 0 and math.isqrt(n) ** 2 == n
+
+
 def _embed_class_position(converted):
     """timm models with `no_embed_class=True` have no position row for the
-    class token; keras_vit always has one, so a zero row is prepended."""
+    class token; keras_vit always has one, so a zero row is prepended.
+    Registers with position rows (`no_embed_class=False`) are refused."""
     tensors = converted.tensors
     pos = tensors.get("patch_encoder/position_embedding")
-    if pos is None or "patch_encoder/cls_token" not in tensors:
+    if pos is None:
         return
-    rows = pos.shape[1]
-    if math.isqrt(rows) ** 2 == rows and math.isqrt(rows - 1) ** 2 != rows - 1:
-        tensors["patch_encoder/position_embedding"] = np.concatenate([np.zeros_like(pos[:, :1]), pos], axis=1)
-    elif "patch_encoder/registers" in tensors:
+    rows, cls = pos.shape[1], int("patch_encoder/cls_token" in tensors)
+    registers = tensors["patch_encoder/registers"].shape[1] if "patch_encoder/registers" in tensors else 0
+    if registers and _is_square(rows - cls - registers) and not _is_square(rows - cls):
         raise CheckpointError(
             "Register tokens with their own position embeddings (timm's no_embed_class=False) "
             "are not supported: keras_vit gives registers no position.")
-
+    if cls and _is_square(rows) and not _is_square(rows - 1):
+        tensors["patch_encoder/position_embedding"] = np.concatenate([np.zeros_like(pos[:, :1]), pos], axis=1)
 
 # timm's global_pool -> keras_vit's pooling
 TIMM_POOLS = {"token": "cls", "avg": "gap", "map": "map"}
