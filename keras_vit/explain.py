@@ -252,7 +252,7 @@ def load_any_model(path):
     if os.fspath(path).endswith(".keras"):
         return keras.models.load_model(path, safe_mode=True)
     if os.path.isfile(path):
-        from keras_vit.weights import from_checkpoint
+        from keras_vit.convert import from_checkpoint
 
         return from_checkpoint(path)
     return ViTClassifier.from_preset(path)

@@ -10,13 +10,14 @@ from keras_vit import build_vit
 from keras_vit.data import load_data
 from keras_vit.training import (
     RECIPES,
-    atomic_path,
+    RunBackup,
     compile_model,
     make_optimizer,
     make_schedule,
-    resolve_config,
+    resolve_recipe,
     train,
 )
+from keras_vit.utils.io import atomic_path
 from tests.conftest import tiny_vit_kwargs
 
 DIGITS = tiny_vit_kwargs(image_size=8, num_classes=10, channels=1, depth=1)
@@ -80,9 +81,12 @@ def test_train_writes_a_complete_run_directory(tmp_path, digits):
     result = train(tiny_model, digits, epochs=2, run_dir=run, learning_rate=3e-3, warmup_epochs=0.5,
                    seed=0, verbose=0)  # jit_compile="auto": XLA where available
     for name in ("config.json", "history.csv", "history.png", "metrics.json", "model.keras",
-                 "checkpoints/last.keras", "checkpoints/best.keras",
-                 "backup/training_metadata.json"):
+                 "checkpoints/best.keras", "backup/training_metadata.json"):
         assert (run / name).is_file(), name
+    # Per epoch only the resume state and an improved best model are written,
+    # not the whole model with its optimizer (gigabytes an epoch for ViT-B).
+    assert not (run / "checkpoints" / "last.keras").exists()
+    assert not isinstance(RunBackup(run), keras.callbacks.BackupAndRestore)
     assert list((run / "logs").rglob("events.out.tfevents*")), "no TensorBoard logs"
     assert (run / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = (run / "history.csv").read_text().splitlines()
@@ -173,20 +177,20 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
-def test_resolve_config_priorities(tmp_path):
+def test_resolve_recipe_priorities(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 5\nhidden-dim: 32\nrecipe: digits\n")
-    config = resolve_config(config_file=path, epochs=7)
+    config = resolve_recipe(config_file=path, epochs=7)
     assert config["epochs"] == 7 and config["hidden_dim"] == 32
     assert config["depth"] == RECIPES["digits"]["depth"]
     assert config["run_dir"].endswith("digits-digits")
     with pytest.raises(ValueError, match="Unknown setting.*colour"):
-        resolve_config(colour="red")
+        resolve_recipe(colour="red")
     with pytest.raises(ValueError, match="recipe"):
-        resolve_config("huge")
+        resolve_recipe("huge")
     (tmp_path / "c.txt").write_text("epochs: 1")
     with pytest.raises(ValueError, match=".yaml, .yml or .json"):
-        resolve_config(config_file=tmp_path / "c.txt")
+        resolve_recipe(config_file=tmp_path / "c.txt")
 
 
 def test_strategies_and_worker_info(monkeypatch):
@@ -206,5 +210,5 @@ def test_strategies_and_worker_info(monkeypatch):
 
 def test_recipe_warmup_longer_than_a_short_run_is_shortened_with_a_warning():
     with pytest.warns(UserWarning, match="warmup_epochs=3 is not shorter than epochs=2"):
-        config = resolve_config("digits", epochs=2)
+        config = resolve_recipe("digits", epochs=2)
     assert config["warmup_epochs"] == pytest.approx(0.2)

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from keras_vit import build_vit
-from keras_vit import weights as W
+from keras_vit import convert as W
+from keras_vit.layers import pair, resample_posemb
+from keras_vit.training import fine_tune
 from tests.conftest import run_python
 
 
@@ -109,6 +111,28 @@ TIMM_CONFIGS = {
         dict(),
         ".pth",
     ),
+    "avg_fc_norm": (  # timm's default for global_pool="avg" (MAE and many fine-tunes)
+        dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2,
+             global_pool="avg"),
+        dict(),
+        ".safetensors",
+    ),
+    "norm_pre_clip_style": (
+        dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2, pre_norm=True),
+        dict(),
+        ".safetensors",
+    ),
+    "non_square_grid_whose_rows_are_a_square": (  # 4x6 patches + class token = 25 = 5**2 rows
+        dict(img_size=(16, 24), patch_size=4, num_classes=3, embed_dim=16, depth=1, num_heads=2),
+        dict(image_size=(16, 24)),
+        ".safetensors",
+    ),
+    "no_embed_class_non_square": (  # 5x5 patches without a class row: 25 rows, and a class token
+        dict(img_size=20, patch_size=4, num_classes=3, embed_dim=16, depth=1, num_heads=2,
+             no_embed_class=True),
+        dict(image_size=20),
+        ".safetensors",
+    ),
     "layer_scale_qk_norm_registers": (
         dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2,
              init_values=0.5, qk_norm=True, reg_tokens=2, no_embed_class=True),
@@ -125,7 +149,8 @@ def test_timm_state_dict_gives_timm_logits(timm_vit, tmp_path, name):
     reference = random_timm(VisionTransformer, **timm_kwargs)
     path = save_state_dict(reference.state_dict(), tmp_path / f"vit{suffix}")
     model = W.from_checkpoint(path, num_heads=timm_kwargs["num_heads"], **build_kwargs)
-    h, w = W.L.pair(timm_kwargs["img_size"], "img_size")
+    h, w = pair(timm_kwargs["img_size"], "img_size")
+    assert model.image_size == (h, w)
     images = pixels(h, w)
     diff = np.abs(model.predict(images, verbose=0) - timm_logits(reference, images)).max()
     print(f"{name}: max |logit difference| = {diff:.2e}")
@@ -268,7 +293,7 @@ def test_resolution_change_resamples_positions_like_timm(timm_vit, tmp_path):
     assert table.shape == (1, 1 + 6 * 6, 16)
     np.testing.assert_array_equal(table[:, 0], old[:, 0])
     # the patch rows go through the core's bicubic grid resampling
-    expected = W.L.resample_posemb(old[:, 1:], (6, 6), (4, 4), "bicubic")
+    expected = resample_posemb(old[:, 1:], (6, 6), (4, 4), "bicubic")
     np.testing.assert_allclose(table[:, 1:], np.asarray(expected), atol=1e-6)
     images = pixels(24, 24)
     assert model.predict(images, verbose=0).shape == (2, 3)
@@ -428,8 +453,8 @@ def test_truncated_and_unknown_files_fail_clearly(tmp_path, tiny_checkpoint):
 def test_unknown_and_unsupported_tensors_fail_clearly():
     with pytest.raises(ValueError, match="no build_vit layer takes: decoder.weight"):
         W.convert_timm({"decoder.weight": np.zeros((2, 2), "float32")})
-    with pytest.raises(ValueError, match="fc_norm"):
-        W.convert_timm({"fc_norm.weight": np.zeros((2,), "float32")})
+    with pytest.raises(ValueError, match="query/key norms in timm's attention pooling"):
+        W.convert_timm({"attn_pool.q_norm.weight": np.zeros((2,), "float32")})
 
 
 def test_wrong_loader_and_bad_arguments(tmp_path, tiny_checkpoint):
@@ -470,7 +495,7 @@ def weights_of(model, prefix):
 
 def test_frozen_stage_trains_only_the_new_head(tiny_checkpoint, image_folder, tmp_path):
     pretrained = W.from_checkpoint(tiny_checkpoint)
-    result = W.fine_tune(tiny_checkpoint, image_folder, run_dir=tmp_path / "run", epochs=0,
+    result = fine_tune(tiny_checkpoint, image_folder, run_dir=tmp_path / "run", epochs=0,
                          frozen_epochs=2, batch_size=8, test_split=0.25, verbose=0)
     model = result.model
     assert model.output_shape == (None, 2)  # two class folders
@@ -483,7 +508,7 @@ def test_frozen_stage_trains_only_the_new_head(tiny_checkpoint, image_folder, tm
 def test_fine_tune_at_a_new_resolution_learns_and_saves(tiny_checkpoint, image_folder, tmp_path):
     pretrained = W.from_checkpoint(tiny_checkpoint)
     run_dir = tmp_path / "run"
-    result = W.fine_tune(tiny_checkpoint, image_folder, run_dir=run_dir, image_size=20, epochs=4,
+    result = fine_tune(tiny_checkpoint, image_folder, run_dir=run_dir, image_size=20, epochs=4,
                          frozen_epochs=1, batch_size=8, learning_rate=1e-3, test_split=0.25, verbose=0)
     model = result.model
     assert model.input_shape == (None, 20, 20, 3)
@@ -539,11 +564,11 @@ def test_finetune_command_bad_input(tiny_checkpoint, image_folder, tmp_path, cap
 def test_fine_tune_bad_input(tiny_checkpoint, image_folder, tmp_path):
     run = dict(run_dir=tmp_path / "run")
     with pytest.raises(ValueError, match="`epochs` must be an int >= 0. Received: epochs=-1"):
-        W.fine_tune(tiny_checkpoint, image_folder, epochs=-1, **run)
+        fine_tune(tiny_checkpoint, image_folder, epochs=-1, **run)
     with pytest.raises(ValueError, match="Nothing to train"):
-        W.fine_tune(tiny_checkpoint, image_folder, epochs=0, frozen_epochs=0, **run)
+        fine_tune(tiny_checkpoint, image_folder, epochs=0, frozen_epochs=0, **run)
     with pytest.raises(ValueError, match="Unknown checkpoint format"):
-        W.fine_tune(image_folder / "dark" / "0.png", image_folder, **run)
+        fine_tune(image_folder / "dark" / "0.png", image_folder, **run)
     with pytest.raises(ValueError, match="`source` must be"):
-        W.fine_tune(tiny_checkpoint, 42, **run)
+        fine_tune(tiny_checkpoint, 42, **run)
     assert not (tmp_path / "run").exists()
