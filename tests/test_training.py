@@ -97,7 +97,7 @@ def test_train_writes_a_complete_run_directory(tmp_path, digits):
     config = json.loads((run / "config.json").read_text())
     assert config["learning_rate"] == 3e-3 and config["data"]["num_classes"] == 10
     # leftovers of atomic writes would start with a dot
-    assert not [p for p in run.rglob(".*")]
+    assert not [p for p in run.rglob(".*") if p.name != ".keras_vit.lock"]
     reloaded = keras.saving.load_model(run / "model.keras")
     images = next(iter(digits[2]))[0]
     np.testing.assert_allclose(reloaded.predict(images, verbose=0),
@@ -212,3 +212,60 @@ def test_recipe_warmup_longer_than_a_short_run_is_shortened_with_a_warning():
     with pytest.warns(UserWarning, match="warmup_epochs=3 is not shorter than epochs=2"):
         config = resolve_recipe("digits", epochs=2)
     assert config["warmup_epochs"] == pytest.approx(0.2)
+
+
+def test_invalid_settings_are_refused_before_the_run_directory_is_touched(tmp_path, digits):
+    run = tmp_path / "run"
+    train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    bad_model = lambda: build_vit(**tiny_vit_kwargs(hidden_dim=16, num_heads=3, num_classes=10, channels=1))  # noqa
+    with pytest.raises(ValueError, match="divisible by `num_heads`"):
+        train(bad_model, digits, epochs=1, run_dir=run, resume=False, verbose=0)
+    with pytest.raises(ValueError, match="model has 4 classes but the data has 10"):
+        train(lambda: build_vit(**tiny_vit_kwargs(channels=1)), digits, epochs=1, run_dir=run, resume=False)
+    with pytest.raises(ValueError, match="Unknown `monitor`: 'val_f1'"):
+        train(tiny_model, digits, epochs=1, run_dir=run, resume=False, monitor="val_f1")
+    with pytest.raises(ValueError, match="`steps_per_epoch` must be an int >= 1"):
+        train(tiny_model, digits, epochs=1, run_dir=run, resume=False, steps_per_epoch=0)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing deleted
+
+
+def test_a_run_directory_in_use_is_refused_and_stale_temporaries_are_cleaned(tmp_path, digits):
+    from keras_vit.utils.locks import exclusive_lock
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    stale = run / "checkpoints" / ".best.keras.tmp-123-abcd.keras"
+    stale.write_text("left by a killed write")
+    with exclusive_lock(run, "run directory"):  # another run holds it
+        with pytest.raises(ValueError, match="run directory .* is in use by process"):
+            train(tiny_model, digits, epochs=1, run_dir=run, verbose=0)
+    assert stale.exists()
+    train(tiny_model, digits, epochs=1, run_dir=run, verbose=0)
+    assert not stale.exists()
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_epoch(tmp_path, digits):
+    run = tmp_path / "run"
+    train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0)
+    good = json.loads((run / "backup" / "training_metadata.json").read_text())
+    class PoisonSecondEpoch(keras.callbacks.Callback):  # a weight turns NaN, as in a divergence
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.head.kernel.assign(np.full(self.model.head.kernel.shape, np.nan, "float32"))
+
+    with pytest.raises(ValueError, match="loss became NaN or infinite in epoch 2"):
+        train(tiny_model, digits, epochs=2, run_dir=run, seed=0, verbose=0, callbacks=[PoisonSecondEpoch()])
+    state = json.loads((run / "backup" / "training_metadata.json").read_text())
+    assert state["epoch"] == good["epoch"] == 1
+
+
+def test_data_that_cannot_train_a_classifier_is_refused():
+    x = np.random.default_rng(0).uniform(0, 255, (20, 8, 8)).astype("float32")
+    with pytest.raises(ValueError, match="a classifier needs at least 2 classes"):
+        load_data((x, np.zeros(20, "int32")), 8, 4)
+    x[3, 2, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite pixels .* first at index 3"):
+        load_data((x, np.arange(20) % 2), 8, 4)
+    with pytest.raises(ValueError, match="empty"):
+        load_data((np.zeros((0, 8, 8)), np.zeros(0, "int32")), 8, 4)

@@ -19,6 +19,7 @@ file where a good one was.
 import contextlib
 import dataclasses
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -27,8 +28,9 @@ import keras
 
 from keras_vit.training.distribute import PRECISIONS, get_strategy, prepare_multi_worker, set_precision, worker_info
 from keras_vit.training.recipe import MODEL_KEYS, TRAIN_KEYS, compile_model
-from keras_vit.utils.io import atomic_path, new_figure, save_figure, write_csv, write_json
-from keras_vit.utils.validation import check_choice
+from keras_vit.utils.io import atomic_path, new_figure, remove_stale_temporaries, save_figure, write_csv, write_json
+from keras_vit.utils.locks import exclusive_lock
+from keras_vit.utils.validation import check_choice, check_positive_int
 
 RESUME_MODES = ("auto", True, False)
 
@@ -69,6 +71,7 @@ class RunBackup(keras.callbacks.Callback):
         self.history_rows = []
         self.best = None
         self.restored_epoch = 0
+        self.diverged_at = None
         self.state = self.read_state(run_dir)
 
     @staticmethod
@@ -98,6 +101,9 @@ class RunBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         row = {"epoch": epoch + 1, **{k: to_float(v) for k, v in logs.items()}}
+        if not all(math.isfinite(v) for v in row.values()):
+            self.diverged_at = epoch + 1  # commit nothing: the last good epoch stays the resume point
+            return
         row["learning_rate"] = to_float(self.model.optimizer.learning_rate)
         self.history_rows.append(row)
         checkpoints = self.run_dir / "checkpoints"
@@ -307,22 +313,10 @@ def train(
     ...                patch_size=4, hidden_dim=32, depth=2, num_heads=2, mlp_dim=64),
     ...                data, epochs=2, run_dir="runs/digits")
     """
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise ValueError(f"`epochs` must be a positive int. Received: epochs={epochs!r}")
-    if not isinstance(warmup_epochs, (int, float)) or not 0 <= warmup_epochs < epochs:
-        raise ValueError(
-            f"`warmup_epochs` must be in [0, epochs={epochs}). Received: warmup_epochs={warmup_epochs!r}")
-    if precision is not None:
-        check_choice(precision, "precision", PRECISIONS)
     train_ds, val_ds, test_ds, info = _split_data(data)
-    if steps_per_epoch is None:
-        steps_per_epoch = int(train_ds.cardinality())
-        if steps_per_epoch < 0:
-            raise ValueError(
-                "The training dataset's length is unknown; pass `steps_per_epoch` (batches per epoch).")
+    steps_per_epoch = _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds)
     if val_ds is None and monitor.startswith("val_"):
         monitor = monitor[len("val_"):]
-    total_steps = steps_per_epoch * epochs
     recipe = dict(
         epochs=epochs, learning_rate=learning_rate, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, min_learning_rate=min_learning_rate,
@@ -334,70 +328,102 @@ def train(
     )
     strategy = get_strategy(strategy) if strategy is not None else None
     worker, num_workers, is_chief = worker_info()
-    chief_dir = Path(run_dir)
     # Non-chief workers keep their own state so that files never collide.
-    run_dir = chief_dir if is_chief else chief_dir / "workers" / f"worker_{worker}"
-    full_config = {**(config or {}), **recipe, "data": info.to_dict() if info else None}
-    _prepare_run_dir(run_dir, full_config, resume)
-
+    run_dir = Path(run_dir) if is_chief else Path(run_dir) / "workers" / f"worker_{worker}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"`run_dir` names a file, not a directory: {run_dir}")
+    scope = strategy.scope if strategy is not None else contextlib.nullcontext
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    def scope():
-        return strategy.scope() if strategy is not None else contextlib.nullcontext()
-
+    # Everything that can be refused is checked before the run directory is touched.
     with scope():
-        if callable(model) and not isinstance(model, keras.Model):
-            previous = keras.mixed_precision.global_policy()
-            if precision:
-                set_precision(precision)
-            try:
-                model = model()
-            finally:
-                keras.mixed_precision.set_global_policy(previous)
-        elif precision and model.dtype_policy.name != precision:
-            raise ValueError(
-                f"`precision={precision!r}` but the model was built with the "
-                f"{model.dtype_policy.name!r} policy. Pass a function that builds the model, "
-                "or build it after set_precision().")
+        model = _build(model, precision)
+        _check_classes(model, info)
         compile_model(
             model, learning_rate=learning_rate, weight_decay=weight_decay,
-            total_steps=total_steps, warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
+            total_steps=steps_per_epoch * epochs, warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
             min_learning_rate=min_learning_rate, label_smoothing=label_smoothing,
             clipnorm=clipnorm, ema_momentum=ema_momentum,
             gradient_accumulation_steps=gradient_accumulation_steps,
             sparse_labels=_is_sparse(train_ds), jit_compile=jit_compile,
             steps_per_execution=steps_per_execution,
         )
-    backup = RunBackup(run_dir, monitor=monitor, artifacts=True)
-    all_callbacks = [
-        backup,
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
-        *(callbacks or []),
-    ]
-    start = time.time()
-    metrics = {}
-    with scope():
-        if num_workers > 1 and strategy is not None:
-            prepare_multi_worker(model, train_ds)
-        model.fit(
-            train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-            callbacks=all_callbacks, verbose=verbose, shuffle=False,  # the dataset shuffles
-        )
-        train_seconds = time.time() - start
-        for split, ds in (("validation", val_ds), ("test", test_ds)):
-            if ds is not None:
-                logs = model.evaluate(ds, verbose=0, return_dict=True)
-                metrics[split] = {k: to_float(v) for k, v in logs.items()}
-    write_history_files(run_dir, backup.history_rows)
-    write_json(run_dir / "metrics.json", dict(
-        **metrics, epochs=len(backup.history_rows), resumed_from_epoch=backup.restored_epoch,
-        best={monitor: backup.best}, last_session_seconds=round(train_seconds, 2),
-        num_workers=num_workers,
-    ))
-    with atomic_path(run_dir / "model.keras") as tmp:
-        model.save(tmp)
+    with exclusive_lock(run_dir, "run directory"):
+        for folder in (run_dir, run_dir / "checkpoints", run_dir / "backup"):
+            remove_stale_temporaries(folder)
+        _prepare_run_dir(run_dir, {**(config or {}), **recipe, "data": info.to_dict() if info else None}, resume)
+        backup = RunBackup(run_dir, monitor=monitor, artifacts=True)
+        fit_callbacks = [backup, keras.callbacks.TerminateOnNaN(),
+                         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")), *(callbacks or [])]
+        start = time.time()
+        with scope():
+            if num_workers > 1 and strategy is not None:
+                prepare_multi_worker(model, train_ds)
+            model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                      callbacks=fit_callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles
+            if backup.diverged_at is not None:
+                raise ValueError(
+                    f"The loss became NaN or infinite in epoch {backup.diverged_at}; the run directory keeps "
+                    f"the state of epoch {backup.diverged_at - 1}. Lower `learning_rate` or check the data "
+                    "for NaN/inf pixels, then re-run with resume=False.")
+            train_seconds = time.time() - start
+            metrics = {split: {k: to_float(v) for k, v in model.evaluate(ds, verbose=0, return_dict=True).items()}
+                       for split, ds in (("validation", val_ds), ("test", test_ds)) if ds is not None}
+        write_history_files(run_dir, backup.history_rows)
+        write_json(run_dir / "metrics.json", dict(
+            **metrics, epochs=len(backup.history_rows), resumed_from_epoch=backup.restored_epoch,
+            best={monitor: backup.best}, last_session_seconds=round(train_seconds, 2), num_workers=num_workers))
+        with atomic_path(run_dir / "model.keras") as tmp:
+            model.save(tmp)
     return TrainResult(model=model, history=backup.history_rows, test_metrics=metrics.get("test"),
                        run_dir=str(run_dir), initial_epoch=backup.restored_epoch)
+
+
+MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
+
+
+def _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds):
+    """Checks `train`'s arguments; returns the steps per epoch."""
+    check_positive_int(epochs, "epochs")
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or not 0 <= warmup_epochs < epochs:
+        raise ValueError(
+            f"`warmup_epochs` must be in [0, epochs={epochs}). Received: warmup_epochs={warmup_epochs!r}")
+    if precision is not None:
+        check_choice(precision, "precision", PRECISIONS)
+    check_choice(monitor, "monitor", MONITORS)
+    if steps_per_epoch is not None:
+        return check_positive_int(steps_per_epoch, "steps_per_epoch")
+    steps = int(train_ds.cardinality())
+    if steps < 0:
+        raise ValueError("The training dataset's length is unknown; pass `steps_per_epoch` (batches per epoch).")
+    if steps == 0:
+        raise ValueError("The training dataset is empty.")
+    return steps
+
+
+def _build(model, precision):
+    """The model itself, or built by the function under `precision`."""
+    if callable(model) and not isinstance(model, keras.Model):
+        previous = keras.mixed_precision.global_policy()
+        if precision:
+            set_precision(precision)
+        try:
+            return model()
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+    if precision and model.dtype_policy.name != precision:
+        raise ValueError(
+            f"`precision={precision!r}` but the model was built with the {model.dtype_policy.name!r} "
+            "policy. Pass a function that builds the model, or build it after set_precision().")
+    return model
+
+
+def _check_classes(model, info):
+    classes = getattr(model, "num_classes", None)
+    if info is not None and classes is not None and classes != info.num_classes:
+        raise ValueError(
+            f"The model has {classes} classes but the data has {info.num_classes} "
+            f"({', '.join(map(str, info.class_names[:10]))}). Build it with num_classes={info.num_classes}.")
 
 
 def train_from_config(config):
