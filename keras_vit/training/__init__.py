@@ -8,7 +8,8 @@ from keras_vit.training.finetune import fine_tune, set_backbone_trainable
 from keras_vit.training.recipe import (
     CONFIG_KEYS, DEFAULT_RECIPE, DEFAULTS, RECIPES, compile_model, make_optimizer, make_schedule,
     read_config_file, resolve_recipe)
-from keras_vit.training.run import RunBackup, TrainResult, train, train_from_config, write_history_files
+from keras_vit.training.run import TrainResult, train, train_from_config
+from keras_vit.training.rundir import RunBackup, write_history_files
 
 __all__ = [
     "CONFIG_KEYS", "DEFAULTS", "DEFAULT_RECIPE", "PRECISIONS", "RECIPES", "STRATEGIES", "RunBackup",
