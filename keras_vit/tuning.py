@@ -140,6 +140,15 @@ class ViTHyperModel(keras_tuner.HyperModel):
 
     def _check_space(self):
         for name, value in self.space.items():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            kind = str if name in ("pooling", "pos_embedding") else (
+                float if name in ("drop_path_rate", "learning_rate", "weight_decay", "warmup_fraction",
+                                  "label_smoothing", "augment") else int)
+            if not all((isinstance(v, (int, float)) and not isinstance(v, bool)) if kind is float
+                       else (isinstance(v, kind) and not isinstance(v, bool)) for v in values):
+                raise ValueError(
+                    f"The search-space entry `{name}` takes {'strings' if kind is str else kind.__name__ + 's'}. "
+                    f"Received: {name}={value!r}")
             if isinstance(value, list) and not value:
                 raise ValueError(f"The search-space entry `{name}` is an empty list of choices.")
             if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):

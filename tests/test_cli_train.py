@@ -160,3 +160,29 @@ def test_two_workers_train_the_same_model(tmp_path):
     for wa, wb in zip(a, b):
         np.testing.assert_array_equal(wa, wb)
     assert chief["test"] == worker["test"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs: [1\n", "is not valid YAML"),
+    ('epochs: !!python/object/apply:os.system ["echo hi"]\n', "tags that are not allowed"),
+])
+def test_bad_config_files_are_usage_errors_without_a_traceback(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"keras-vit train: error: The config file {path}" in err and message in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_usage_errors_of_tune_and_predict_exit_2(tmp_path, capsys):
+    assert main(["tune", "--fix", "hidden_dim=abc", "--directory", str(tmp_path)]) == 2
+    assert "`hidden_dim` takes ints. Received: hidden_dim='abc'" in capsys.readouterr().err
+    assert main(["tune", "--space", "foo=1,2", "--directory", str(tmp_path)]) == 2
+    assert "Unknown search-space entries: ['foo']" in capsys.readouterr().err
+    for argv, message in ((["tune", "--epochs", "0"], "--epochs: expected an int >= 1, got 0"),
+                          (["predict", "m.keras", "x.png", "--top-k", "0"], "--top-k: expected an int >= 1"),
+                          (["train", "--jit-compile", "maybe"], "invalid choice: 'maybe'")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -267,9 +267,16 @@ def read_config_file(path):
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:  # syntax errors, and tags such as !!python/... that safe_load refuses
+            raise ValueError(f"The config file {path} is not valid YAML (or uses tags that are not "
+                             f"allowed): {' '.join(str(err).split())}") from None
     elif path.suffix.lower() == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"The config file {path} is not valid JSON: {err}") from None
     else:
         raise ValueError(f"The config file must end in .yaml, .yml or .json. Received: {path}")
     if not isinstance(data, dict):
