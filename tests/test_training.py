@@ -181,9 +181,9 @@ def test_resolve_recipe_priorities(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 5\nhidden-dim: 32\nrecipe: digits\n")
     config = resolve_recipe(config_file=path, epochs=7)
-    assert config["epochs"] == 7 and config["hidden_dim"] == 32
-    assert config["depth"] == RECIPES["digits"]["depth"]
-    assert config["run_dir"].endswith("digits-digits")
+    assert config.epochs == 7 and config.hidden_dim == 32
+    assert config.depth == RECIPES["digits"]["depth"]
+    assert config.run_dir.endswith("digits-digits")
     with pytest.raises(ValueError, match="Unknown setting.*colour"):
         resolve_recipe(colour="red")
     with pytest.raises(ValueError, match="recipe"):
@@ -211,7 +211,37 @@ def test_strategies_and_worker_info(monkeypatch):
 def test_recipe_warmup_longer_than_a_short_run_is_shortened_with_a_warning():
     with pytest.warns(UserWarning, match="warmup_epochs=3 is not shorter than epochs=2"):
         config = resolve_recipe("digits", epochs=2)
-    assert config["warmup_epochs"] == pytest.approx(0.2)
+    assert config.warmup_epochs == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(epochs=0), "`epochs` must be an int >= 1. Received: epochs=0"),
+    (dict(batch_size=True), "`batch_size` must be an int >= 1. Received: batch_size=True"),
+    (dict(learning_rate="fast"), "`learning_rate` must be a number >= 0"),
+    (dict(validation_split=1.5), "`validation_split` must be in [0, 1)"),
+    (dict(download="yes"), "`download` must be a bool"),
+    (dict(pooling="max"), "Unknown `pooling`: 'max'"),
+    (dict(augment="wild"), "Unknown `augment`: 'wild'"),
+    (dict(jit_compile="maybe"), "Unknown `jit_compile`: 'maybe'"),
+])
+def test_one_recipe_checks_every_setting_before_anything_runs(overrides, message):
+    with pytest.raises(ValueError) as info:
+        resolve_recipe("digits", **overrides)
+    assert message in str(info.value)
+
+
+def test_the_recipe_fields_are_the_train_flags():
+    import dataclasses
+
+    from keras_vit.cli.main import build_parser
+    from keras_vit.training import Recipe
+
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {option for action in train_parser._actions for option in action.option_strings}
+    for field in dataclasses.fields(Recipe):
+        if field.name != "resume":
+            assert "--" + field.name.replace("_", "-") in flags, field.name
+    assert {"--resume", "--restart", "--config"} <= flags
 
 
 def test_invalid_settings_are_refused_before_the_run_directory_is_touched(tmp_path, digits):

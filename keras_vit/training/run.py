@@ -24,7 +24,8 @@ from pathlib import Path
 import keras
 
 from keras_vit.training.distribute import PRECISIONS, get_strategy, prepare_multi_worker, set_precision, worker_info
-from keras_vit.training.recipe import MODEL_KEYS, TRAIN_KEYS, compile_model
+from keras_vit.training.optim import compile_model
+from keras_vit.training.recipe import DATA, HARDWARE, MODEL, OPTIM, RUN
 from keras_vit.training.rundir import RunBackup, prepare_run_dir, to_float, write_history_files
 from keras_vit.utils.io import atomic_path, remove_stale_temporaries, write_json
 from keras_vit.utils.locks import exclusive_lock
@@ -260,36 +261,31 @@ def _check_classes(model, info):
             f"({', '.join(map(str, info.class_names[:10]))}). Build it with num_classes={info.num_classes}.")
 
 
-def train_from_config(config):
-    """Loads the data, builds a ViT and trains it from a flat configuration.
+def train_from_config(recipe):
+    """Loads the data, builds a ViT and trains it as a `Recipe` says.
 
     Args:
-        config: dict from `resolve_recipe`.
+        recipe: a `Recipe` (e.g. from `Recipe.from_sources`).
 
     Returns:
         A `TrainResult`.
 
     Example:
-    >>> result = train_from_config(resolve_recipe("digits", epochs=1))
+    >>> result = train_from_config(Recipe.from_sources("digits", epochs=1))
     """
     from keras_vit.data import load_data
     from keras_vit.models import build_vit
 
-    strategy = get_strategy(config["strategy"])  # before any other TF work
-    train_ds, val_ds, test_ds, info = load_data(
-        config["dataset"], config["image_size"], config["batch_size"],
-        validation_split=config["validation_split"], test_split=config["test_split"],
-        seed=config["seed"], augment=config["augment"], channels=config["channels"],
-        data_dir=config["data_dir"], download=config["download"],
-    )
-    model_kwargs = {k: config[k] for k in MODEL_KEYS if k != "preset" and config[k] is not None}
+    strategy = get_strategy(recipe.strategy)  # before any other TF work
+    data = recipe.group(DATA)
+    source, size, batch = data.pop("dataset"), data.pop("image_size"), data.pop("batch_size")
+    train_ds, val_ds, test_ds, info = load_data(source, size, batch, seed=recipe.seed, **data)
+    model = recipe.group(MODEL, keep_none=False)
+    preset = model.pop("preset", None)
 
     def build():
-        return build_vit(config["preset"], image_size=config["image_size"],
-                         num_classes=info.num_classes, channels=info.channels, **model_kwargs)
+        return build_vit(preset, image_size=size, num_classes=info.num_classes, channels=info.channels, **model)
 
-    return train(
-        build, (train_ds, val_ds, test_ds, info),
-        **{k: config[k] for k in TRAIN_KEYS if k not in ("strategy",)},
-        strategy=strategy, config=config,
-    )
+    run = {k: v for k, v in {**recipe.group(RUN), **recipe.group(OPTIM), **recipe.group(HARDWARE)}.items()
+           if k not in ("recipe", "strategy")}
+    return train(build, (train_ds, val_ds, test_ds, info), **run, strategy=strategy, config=recipe.to_dict())
