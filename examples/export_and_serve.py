@@ -24,12 +24,12 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from keras_vit import build_vit
+from keras_vit.cli.common import format_table
 from keras_vit.export import (
     QUANTIZATIONS,
     benchmark,
     export_saved_model,
     export_tflite,
-    format_table,
     load_predictor,
 )
 

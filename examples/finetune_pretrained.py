@@ -23,7 +23,7 @@ import tempfile
 
 import numpy as np
 
-from keras_vit import weights
+from keras_vit.training import fine_tune
 
 
 def write_demo_checkpoint(path, dim=32, depth=2, heads=4, mlp=64, patch=4, grid=4, classes=1000, seed=0):
@@ -98,7 +98,7 @@ def main(argv=None):
     elif not (args.checkpoint and args.data):
         parser.error("pass --checkpoint and --data, or --demo")
 
-    result = weights.fine_tune(
+    result = fine_tune(
         args.checkpoint, args.data, run_dir=args.run_dir, image_size=args.image_size,
         epochs=args.epochs, frozen_epochs=args.frozen_epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, num_heads=args.num_heads, verbose=2,

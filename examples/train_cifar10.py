@@ -13,7 +13,7 @@ Any flag of `keras-vit train` can be added (e.g. --strategy mirrored).
 
 import argparse
 
-from keras_vit.training import resolve_config, train_from_config
+from keras_vit.training import resolve_recipe, train_from_config
 
 TINY = dict(jit_compile=False, image_size=16, patch_size=4, hidden_dim=16, depth=1, num_heads=2,
             mlp_dim=32, batch_size=16, precision="float32")
@@ -27,7 +27,7 @@ def main(argv=None):
     parser.add_argument("--run-dir", default="runs/cifar10", help="run directory")
     parser.add_argument("--tiny", action="store_true", help="a tiny model in float32, for smoke tests")
     args = parser.parse_args(argv)
-    config = resolve_config(
+    config = resolve_recipe(
         "cifar10", data_dir=args.data_dir, download=args.download or None, epochs=args.epochs,
         run_dir=args.run_dir, **(TINY if args.tiny else {}))
     result = train_from_config(config)

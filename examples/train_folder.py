@@ -11,7 +11,7 @@ Unreadable files are skipped with a warning that lists them.
 
 import argparse
 
-from keras_vit.training import resolve_config, train_from_config
+from keras_vit.training import resolve_recipe, train_from_config
 
 TINY = dict(jit_compile=False, patch_size=4, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32, batch_size=8)
 
@@ -24,7 +24,7 @@ def main(argv=None):
     parser.add_argument("--run-dir", help="run directory (default: runs/<folder>-small)")
     parser.add_argument("--tiny", action="store_true", help="a tiny model, for smoke tests")
     args = parser.parse_args(argv)
-    config = resolve_config(
+    config = resolve_recipe(
         "small", dataset=args.folder, image_size=args.image_size, epochs=args.epochs,
         run_dir=args.run_dir, **(TINY if args.tiny else {}))
     result = train_from_config(config)

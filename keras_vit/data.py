@@ -276,6 +276,15 @@ def _carve_splits(splits, test_split, validation_split, seed):
 
 def _check_arrays(x, y, num_classes, name="arrays"):
     x, y = np.asarray(x), np.asarray(y)
+    if len(x) == 0:
+        raise ValueError(f"The {name} are empty (0 images).")
+    if x.dtype.kind not in "uif":
+        raise ValueError(f"The images of the {name} must be numbers (uint8, int or float). Received dtype {x.dtype}.")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+        raise ValueError(
+            f"The images of the {name} hold NaN or infinite pixels ({len(bad)} images, the first at "
+            f"index {bad[0]}); training on them gives a NaN loss. Clean or drop them first.")
     if len(x) != len(y):
         raise ValueError(
             f"The images and labels of the {name} have different lengths: "
@@ -303,6 +312,9 @@ def _check_arrays(x, y, num_classes, name="arrays"):
 
 def _array_splits(arrays, num_classes, test_split, validation_split, seed):
     """Splits in-memory arrays; `arrays` maps split name to (x, y)."""
+    for name, (_, y) in arrays.items():
+        if len(np.asarray(y)) == 0:
+            raise ValueError(f"The {name} arrays are empty (0 images).")
     if num_classes is None:
         num_classes = int(max(np.max(np.asarray(y)) for _, y in arrays.values())) + 1
     checked = {name: _check_arrays(x, y, num_classes, f"{name} arrays") for name, (x, y) in arrays.items()}
@@ -616,6 +628,10 @@ def load_data(
             name, data_dir, download, splits, validation_split, test_split)
         description = f"tfds:{name}"
     num_classes = len(class_names)
+    if num_classes < 2:
+        raise ValueError(
+            f"The data has {num_classes} class ({', '.join(map(str, class_names))}); a classifier needs at "
+            "least 2 classes (every prediction would be right and nothing learned).")
     channels = channels or source_channels
 
     settings = ImageSettings(size, channels, interpolation, antialias, resize)

@@ -9,8 +9,6 @@ mode (`KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP`,
 `KERASTUNER_ORACLE_PORT`) spreads one search over several processes.
 """
 
-import csv
-import json
 import math
 import os
 import shutil
@@ -20,8 +18,10 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 
-from keras_vit.layers import check_choice, grid_size, pair
+from keras_vit.layers import grid_size
+from keras_vit.utils.validation import check_choice, pair
 from keras_vit.models import build_vit
+from keras_vit.utils.io import atomic_path, new_figure, save_figure, write_csv, write_json
 
 # The default search space. A list is a choice; a (low, high) tuple is a
 # range, sampled on a log scale for the entries in LOG_SCALE. Every entry
@@ -140,6 +140,15 @@ class ViTHyperModel(keras_tuner.HyperModel):
 
     def _check_space(self):
         for name, value in self.space.items():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            kind = str if name in ("pooling", "pos_embedding") else (
+                float if name in ("drop_path_rate", "learning_rate", "weight_decay", "warmup_fraction",
+                                  "label_smoothing", "augment") else int)
+            if not all((isinstance(v, (int, float)) and not isinstance(v, bool)) if kind is float
+                       else (isinstance(v, kind) and not isinstance(v, bool)) for v in values):
+                raise ValueError(
+                    f"The search-space entry `{name}` takes {'strings' if kind is str else kind.__name__ + 's'}. "
+                    f"Received: {name}={value!r}")
             if isinstance(value, list) and not value:
                 raise ValueError(f"The search-space entry `{name}` is an empty list of choices.")
             if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):
@@ -350,46 +359,25 @@ def trial_rows(tuner):
 
 
 def write_results(rows, out_dir, objective):
-    """Writes `results.csv`, `results.json` and `trials.png` under `out_dir`."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-
-    def write_csv(tmp):
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write_json(tmp):
-        with open(tmp, "w") as f:
-            json.dump({"objective": objective, "trials": rows}, f, indent=2, default=str)
-
-    def write_png(tmp):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        done = [(i, r["score"]) for i, r in enumerate(rows) if r["score"] is not None]
-        failed = [i for i, r in enumerate(rows) if r["score"] is None]
-        if done:
-            ax.plot(*zip(*done), "o", label="trial score")
-            best = np.maximum.accumulate if "loss" not in objective else np.minimum.accumulate
-            ax.plot([i for i, _ in done], best([s for _, s in done]), "-", label="best so far")
-        if failed:
-            ax.plot(failed, [0] * len(failed), "x", color="red", label="failed")
-        ax.set_xlabel("trial")
-        ax.set_ylabel(objective)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(tmp, format="png")
-        plt.close(fig)
-
-    from keras_vit.training import atomic_path
-
-    for name, write in (("results.csv", write_csv), ("results.json", write_json), ("trials.png", write_png)):
-        with atomic_path(os.path.join(out_dir, name)) as tmp:
-            write(tmp)
+    """Writes `results.csv`, `results.json` and `trials.png` under `out_dir`,
+    each atomically."""
+    write_csv(os.path.join(out_dir, "results.csv"), rows)
+    write_json(os.path.join(out_dir, "results.json"), {"objective": objective, "trials": rows})
+    fig = new_figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    done = [(i, r["score"]) for i, r in enumerate(rows) if r["score"] is not None]
+    failed = [i for i, r in enumerate(rows) if r["score"] is None]
+    if done:
+        ax.plot(*zip(*done), "o", label="trial score")
+        best = np.maximum.accumulate if "loss" not in objective else np.minimum.accumulate
+        ax.plot([i for i, _ in done], best([s for _, s in done]), "-", label="best so far")
+    if failed:
+        ax.plot(failed, [0] * len(failed), "x", color="red", label="failed")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(objective)
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, os.path.join(out_dir, "trials.png"))
 
 
 def tune(
@@ -503,8 +491,6 @@ def tune(
         raise RuntimeError(f"Every trial failed; see {os.path.join(out_dir, 'results.csv')}.")
     best_hp = search.get_best_hyperparameters(1)[0]
     best_model = search.get_best_models(1)[0]
-    from keras_vit.training import atomic_path
-
     with atomic_path(os.path.join(out_dir, "best_model.keras")) as tmp:
         best_model.save(tmp)
     return best_model, best_hp
@@ -512,95 +498,3 @@ def tune(
 
 def _is_distributed_worker():
     return "KERASTUNER_ORACLE_IP" in os.environ and "chief" not in os.environ.get("KERASTUNER_TUNER_ID", "")
-
-
-# ------------------------------------------------------------------- cli
-
-
-def _parse_space(entries, name):
-    """Parses KEY=VALUE[,VALUE...] (or KEY=LOW:HIGH for a range)."""
-    out = {}
-    for entry in entries or ():
-        if "=" not in entry:
-            raise ValueError(f"`--{name}` takes KEY=VALUE. Received: {entry!r}")
-        key, text = entry.split("=", 1)
-
-        def number(v):
-            for cast in (int, float):
-                try:
-                    return cast(v)
-                except ValueError:
-                    pass
-            return v
-
-        if ":" in text:
-            low, high = (number(v) for v in text.split(":", 1))
-            out[key] = (low, high)
-        else:
-            values = [number(v) for v in text.split(",")]
-            out[key] = values if len(values) > 1 or name == "space" else values[0]
-    return out
-
-
-def add_cli(subparsers):
-    """Registers `keras-vit tune`."""
-    parser = subparsers.add_parser(
-        "tune",
-        help="Search ViT architectures and training recipes with KerasTuner.",
-        description="Hyperparameter search with KerasTuner. Re-run the same command to resume.",
-    )
-    parser.add_argument("--dataset", default="digits", help="load_data source (default: digits, offline)")
-    parser.add_argument("--image-size", type=int, default=16, help="image size in pixels (default: 16)")
-    parser.add_argument("--tuner", default="random", choices=tuple(TUNERS), help="search algorithm")
-    parser.add_argument("--max-trials", type=int, default=4, help="number of trials (default: 4)")
-    parser.add_argument("--executions-per-trial", type=int, default=1, help="models trained per trial")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (default: 10)")
-    parser.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
-    parser.add_argument("--objective", default="val_accuracy", choices=OBJECTIVES, help="metric to optimise")
-    parser.add_argument("--directory", default="tuning", help="folder of the search (default: tuning)")
-    parser.add_argument("--project-name", default="vit", help="sub-folder of this search")
-    parser.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the oracle and data split")
-    parser.add_argument("--space", action="append", metavar="KEY=V1,V2|LOW:HIGH",
-                        help=f"narrow a search-space entry; keys: {', '.join(DEFAULT_SPACE)}")
-    parser.add_argument("--fix", action="append", metavar="KEY=VALUE", help="fix a search-space entry")
-    parser.add_argument("--top", type=int, default=5, help="rows in the final table (default: 5)")
-    parser.set_defaults(func=_run_cli, parser=parser)
-
-
-def _run_cli(args):
-    try:
-        space = _parse_space(args.space, "space")
-        fixed = _parse_space(args.fix, "fix")
-        if args.max_trials < 1:
-            raise ValueError(f"`--max-trials` must be >= 1. Received: {args.max_trials}")
-    except ValueError as err:
-        args.parser.error(str(err))
-    _, best_hp = tune(
-        args.dataset, tuner=args.tuner, max_trials=args.max_trials,
-        executions_per_trial=args.executions_per_trial, objective=args.objective,
-        directory=args.directory, project_name=args.project_name, epochs=args.epochs,
-        patience=args.patience, image_size=args.image_size, space=space, fixed=fixed,
-        overwrite=args.overwrite, seed=args.seed, verbose=2,
-    )
-    if best_hp is None:
-        print("Worker finished; the chief writes the results.")
-        return 0
-    out_dir = os.path.join(args.directory, args.project_name)
-    with open(os.path.join(out_dir, "results.json")) as f:
-        rows = json.load(f)["trials"]
-    done = [r for r in rows if r["score"] is not None]
-    done.sort(key=lambda r: r["score"], reverse="loss" not in args.objective)
-    keys = ["trial_id", "score", "patch_size", "hidden_dim", "num_heads", "depth",
-            "learning_rate", "batch_size"]
-    print(f"\nBest trials ({args.objective}); {len(rows) - len(done)} failed; results in {out_dir}")
-    print(" | ".join(f"{k:>13}" for k in keys))
-    for row in done[: args.top]:
-        print(" | ".join(f"{_fmt(row.get(k)):>13}" for k in keys))
-    return 0
-
-
-def _fmt(value):
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)

@@ -49,11 +49,14 @@ def test_help_explains_every_flag(capsys):
     (["--learning-rate", "0.1", "--restart", "--resume"], "not allowed with argument"),
 ])
 def test_bad_flags_are_usage_errors(capsys, args, message):
-    with pytest.raises(SystemExit) as exit_:
-        main(["train", *args])
-    assert exit_.value.code == 2
+    try:
+        code = main(["train", *args])
+    except SystemExit as exit_:  # argparse's own checks
+        code = exit_.code
+    assert code == 2
     err = capsys.readouterr().err
-    assert "usage: keras-vit" in err and message in err
+    assert ("usage: keras-vit" in err or "keras-vit train: error:" in err) and message in err
+    assert "Traceback" not in err
 
 
 def test_bad_dataset_is_a_clear_error(tmp_path, capsys):
@@ -115,8 +118,9 @@ def test_kill_9_mid_epoch_then_rerun_resumes(tmp_path):
     assert f"Epoch {killed_at + 1}/4" in rerun.stdout and "Epoch 1/4" not in rerun.stdout
     rows = (run / "history.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4]
-    assert not [p for p in run.rglob(".*")], "a temporary file was left behind"
-    keras.saving.load_model(run / "checkpoints" / "last.keras")
+    assert not [p for p in run.rglob(".*") if p.name != ".keras_vit.lock"], "a temporary file was left behind"
+    keras.saving.load_model(run / "checkpoints" / "best.keras")
+    keras.saving.load_model(run / "model.keras")
 
 
 def free_port():
@@ -156,3 +160,29 @@ def test_two_workers_train_the_same_model(tmp_path):
     for wa, wb in zip(a, b):
         np.testing.assert_array_equal(wa, wb)
     assert chief["test"] == worker["test"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs: [1\n", "is not valid YAML"),
+    ('epochs: !!python/object/apply:os.system ["echo hi"]\n', "tags that are not allowed"),
+])
+def test_bad_config_files_are_usage_errors_without_a_traceback(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"keras-vit train: error: The config file {path}" in err and message in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_usage_errors_of_tune_and_predict_exit_2(tmp_path, capsys):
+    assert main(["tune", "--fix", "hidden_dim=abc", "--directory", str(tmp_path)]) == 2
+    assert "`hidden_dim` takes ints. Received: hidden_dim='abc'" in capsys.readouterr().err
+    assert main(["tune", "--space", "foo=1,2", "--directory", str(tmp_path)]) == 2
+    assert "Unknown search-space entries: ['foo']" in capsys.readouterr().err
+    for argv, message in ((["tune", "--epochs", "0"], "--epochs: expected an int >= 1, got 0"),
+                          (["predict", "m.keras", "x.png", "--top-k", "0"], "--top-k: expected an int >= 1"),
+                          (["train", "--jit-compile", "maybe"], "invalid choice: 'maybe'")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -18,8 +18,7 @@ import torch
 
 from keras_vit import build_vit
 from keras_vit import convert
-from keras_vit.layers import resample_posemb
-from keras_vit.utils.validation import pair
+from keras_vit.layers import pair, resample_posemb
 from tests.conftest import run_python
 
 
@@ -113,17 +112,26 @@ TIMM_CONFIGS = {
         dict(),
         ".pth",
     ),
-    "layer_scale_qk_norm_registers": (
+    "avg_fc_norm": (  # timm's default for global_pool="avg" (MAE and many fine-tunes)
         dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2,
-             init_values=0.5, qk_norm=True, reg_tokens=2, no_embed_class=True),
-        dict(pooling="cls"),
+             global_pool="avg"),
+        dict(),
         ".safetensors",
     ),
-    # timm's default for average pooling: no final norm, a LayerNorm after pooling
-    "avg_fc_norm": (
-        dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0,
-             global_pool="avg"),
-        dict(pooling="gap"),
+    "norm_pre_clip_style": (
+        dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2, pre_norm=True),
+        dict(),
+        ".safetensors",
+    ),
+    "non_square_grid_whose_rows_are_a_square": (  # 4x6 patches + class token = 25 = 5**2 rows
+        dict(img_size=(16, 24), patch_size=4, num_classes=3, embed_dim=16, depth=1, num_heads=2),
+        dict(image_size=(16, 24)),
+        ".safetensors",
+    ),
+    "no_embed_class_non_square": (  # 5x5 patches without a class row: 25 rows, and a class token
+        dict(img_size=20, patch_size=4, num_classes=3, embed_dim=16, depth=1, num_heads=2,
+             no_embed_class=True),
+        dict(image_size=20),
         ".safetensors",
     ),
     "linear_patch_embedding": (
@@ -138,6 +146,12 @@ TIMM_CONFIGS = {
         dict(norm_epsilon=1e-5, activation="quick_gelu"),
         ".pth",
     ),
+    "layer_scale_qk_norm_registers": (
+        dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2,
+             init_values=0.5, qk_norm=True, reg_tokens=2, no_embed_class=True),
+        dict(pooling="cls"),
+        ".safetensors",
+    ),
 }
 
 
@@ -149,6 +163,7 @@ def test_timm_state_dict_gives_timm_logits(timm_vit, tmp_path, name):
     path = save_state_dict(reference.state_dict(), tmp_path / f"vit{suffix}")
     model = convert.from_checkpoint(path, num_heads=timm_kwargs["num_heads"], **build_kwargs)
     h, w = pair(timm_kwargs["img_size"], "img_size")
+    assert model.image_size == (h, w)
     images = pixels(h, w)
     diff = np.abs(model.predict(images, verbose=0) - timm_logits(reference, images)).max()
     print(f"{name}: max |logit difference| = {diff:.2e}")
@@ -432,7 +447,7 @@ def test_timm_preset_directory_gives_timm_logits_from_raw_pixels(timm_vit, tmp_p
     print(f"{preset}: max |logit difference| = {diff:.2e}")
     assert diff < TOL
     assert model.class_names == ["w", "x", "y", "z"]
-    assert model.preprocessing == {"interpolation": cfg["interpolation"]}
+    assert model.preprocessing["interpolation"] == cfg["interpolation"]
     assert model.backbone.pixel_mean == list(cfg["mean"])
     for key, value in expected_config.items():
         assert getattr(model.backbone, key) == value
@@ -444,18 +459,18 @@ def test_timm_preset_directory_gives_timm_logits_from_raw_pixels(timm_vit, tmp_p
     assert other.predict(pixels(3 * size // 2, 3 * size // 2), verbose=0).shape == (2, 2)
 
 
-def test_timm_config_args_reads_what_the_weights_do_not_record():
-    args = convert.timm_config_args({
-        "architecture": "vit_base_patch16_clip_quickgelu_224", "global_pool": "avg",
+def test_timm_preset_settings_read_what_the_weights_do_not_record():
+    settings = convert.timm_preset_settings({
+        "architecture": "vit_base_patch16_clip_quickgelu_224", "global_pool": "avg", "num_classes": 2,
         "model_args": {"num_heads": 3}, "label_names": ["a", "b"],
-        "pretrained_cfg": {"input_size": [3, 48, 64], "interpolation": "bilinear",
+        "pretrained_cfg": {"input_size": [3, 48, 64], "interpolation": "bilinear", "crop_pct": 0.9,
                            "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}})
-    assert args == dict(num_heads=3, pooling="gap", norm_epsilon=1e-5, activation="quick_gelu",
-                        pixel_mean=[0.1, 0.2, 0.3], pixel_std=[0.4, 0.5, 0.6], image_size=(48, 64),
-                        preprocessing={"interpolation": "bilinear"}, class_names=["a", "b"])
-    assert convert.timm_config_args({}) == {}
+    assert settings == dict(
+        num_heads=3, pooling="gap", norm_epsilon=1e-5, activation="quick_gelu", pixel_mean=[0.1, 0.2, 0.3],
+        pixel_std=[0.4, 0.5, 0.6], image_size=(48, 64), class_names=["a", "b"],
+        preprocessing=dict(interpolation="bilinear", crop_pct=0.9, source="vit_base_patch16_clip_quickgelu_224"))
     with pytest.raises(ValueError, match="global_pool='avgmax' is not supported"):
-        convert.timm_config_args({"global_pool": "avgmax"})
+        convert.timm_preset_settings({"global_pool": "avgmax"})
 
 
 # --------------------------------------------------------------------------

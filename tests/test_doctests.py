@@ -24,7 +24,7 @@ MODULES = (
     "keras_vit.convert.timm",
     "keras_vit.convert.big_vision",
     "keras_vit.convert.assign",
-    "keras_vit.convert.build",
+    "keras_vit.convert.checkpoint",
 )
 
 

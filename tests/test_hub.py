@@ -82,3 +82,58 @@ def test_a_directory_without_weights_or_config_is_refused(tmp_path):
 
 def test_parse_hf_handle_keeps_the_revision():
     assert parse_hf_handle("hf://timm/x@v1.0") == ("timm/x", "v1.0")
+
+
+def test_from_preset_loads_a_timm_hub_repository_exactly(tmp_path):
+    """A timm checkpoint saved in timm's own hub layout (save_for_hf) in a local
+    cache: from_preset("hf://...") reproduces timm's logits, takes the image
+    size from the config (a 4x6 grid, whose 25 rows look square), and records
+    the normalisation and interpolation; a saved preset reloads too."""
+    import numpy as np
+    import torch
+
+    from tests.test_convert import import_timm_vit, random_timm
+
+    VisionTransformer, _ = import_timm_vit()
+    import timm
+    from timm.models._hub import save_for_hf
+
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(16, 24), patch_size=4,
+                                  num_classes=3, embed_dim=16, depth=2, num_heads=2, global_pool="avg")
+    state = random_timm(VisionTransformer, img_size=(16, 24), patch_size=4, num_classes=3, embed_dim=16,
+                        depth=2, num_heads=2, global_pool="avg").state_dict()
+    reference.load_state_dict(state)
+    reference.eval()
+    snapshot = make_hub_cache(tmp_path / "hub", "timm/tiny_test", {})
+    save_for_hf(reference, snapshot)
+    config = json.loads((snapshot / "config.json").read_text())
+    images = np.random.default_rng(0).uniform(0, 255, (2, 16, 24, 3)).astype("float32")
+    mean, std = np.array(config["pretrained_cfg"]["mean"]), np.array(config["pretrained_cfg"]["std"])
+    with torch.no_grad():
+        x = torch.from_numpy(((images / 255.0 - mean) / std).astype("float32")).permute(0, 3, 1, 2)
+        expected = reference(x).numpy()
+    np.save(tmp_path / "images.npy", images)
+    code = f"""
+import json, numpy as np
+from keras_vit.models import ViTClassifier, ViTBackbone
+model = ViTClassifier.from_preset("hf://timm/tiny_test")
+images = np.load({str(tmp_path / 'images.npy')!r})
+model.save_to_preset({str(tmp_path / 'mine')!r})
+again = ViTClassifier.from_preset({str(tmp_path / 'mine')!r})
+new_head = ViTClassifier.from_preset("hf://timm/tiny_test", num_classes=7)
+backbone = ViTBackbone.from_preset("hf://timm/tiny_test")
+print("RESULT" + json.dumps(dict(
+    logits=model.predict(images, verbose=0).tolist(), again=again.predict(images, verbose=0).tolist(),
+    size=list(model.image_size), pooling=model.pooling, fc_norm=model.fc_norm is not None,
+    mean=model.backbone.pixel_mean, interpolation=model.preprocessing["interpolation"],
+    new_head=new_head.num_classes, backbone=type(backbone).__name__)))
+"""
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "home")}
+    out = json.loads(run_python(code, env=env).stdout.split("RESULT", 1)[1])
+    diff = np.abs(np.array(out["logits"]) - expected).max()
+    print(f"hf:// timm preset, avg + fc_norm, 4x6 grid: max |logit difference| = {diff:.2e}")
+    assert diff < 1e-5
+    np.testing.assert_allclose(out["again"], out["logits"], atol=1e-6)
+    assert out["size"] == [16, 24] and out["pooling"] == "gap" and out["fc_norm"]
+    assert out["mean"] == list(mean) and out["interpolation"] == config["pretrained_cfg"]["interpolation"]
+    assert out["new_head"] == 7 and out["backbone"] == "ViTBackbone"

@@ -10,13 +10,14 @@ from keras_vit import build_vit
 from keras_vit.data import load_data
 from keras_vit.training import (
     RECIPES,
-    atomic_path,
+    RunBackup,
     compile_model,
     make_optimizer,
     make_schedule,
-    resolve_config,
+    resolve_recipe,
     train,
 )
+from keras_vit.utils.io import atomic_path
 from tests.conftest import tiny_vit_kwargs
 
 DIGITS = tiny_vit_kwargs(image_size=8, num_classes=10, channels=1, depth=1)
@@ -80,9 +81,12 @@ def test_train_writes_a_complete_run_directory(tmp_path, digits):
     result = train(tiny_model, digits, epochs=2, run_dir=run, learning_rate=3e-3, warmup_epochs=0.5,
                    seed=0, verbose=0)  # jit_compile="auto": XLA where available
     for name in ("config.json", "history.csv", "history.png", "metrics.json", "model.keras",
-                 "checkpoints/last.keras", "checkpoints/best.keras",
-                 "backup/training_metadata.json"):
+                 "checkpoints/best.keras", "backup/training_metadata.json"):
         assert (run / name).is_file(), name
+    # Per epoch only the resume state and an improved best model are written,
+    # not the whole model with its optimizer (gigabytes an epoch for ViT-B).
+    assert not (run / "checkpoints" / "last.keras").exists()
+    assert not isinstance(RunBackup(run), keras.callbacks.BackupAndRestore)
     assert list((run / "logs").rglob("events.out.tfevents*")), "no TensorBoard logs"
     assert (run / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = (run / "history.csv").read_text().splitlines()
@@ -93,7 +97,7 @@ def test_train_writes_a_complete_run_directory(tmp_path, digits):
     config = json.loads((run / "config.json").read_text())
     assert config["learning_rate"] == 3e-3 and config["data"]["num_classes"] == 10
     # leftovers of atomic writes would start with a dot
-    assert not [p for p in run.rglob(".*")]
+    assert not [p for p in run.rglob(".*") if p.name != ".keras_vit.lock"]
     reloaded = keras.saving.load_model(run / "model.keras")
     images = next(iter(digits[2]))[0]
     np.testing.assert_allclose(reloaded.predict(images, verbose=0),
@@ -173,20 +177,20 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
-def test_resolve_config_priorities(tmp_path):
+def test_resolve_recipe_priorities(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 5\nhidden-dim: 32\nrecipe: digits\n")
-    config = resolve_config(config_file=path, epochs=7)
-    assert config["epochs"] == 7 and config["hidden_dim"] == 32
-    assert config["depth"] == RECIPES["digits"]["depth"]
-    assert config["run_dir"].endswith("digits-digits")
+    config = resolve_recipe(config_file=path, epochs=7)
+    assert config.epochs == 7 and config.hidden_dim == 32
+    assert config.depth == RECIPES["digits"]["depth"]
+    assert config.run_dir.endswith("digits-digits")
     with pytest.raises(ValueError, match="Unknown setting.*colour"):
-        resolve_config(colour="red")
+        resolve_recipe(colour="red")
     with pytest.raises(ValueError, match="recipe"):
-        resolve_config("huge")
+        resolve_recipe("huge")
     (tmp_path / "c.txt").write_text("epochs: 1")
     with pytest.raises(ValueError, match=".yaml, .yml or .json"):
-        resolve_config(config_file=tmp_path / "c.txt")
+        resolve_recipe(config_file=tmp_path / "c.txt")
 
 
 def test_strategies_and_worker_info(monkeypatch):
@@ -206,5 +210,92 @@ def test_strategies_and_worker_info(monkeypatch):
 
 def test_recipe_warmup_longer_than_a_short_run_is_shortened_with_a_warning():
     with pytest.warns(UserWarning, match="warmup_epochs=3 is not shorter than epochs=2"):
-        config = resolve_config("digits", epochs=2)
-    assert config["warmup_epochs"] == pytest.approx(0.2)
+        config = resolve_recipe("digits", epochs=2)
+    assert config.warmup_epochs == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(epochs=0), "`epochs` must be an int >= 1. Received: epochs=0"),
+    (dict(batch_size=True), "`batch_size` must be an int >= 1. Received: batch_size=True"),
+    (dict(learning_rate="fast"), "`learning_rate` must be a number >= 0"),
+    (dict(validation_split=1.5), "`validation_split` must be in [0, 1)"),
+    (dict(download="yes"), "`download` must be a bool"),
+    (dict(pooling="max"), "Unknown `pooling`: 'max'"),
+    (dict(augment="wild"), "Unknown `augment`: 'wild'"),
+    (dict(jit_compile="maybe"), "Unknown `jit_compile`: 'maybe'"),
+])
+def test_one_recipe_checks_every_setting_before_anything_runs(overrides, message):
+    with pytest.raises(ValueError) as info:
+        resolve_recipe("digits", **overrides)
+    assert message in str(info.value)
+
+
+def test_the_recipe_fields_are_the_train_flags():
+    import dataclasses
+
+    from keras_vit.cli.main import build_parser
+    from keras_vit.training import Recipe
+
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {option for action in train_parser._actions for option in action.option_strings}
+    for field in dataclasses.fields(Recipe):
+        if field.name != "resume":
+            assert "--" + field.name.replace("_", "-") in flags, field.name
+    assert {"--resume", "--restart", "--config"} <= flags
+
+
+def test_invalid_settings_are_refused_before_the_run_directory_is_touched(tmp_path, digits):
+    run = tmp_path / "run"
+    train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    bad_model = lambda: build_vit(**tiny_vit_kwargs(hidden_dim=16, num_heads=3, num_classes=10, channels=1))  # noqa
+    with pytest.raises(ValueError, match="divisible by `num_heads`"):
+        train(bad_model, digits, epochs=1, run_dir=run, resume=False, verbose=0)
+    with pytest.raises(ValueError, match="model has 4 classes but the data has 10"):
+        train(lambda: build_vit(**tiny_vit_kwargs(channels=1)), digits, epochs=1, run_dir=run, resume=False)
+    with pytest.raises(ValueError, match="Unknown `monitor`: 'val_f1'"):
+        train(tiny_model, digits, epochs=1, run_dir=run, resume=False, monitor="val_f1")
+    with pytest.raises(ValueError, match="`steps_per_epoch` must be an int >= 1"):
+        train(tiny_model, digits, epochs=1, run_dir=run, resume=False, steps_per_epoch=0)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing deleted
+
+
+def test_a_run_directory_in_use_is_refused_and_stale_temporaries_are_cleaned(tmp_path, digits):
+    from keras_vit.utils.locks import exclusive_lock
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    stale = run / "checkpoints" / ".best.keras.tmp-123-abcd.keras"
+    stale.write_text("left by a killed write")
+    with exclusive_lock(run, "run directory"):  # another run holds it
+        with pytest.raises(ValueError, match="run directory .* is in use by process"):
+            train(tiny_model, digits, epochs=1, run_dir=run, verbose=0)
+    assert stale.exists()
+    train(tiny_model, digits, epochs=1, run_dir=run, verbose=0)
+    assert not stale.exists()
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_epoch(tmp_path, digits):
+    run = tmp_path / "run"
+    train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0)
+    good = json.loads((run / "backup" / "training_metadata.json").read_text())
+    class PoisonSecondEpoch(keras.callbacks.Callback):  # a weight turns NaN, as in a divergence
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.head.kernel.assign(np.full(self.model.head.kernel.shape, np.nan, "float32"))
+
+    with pytest.raises(ValueError, match="loss became NaN or infinite in epoch 2"):
+        train(tiny_model, digits, epochs=2, run_dir=run, seed=0, verbose=0, callbacks=[PoisonSecondEpoch()])
+    state = json.loads((run / "backup" / "training_metadata.json").read_text())
+    assert state["epoch"] == good["epoch"] == 1
+
+
+def test_data_that_cannot_train_a_classifier_is_refused():
+    x = np.random.default_rng(0).uniform(0, 255, (20, 8, 8)).astype("float32")
+    with pytest.raises(ValueError, match="a classifier needs at least 2 classes"):
+        load_data((x, np.zeros(20, "int32")), 8, 4)
+    x[3, 2, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite pixels .* first at index 3"):
+        load_data((x, np.arange(20) % 2), 8, 4)
+    with pytest.raises(ValueError, match="empty"):
+        load_data((np.zeros((0, 8, 8)), np.zeros(0, "int32")), 8, 4)

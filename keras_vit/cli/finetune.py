@@ -3,17 +3,11 @@
 import os
 
 from keras_vit.cli.common import non_negative_int, positive_int
-
-
-def _augment_arg(value):
-    """An augmentation strength (a number) or name (checked by `load_data`)."""
-    try:
-        return float(value)
-    except ValueError:
-        return value
+from keras_vit.cli.train import augment_arg
 
 
 def add_parser(subparsers):
+    """Registers `keras-vit finetune`."""
     parser = subparsers.add_parser(
         "finetune",
         help="Fine-tune a pretrained checkpoint (.npz, .safetensors, .pth) on an image folder or TFDS name.",
@@ -33,7 +27,7 @@ def add_parser(subparsers):
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup-epochs", type=float, default=0, help="learning-rate warmup of the full stage")
     parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument("--augment", type=_augment_arg, help="augmentation name or strength (see keras-vit train)")
+    parser.add_argument("--augment", type=augment_arg, help="augmentation name or strength (see keras-vit train)")
     parser.add_argument("--validation-split", type=float, default=0.1)
     parser.add_argument("--test-split", type=float, default=0.2)
     parser.add_argument("--data-dir", help="TFDS data directory")

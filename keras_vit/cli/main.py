@@ -17,8 +17,8 @@ import traceback
 
 # Command modules, in the order of the workflow.
 COMMAND_MODULES = (
-    "keras_vit.training",
-    "keras_vit.tuning",
+    "keras_vit.cli.train",
+    "keras_vit.cli.tune",
     "keras_vit.cli.export",
     "keras_vit.cli.predict",
     "keras_vit.cli.benchmark",
@@ -52,16 +52,14 @@ def build_parser():
                         help="show TensorFlow's start-up log lines (also KERAS_VIT_VERBOSE=1)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        module = importlib.import_module(name)
-        (getattr(module, "add_parser", None) or module.add_cli)(subparsers)
+        importlib.import_module(name).add_parser(subparsers)
     return parser
 
 
 def run_command(args):
     """Runs the parsed command under the error rule; returns the exit code."""
-    handler = getattr(args, "run", None) or args.func
     try:
-        return handler(args) or 0
+        return args.run(args) or 0
     except (ValueError, FileNotFoundError) as err:
         if not _ours(err):
             return _bug(args)

@@ -1,40 +1,33 @@
-"""Pretrained weights: the original ViT / big_vision `.npz` files and timm
-state dicts, loaded into keras_vit models.
+"""Foreign checkpoints to keras_vit models, in three steps:
 
-Reading a checkpoint runs no code from the file (`readers`). Loading goes
-in three steps, each a small function:
+1. `readers`: find the format from the file's bytes and read its arrays
+   without running code from it (npz, safetensors, PyTorch);
+2. `timm` / `big_vision`: rename every array to the canonical path of the
+   variable it fills (``"encoder_block_0/attention/qkv/kernel"``) and put
+   it in Keras layout (`rules`);
+3. `assign`: check every name and shape against the model's
+   `variable_table` (built from its attributes), then assign (positions
+   resampled to the model's grid), so a model is never left partly loaded.
 
-1. `read_checkpoint` finds the format from the file's bytes and returns the
-   arrays it holds (`readers`);
-2. `convert_npz` / `convert_timm` rename every array to the canonical path
-   of the variable it fills (``"encoder_block_0/attention/qkv/kernel"``)
-   and put it in Keras layout (`big_vision`, `timm`);
-3. `assign_weights` checks every name and shape against the model's
-   `variable_table` first and only then assigns (`assign`).
-
-`load_npz` / `load_timm` load a file into a model you built;
-`from_checkpoint` infers the architecture from the file and builds a
-`ViTClassifier` that fits it (`build`). Fine-tuning lives in `keras_vit.training.finetune`.
+`checkpoint` ties them together: `infer_config` reads the architecture from
+the tensors, `from_checkpoint(path)` builds a `ViTClassifier` that fits the
+file, and `from_timm_preset` serves `ViTClassifier.from_preset` for
+pretrained handles. `load_npz` / `load_timm` load a file into a model you
+built. This package builds on `keras_vit.models`; fine-tuning lives in
+`keras_vit.training.finetune`, which imports it, not the other way round.
 """
 
-from keras_vit.convert.assign import assign_weights, fit_position_embedding, variable_table
-from keras_vit.convert.big_vision import convert_npz
-from keras_vit.convert.build import (
-    convert_file,
-    default_num_heads,
-    from_checkpoint,
-    from_timm_preset,
-    infer_config,
-    load_npz,
-    load_timm,
-)
+from keras_vit.convert.assign import assign_weights, checkpoint_grid, fit_position_embedding, variable_table
+from keras_vit.convert.big_vision import convert_npz, load_npz
+from keras_vit.convert.checkpoint import (
+    convert_file, default_num_heads, from_checkpoint, from_timm_preset, infer_config, timm_preset_settings)
 from keras_vit.convert.readers import FORMATS, CheckpointError, detect_format, read_checkpoint
 from keras_vit.convert.rules import Converted
-from keras_vit.convert.timm import convert_timm, timm_config_args
+from keras_vit.convert.timm import convert_timm, load_timm
 
 __all__ = [
-    "FORMATS", "CheckpointError", "Converted", "assign_weights", "convert_file", "convert_npz",
-    "convert_timm", "default_num_heads", "detect_format", "fit_position_embedding", "from_checkpoint",
-    "from_timm_preset", "infer_config", "load_npz", "load_timm", "read_checkpoint", "timm_config_args",
-    "variable_table",
+    "FORMATS", "CheckpointError", "Converted", "assign_weights", "checkpoint_grid", "convert_file",
+    "convert_npz", "convert_timm", "default_num_heads", "detect_format", "fit_position_embedding",
+    "from_checkpoint", "from_timm_preset", "infer_config", "load_npz", "load_timm", "read_checkpoint",
+    "timm_preset_settings", "variable_table",
 ]

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 
 from keras_vit.convert.readers import CheckpointError
+from keras_vit.convert.rules import Converted
 from keras_vit.layers import AttentionPooling, resample_posemb
 
 # First path components of classifier parts: all of them are left out when
@@ -128,16 +129,60 @@ def square_grid(rows, name):
     return side, side
 
 
-def fit_position_embedding(table, new_grid, has_cls_token, interpolation="bicubic"):
+def checkpoint_grid(converted, model_grid=None):
+    """The patch grid of the checkpoint's position table and whether it has
+    a class-token row. Known from the checkpoint's metadata
+    (`converted.grid`), else from the target model's grid when the rows
+    fit it, and only then guessed as a square grid; never from a square
+    root when 1 + h * w happens to be a square.
+
+    Args:
+        converted: a `Converted` with a position table.
+        model_grid: the (h, w) grid of the model it goes into, or None.
+
+    Returns:
+        ((h, w), has_class_row).
+
+    Example:
+    >>> conv = Converted({POSITIONS: np.zeros((1, 25, 8)), "patch_encoder/cls_token": np.zeros((1, 1, 8))}, {})
+    >>> checkpoint_grid(conv, (4, 6)), checkpoint_grid(conv)
+    (((4, 6), True), ((5, 5), False))
+    """
+    rows = converted.tensors[POSITIONS].shape[1]
+    cls = "patch_encoder/cls_token" in converted.tensors
+    registers = converted.tensors.get("patch_encoder/registers")
+    for grid in (converted.grid, model_grid):
+        if grid is None:
+            continue
+        cells = grid[0] * grid[1]
+        if rows == int(cls) + cells:
+            return tuple(grid), cls
+        if cls and rows == cells:  # timm's no_embed_class: no position for the class token
+            return tuple(grid), False
+        if registers is not None and rows == int(cls) + registers.shape[1] + cells:
+            raise CheckpointError(
+                "Register tokens with their own position embeddings (timm's no_embed_class=False) "
+                "are not supported: keras_vit gives registers no position.")
+        if grid is converted.grid:
+            raise CheckpointError(
+                f"The checkpoint's position table has {rows} rows, which fits neither {int(cls)} + "
+                f"{cells} nor {cells} for its {grid[0]}x{grid[1]} patch grid.")
+    if cls and math.isqrt(rows - 1) ** 2 == rows - 1:
+        return square_grid(rows - 1, "position_embedding"), True
+    return square_grid(rows, "position_embedding"), False
+
+
+def fit_position_embedding(table, new_grid, has_cls_token, old_grid=None, interpolation="bicubic"):
     """Resamples learned positions (1, [cls] + h*w, D) to a new patch grid.
 
     The patch rows are resampled on their 2-D grid by
     `keras_vit.layers.resample_posemb`; the class-token row is kept as is.
 
     Args:
-        table: numpy array (1, rows, D) from a checkpoint (square grid).
+        table: numpy array (1, rows, D) from a checkpoint.
         new_grid: (h, w) patch grid of the target model.
         has_cls_token: whether the first row belongs to the class token.
+        old_grid: the checkpoint's (h, w) grid; a square one when None.
         interpolation: "bicubic" or "bilinear".
 
     Returns:
@@ -152,9 +197,19 @@ def fit_position_embedding(table, new_grid, has_cls_token, interpolation="bicubi
     patches = table[:, prefix:]
     if patches.shape[1] == new_grid[0] * new_grid[1]:
         return table
-    old_grid = square_grid(patches.shape[1], "position_embedding")
+    old_grid = tuple(old_grid or square_grid(patches.shape[1], "position_embedding"))
     resampled = np.asarray(resample_posemb(patches.astype("float32"), tuple(new_grid), old_grid, interpolation))
     return np.concatenate([table[:, :prefix].astype("float32"), resampled], axis=1)
+
+
+def _fit_positions(converted, encoder):
+    """The checkpoint's positions on the model's grid, with a zero class row
+    added where the checkpoint has none (timm's no_embed_class)."""
+    grid, class_row = checkpoint_grid(converted, encoder.grid_size)
+    table = converted.tensors[POSITIONS]
+    if encoder.use_cls_token and not class_row:
+        table = np.concatenate([np.zeros_like(table[:, :1]), table], axis=1)
+    return fit_position_embedding(table, encoder.grid_size, encoder.use_cls_token, grid, encoder.interpolation)
 
 
 def _fit_layouts(table, tensors):
@@ -249,9 +304,7 @@ def assign_weights(model, converted, replace_head=False):
     body = sorted(p for p in table if not _is_head(p))
     _check_names(table, converted, body)
     if POSITIONS in table:
-        encoder = getattr(model, "backbone", model).patch_encoder
-        tensors[POSITIONS] = fit_position_embedding(
-            tensors[POSITIONS], encoder.grid_size, encoder.use_cls_token, encoder.interpolation)
+        tensors[POSITIONS] = _fit_positions(converted, getattr(model, "backbone", model).patch_encoder)
     _fit_layouts(table, tensors)
     _check_shapes(table, converted, body)
     head, reason = _head_plan(table, tensors, replace_head)

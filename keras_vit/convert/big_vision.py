@@ -5,12 +5,15 @@ Handles google-research/vision_transformer's names
 and big_vision's (`params/` prefix, top-level `pos_embedding`, a scanned
 `Transformer/encoderblock/` with a leading depth axis, `MAPHead_0`). flax
 keeps query, key and value apart, per head; they are fused into keras_vit's
-[q | k | v] `qkv` projection.
+[q | k | v] `qkv` projection. `load_npz` loads a file into a model.
 """
+
+import os
 
 import numpy as np
 
-from keras_vit.convert.readers import CheckpointError
+from keras_vit.convert.assign import assign_weights
+from keras_vit.convert.readers import CheckpointError, read_checkpoint
 from keras_vit.convert.rules import apply_rules, flatten_heads, heads_out_kernel, same
 
 _BLOCK = r"encoder_block_\1"
@@ -104,3 +107,27 @@ def _fuse_qkv(converted):
             raise CheckpointError(f"The checkpoint lacks {', '.join(missing)} beside {sources[path]!r}.")
         tensors[base] = np.concatenate([tensors.pop(p) for p in parts], axis=-1)
         sources[base] = " + ".join(sources.pop(p) for p in parts)
+
+
+def load_npz(model, path, replace_head=False):
+    """Loads an original ViT / big_vision `.npz` checkpoint into `model`.
+
+    Args:
+        model: a `ViTClassifier` (or `ViTBackbone`) with the checkpoint's
+            architecture (its image size may differ: positions are resampled).
+        path: the `.npz` file (read with `allow_pickle=False`).
+        replace_head: bool, keep the model's classifier instead of loading
+            (or warning about) the checkpoint's.
+
+    Returns:
+        The model.
+
+    Example:
+    >>> model = build_vit("B/16", image_size=384, num_classes=10)  # doctest: +SKIP
+    >>> load_npz(model, "ViT-B_16.npz", replace_head=True)  # doctest: +SKIP
+    """
+    fmt, arrays = read_checkpoint(path)
+    if fmt != "npz":
+        raise CheckpointError(f"`load_npz` expects a .npz file; {os.fspath(path)!r} is a {fmt} file. Use `load_timm`.")
+    assign_weights(model, convert_npz(arrays), replace_head)
+    return model

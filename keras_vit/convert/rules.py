@@ -27,6 +27,8 @@ class Converted:
             error messages.
         num_heads: attention heads when the file records them (`.npz`
             files do, timm state dicts do not), else None.
+        grid: the checkpoint's (h, w) patch grid when its metadata says
+            (a timm ``config.json``), else None.
 
     Example:
     >>> Converted({"head/bias": np.zeros(3)}, {"head/bias": "head.bias"}).num_heads is None
@@ -36,6 +38,7 @@ class Converted:
     tensors: dict
     sources: dict
     num_heads: int = None
+    grid: tuple = None
 
 
 def same(w):

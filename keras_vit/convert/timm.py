@@ -2,18 +2,19 @@
 
 timm's Linear and Conv2d weights are transposed to Keras layout; the fused
 `qkv` projection keeps its [q | k | v] layout, which `MultiHeadSelfAttention`
-shares. Class-token-less position tables (`no_embed_class=True`) get a zero
-class row, and the attention pooling's fused key/value projection is split.
+shares, and the attention pooling's fused key/value projection is split.
+Position tables without a class row (`no_embed_class=True`) are completed
+when assigned (`keras_vit.convert.assign`). `load_timm` loads a state dict
+into a model.
 """
 
-import math
+import os
 
 import numpy as np
 
-from keras_vit.convert.readers import CheckpointError, state_dict_to_numpy
+from keras_vit.convert.assign import assign_weights
+from keras_vit.convert.readers import CheckpointError, read_checkpoint, state_dict_to_numpy
 from keras_vit.convert.rules import apply_rules, conv_kernel, dense_kernel, same
-from keras_vit.layers import ACTIVATIONS
-from keras_vit.preprocessing import INTERPOLATIONS as IMAGE_INTERPOLATIONS
 
 _BLOCK = r"encoder_block_\1"
 TIMM_RULES = (
@@ -75,20 +76,8 @@ def convert_timm(state_dict):
     (8, 10)
     """
     converted = apply_rules(state_dict_to_numpy(state_dict, "state_dict"), TIMM_RULES, TIMM_UNSUPPORTED)
-    _embed_class_position(converted)
     _rename_map_attention(converted)
-    _zero_patch_bias(converted)
     return converted
-
-
-def _zero_patch_bias(converted):
-    """timm's CLIP towers (`pre_norm=True`) embed patches without a bias;
-    keras_vit's patch projection always has one, and a zero bias computes
-    the same function."""
-    kernel = converted.tensors.get("patch_encoder/projection/kernel")
-    if kernel is not None and "patch_encoder/projection/bias" not in converted.tensors:
-        converted.tensors["patch_encoder/projection/bias"] = np.zeros(kernel.shape[-1], kernel.dtype)
-        converted.sources["patch_encoder/projection/bias"] = "(no patch_embed.proj.bias: zeros)"
 
 
 def _rename_map_attention(converted):
@@ -111,74 +100,29 @@ def _rename_map_attention(converted):
             sources[f"{base}key/{kind}"] = sources[f"{base}value/{kind}"] = source
 
 
-def _is_square(n):
-    return n > 0 and math.isqrt(n) ** 2 == n
-
-
-def _embed_class_position(converted):
-    """timm models with `no_embed_class=True` have no position row for the
-    class token; keras_vit always has one, so a zero row is prepended.
-    Registers with position rows (`no_embed_class=False`) are refused."""
-    tensors = converted.tensors
-    pos = tensors.get("patch_encoder/position_embedding")
-    if pos is None:
-        return
-    rows, cls = pos.shape[1], int("patch_encoder/cls_token" in tensors)
-    registers = tensors["patch_encoder/registers"].shape[1] if "patch_encoder/registers" in tensors else 0
-    if registers and _is_square(rows - cls - registers) and not _is_square(rows - cls):
-        raise CheckpointError(
-            "Register tokens with their own position embeddings (timm's no_embed_class=False) "
-            "are not supported: keras_vit gives registers no position.")
-    if cls and _is_square(rows) and not _is_square(rows - 1):
-        tensors["patch_encoder/position_embedding"] = np.concatenate([np.zeros_like(pos[:, :1]), pos], axis=1)
-
-# timm's global_pool -> keras_vit's pooling
-TIMM_POOLS = {"token": "cls", "avg": "gap", "map": "map"}
-
-
-def timm_config_args(config):
-    """The `build_vit` arguments a timm ``config.json`` records and the
-    weights do not: heads, pooling, LayerNorm epsilon (1e-5 for timm's CLIP
-    towers), activation, pixel mean/std, image size, interpolation and
-    class names.
+def load_timm(model, path_or_state_dict, replace_head=False):
+    """Loads a timm `VisionTransformer` state dict into `model`.
 
     Args:
-        config: the parsed ``config.json`` of a timm checkpoint (may be
-            empty).
+        model: a `ViTClassifier` (or `ViTBackbone`) with the checkpoint's
+            architecture.
+        path_or_state_dict: a `.safetensors` or PyTorch (`.pth`, `.pt`,
+            `.bin`, read with `weights_only=True`) file, or a dict of
+            tensors/arrays.
+        replace_head: bool, keep the model's classifier instead of loading
+            (or warning about) the checkpoint's.
 
     Returns:
-        dict of `build_vit` keyword arguments.
+        The model.
 
     Example:
-    >>> cfg = {"architecture": "vit_base_patch16_clip_224", "global_pool": "token",
-    ...        "pretrained_cfg": {"input_size": [3, 224, 224], "mean": [0.5], "std": [0.5]}}
-    >>> sorted(timm_config_args(cfg).items())
-    [('image_size', (224, 224)), ('norm_epsilon', 1e-05), ('pixel_mean', [0.5]), ('pixel_std', [0.5]), ('pooling', 'cls')]
+    >>> model = build_vit("S/16", num_classes=1000)  # doctest: +SKIP
+    >>> load_timm(model, "vit_small_patch16_224.safetensors")  # doctest: +SKIP
     """
-    args = {}
-    arch = str(config.get("architecture", ""))
-    model_args = config.get("model_args") or {}
-    pretrained = config.get("pretrained_cfg") or {}
-    if model_args.get("num_heads"):
-        args["num_heads"] = model_args["num_heads"]
-    pool = config.get("global_pool", model_args.get("global_pool"))
-    if pool:
-        if pool not in TIMM_POOLS:
-            raise CheckpointError(f"timm's global_pool={pool!r} is not supported; keras_vit pools with "
-                                  f"{', '.join(map(repr, TIMM_POOLS))} (as {', '.join(TIMM_POOLS.values())}).")
-        args["pooling"] = TIMM_POOLS[pool]
-    if "_clip_" in arch or arch.endswith("_clip"):
-        args["norm_epsilon"] = 1e-5  # timm builds its CLIP towers with LayerNorm(eps=1e-5)
-    activation = "quick_gelu" if "quickgelu" in arch else model_args.get("act_layer")
-    if activation in ACTIVATIONS:
-        args["activation"] = activation
-    if pretrained.get("mean") and pretrained.get("std"):
-        args["pixel_mean"], args["pixel_std"] = list(pretrained["mean"]), list(pretrained["std"])
-    if pretrained.get("input_size"):
-        args["image_size"] = tuple(pretrained["input_size"][1:])
-    if pretrained.get("interpolation") in IMAGE_INTERPOLATIONS:
-        args["preprocessing"] = {"interpolation": pretrained["interpolation"]}
-    names = config.get("label_names")
-    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
-        args["class_names"] = names
-    return args
+    state = path_or_state_dict
+    if not isinstance(state, dict):
+        fmt, state = read_checkpoint(state)
+        if fmt == "npz":
+            raise CheckpointError(f"{os.fspath(path_or_state_dict)!r} is a .npz file; use `load_npz`.")
+    assign_weights(model, convert_timm(state), replace_head)
+    return model

@@ -302,6 +302,8 @@ class PatchEncoder(keras.layers.Layer):
         sincos_layout: channel layout of "sincos" positions, "big_vision"
             or "rows_interleaved" (see `sincos_posemb_2d`). Configs saved
             without it (keras_vit 0.1) load as "rows_interleaved".
+        patch_bias: bool, a bias in the patch projection (CLIP-style
+            towers have none).
 
     Example:
     >>> encoder = PatchEncoder(64, patch_size=8, grid_size=(4, 4))
@@ -321,9 +323,11 @@ class PatchEncoder(keras.layers.Layer):
         interpolation="bicubic",
         patch_embedding="conv",
         sincos_layout="big_vision",
+        patch_bias=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.patch_bias = check_choice(patch_bias, "patch_bias", (True, False))
         self.sincos_layout = check_choice(sincos_layout, "sincos_layout", SINCOS_LAYOUTS)
         if not isinstance(hidden_dim, int) or hidden_dim <= 0:
             raise ValueError(f"`hidden_dim` must be a positive int. Received: {hidden_dim!r}")
@@ -352,12 +356,14 @@ class PatchEncoder(keras.layers.Layer):
                 self.patch_size,
                 strides=self.stride,
                 padding="valid",
+                use_bias=patch_bias,
                 dtype=self.dtype_policy,
                 name="projection",
             )
         else:
             self.patches = Patches(self.patch_size, self.stride, dtype=self.dtype_policy, name="patches")
-            self.projection = keras.layers.Dense(hidden_dim, dtype=self.dtype_policy, name="projection")
+            self.projection = keras.layers.Dense(
+                hidden_dim, use_bias=patch_bias, dtype=self.dtype_policy, name="projection")
 
     @property
     def num_prefix_tokens(self):
@@ -445,6 +451,7 @@ class PatchEncoder(keras.layers.Layer):
             interpolation=self.interpolation,
             patch_embedding=self.patch_embedding,
             sincos_layout=self.sincos_layout,
+            patch_bias=self.patch_bias,
         )
         return config
 

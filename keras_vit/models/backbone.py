@@ -93,7 +93,8 @@ def _check_config(c):
     check_choice(c["activation"], "activation", tuple(ACTIVATIONS))
     check_choice(c["interpolation"], "interpolation", INTERPOLATIONS)
     check_choice(c["patch_embedding"], "patch_embedding", PATCH_EMBEDDINGS)
-    for key in ("class_token", "qk_norm", "use_qkv_bias", "include_rescaling", "pre_norm", "final_norm"):
+    for key in ("class_token", "qk_norm", "use_qkv_bias", "include_rescaling", "pre_norm", "final_norm",
+                "patch_bias"):
         check_choice(c[key], key, (True, False))
     check_choice(c["fused_attention"], "fused_attention", (None, True, False))
     for key in ("pixel_mean", "pixel_std"):
@@ -152,6 +153,7 @@ class ViTBackbone(ChecksImages, keras.Model):
         fused_attention: None (decided per backend), True or False.
         sincos_layout: channel layout of "sincos" positions, "big_vision"
             (default) or "rows_interleaved".
+        patch_bias: bool, a bias in the patch projection.
         pre_norm: bool, a LayerNorm (`norm_pre`) on the embedded tokens
             before the blocks, as CLIP-style towers have.
         final_norm: bool, the LayerNorm after the blocks; False leaves it
@@ -197,6 +199,7 @@ class ViTBackbone(ChecksImages, keras.Model):
         norm_epsilon=1e-6,
         fused_attention=None,
         sincos_layout="big_vision",
+        patch_bias=True,
         pre_norm=False,
         final_norm=True,
         **kwargs,
@@ -225,7 +228,8 @@ class ViTBackbone(ChecksImages, keras.Model):
         self.patch_encoder = PatchEncoder(
             hidden_dim, patch, stride=stride, grid_size=grid, use_cls_token=class_token,
             num_registers=num_registers, pos_embedding=pos_embedding, interpolation=interpolation,
-            patch_embedding=patch_embedding, sincos_layout=sincos_layout, name="patch_encoder")
+            patch_embedding=patch_embedding, sincos_layout=sincos_layout, patch_bias=patch_bias,
+            name="patch_encoder")
         self.embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
         self.norm_pre = layer_norm(norm_epsilon, "norm_pre") if pre_norm else None
         self.blocks = [

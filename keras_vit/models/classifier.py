@@ -261,8 +261,8 @@ def build_vit(variant=None, *, image_size=FROM_PRESET, num_classes=FROM_PRESET, 
             pos_embedding, num_registers, attention_dropout, drop_path_rate,
             layer_scale, qk_norm, activation, use_qkv_bias, include_rescaling,
             reference_image_size, interpolation, patch_embedding,
-            norm_epsilon, fused_attention, sincos_layout, pre_norm,
-            final_norm) and `ViTClassifier` arguments (fc_norm,
+            norm_epsilon, fused_attention, sincos_layout, patch_bias,
+            pre_norm, final_norm) and `ViTClassifier` arguments (fc_norm,
             representation_size, head_units, classifier_activation,
             class_names, preprocessing).
 

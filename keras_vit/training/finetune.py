@@ -1,11 +1,15 @@
-"""Fine-tuning a pretrained checkpoint: a new head, an optional stage with
-the backbone frozen, then the whole network, with the data pipeline of
-`keras_vit.data` and the recipe of `keras_vit.training`."""
+"""`fine_tune`: a pretrained checkpoint, a new head, a new data set.
+
+Loads the checkpoint with a new head (`keras_vit.convert.from_checkpoint`),
+trains the head alone with what the checkpoint provides frozen, then the
+whole network, both with `keras_vit.training.train`; the data come from
+`load_data`. `keras_vit.convert` is imported when called: conversion sits
+after training in the package's layering.
+"""
 
 import os
 
-from keras_vit.convert import convert_file, from_checkpoint, infer_config
-from keras_vit.training import TrainResult, train
+from keras_vit.training.run import TrainResult, train
 from keras_vit.utils.validation import check_positive_int, pair
 
 
@@ -87,6 +91,8 @@ def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, e
     >>> result.test_metrics["accuracy"]  # doctest: +SKIP
     """
     import keras
+
+    from keras_vit.convert import convert_file, from_checkpoint, infer_config
 
     check_positive_int(epochs, "epochs", minimum=0)
     check_positive_int(frozen_epochs, "frozen_epochs", minimum=0)

@@ -1,0 +1,186 @@
+"""The optimizer, schedule and loss a recipe describes.
+
+* `make_schedule`: linear warmup then cosine decay.
+* `make_optimizer`: AdamW with the ViT weight-decay exclusions (what the
+  model names in `no_weight_decay()`: biases, norms, positions, tokens),
+  global gradient-norm clipping, optional EMA and gradient accumulation.
+* `compile_model`: the optimizer plus a label-smoothed cross-entropy.
+"""
+
+import keras
+
+from keras_vit.utils.validation import check_choice
+
+NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "position_embedding", "cls_token", "registers", "probe")
+
+
+def make_schedule(learning_rate, total_steps=None, warmup_steps=0, min_learning_rate=0.0):
+    """Linear warmup then cosine decay (a constant rate without `total_steps`).
+
+    Args:
+        learning_rate: peak learning rate.
+        total_steps: optimizer steps of the whole run, warmup included.
+        warmup_steps: steps of linear warmup from 0.
+        min_learning_rate: the rate at the end of the cosine.
+
+    Returns:
+        A float or a `keras.optimizers.schedules.CosineDecay`.
+
+    Example:
+    >>> schedule = make_schedule(1e-3, total_steps=1000, warmup_steps=100)
+    >>> float(schedule(100))
+    0.001
+    """
+    if not isinstance(learning_rate, (int, float)) or learning_rate <= 0:
+        raise ValueError(f"`learning_rate` must be a positive number. Received: learning_rate={learning_rate!r}")
+    if total_steps is None:
+        return float(learning_rate)
+    if not isinstance(warmup_steps, int) or not 0 <= warmup_steps < total_steps:
+        raise ValueError(
+            f"`warmup_steps` must be an int in [0, total_steps={total_steps}). "
+            f"Received: warmup_steps={warmup_steps!r}")
+    alpha = min_learning_rate / learning_rate
+    if warmup_steps == 0:
+        return keras.optimizers.schedules.CosineDecay(learning_rate, total_steps, alpha=alpha)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, total_steps - warmup_steps, alpha=alpha,
+        warmup_target=float(learning_rate), warmup_steps=warmup_steps)
+
+
+def make_optimizer(
+    learning_rate=1e-3,
+    *,
+    weight_decay=0.05,
+    total_steps=None,
+    warmup_steps=0,
+    min_learning_rate=0.0,
+    clipnorm=1.0,
+    ema_momentum=None,
+    gradient_accumulation_steps=None,
+    beta_2=0.999,
+    no_weight_decay=NO_WEIGHT_DECAY,
+):
+    """AdamW with warmup + cosine decay and the ViT weight-decay exclusions.
+
+    Args:
+        learning_rate: peak learning rate.
+        weight_decay: decoupled weight decay (scaled by the learning rate).
+        total_steps: optimizer steps of the run; None keeps the rate
+            constant.
+        warmup_steps: linear warmup steps.
+        min_learning_rate: final learning rate of the cosine.
+        clipnorm: global gradient-norm clipping; None turns it off.
+        ema_momentum: None, or the momentum of an exponential moving
+            average of the weights that replaces them at the end of `fit`.
+        gradient_accumulation_steps: None, or the number of batches whose
+            gradients are averaged before each update.
+        beta_2: Adam's second-moment decay.
+        no_weight_decay: variable names (regular expressions) that get no
+            weight decay: biases, norm scales and offsets, position
+            embeddings, class and register tokens, the MAP probe.
+
+    Returns:
+        A `keras.optimizers.AdamW`.
+
+    Example:
+    >>> optimizer = make_optimizer(1e-3, total_steps=1000, warmup_steps=100)
+    """
+    if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+        raise ValueError(f"`weight_decay` must be a number >= 0. Received: weight_decay={weight_decay!r}")
+    if clipnorm is not None and (not isinstance(clipnorm, (int, float)) or clipnorm <= 0):
+        raise ValueError(f"`clipnorm` must be None or > 0. Received: clipnorm={clipnorm!r}")
+    if ema_momentum is not None and not 0 < ema_momentum < 1:
+        raise ValueError(f"`ema_momentum` must be None or in (0, 1). Received: ema_momentum={ema_momentum!r}")
+    if gradient_accumulation_steps is not None and (
+            not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1):
+        raise ValueError(
+            "`gradient_accumulation_steps` must be None or an int >= 1. "
+            f"Received: gradient_accumulation_steps={gradient_accumulation_steps!r}")
+    optimizer = keras.optimizers.AdamW(
+        make_schedule(learning_rate, total_steps, warmup_steps, min_learning_rate),
+        weight_decay=weight_decay,
+        beta_2=beta_2,
+        global_clipnorm=clipnorm,
+        use_ema=ema_momentum is not None,
+        ema_momentum=ema_momentum or 0.99,
+        gradient_accumulation_steps=(
+            gradient_accumulation_steps if (gradient_accumulation_steps or 1) > 1 else None),
+    )
+    optimizer.exclude_from_weight_decay(var_names=list(no_weight_decay))
+    return optimizer
+
+
+def outputs_probabilities(model):
+    if hasattr(model, "outputs_logits"):
+        return not model.outputs_logits
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", "") == "softmax" and last.name == "predictions"
+
+
+def compile_model(
+    model,
+    *,
+    learning_rate=1e-3,
+    weight_decay=0.05,
+    total_steps=None,
+    warmup_steps=0,
+    min_learning_rate=0.0,
+    label_smoothing=0.1,
+    clipnorm=1.0,
+    ema_momentum=None,
+    gradient_accumulation_steps=None,
+    sparse_labels=False,
+    jit_compile="auto",
+    steps_per_execution=1,
+):
+    """Compiles `model` with the recipe's optimizer, loss and accuracy.
+
+    Args:
+        model: a classifier returning logits (or softmax probabilities from
+            a layer named "predictions").
+        learning_rate, weight_decay, total_steps, warmup_steps,
+        min_learning_rate, clipnorm, ema_momentum,
+        gradient_accumulation_steps: see `make_optimizer`.
+        label_smoothing: float in [0, 1); needs one-hot labels.
+        sparse_labels: True for int labels (then no label smoothing).
+        jit_compile: True, False or "auto" (XLA where supported).
+        steps_per_execution: batches run per compiled call.
+
+    Returns:
+        The compiled model.
+
+    Example:
+    >>> model = compile_model(build_vit(image_size=16, num_classes=10, patch_size=4,
+    ...                       hidden_dim=16, depth=1, num_heads=2, mlp_dim=32),
+    ...                       learning_rate=1e-3, total_steps=100, warmup_steps=10)
+    """
+    if not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
+        raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={label_smoothing!r}")
+    if sparse_labels and label_smoothing:
+        raise ValueError(
+            f"`label_smoothing={label_smoothing}` needs one-hot labels; load the data with "
+            "label_mode='categorical' or set label_smoothing=0.")
+    if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
+        raise ValueError(
+            f"`steps_per_execution` must be an int >= 1. Received: steps_per_execution={steps_per_execution!r}")
+    check_choice(jit_compile, "jit_compile", (True, False, "auto"))
+    from_logits = not outputs_probabilities(model)
+    if sparse_labels:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+        accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    else:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=label_smoothing)
+        accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+    optimizer = make_optimizer(
+        learning_rate, weight_decay=weight_decay, total_steps=total_steps,
+        warmup_steps=warmup_steps, min_learning_rate=min_learning_rate, clipnorm=clipnorm,
+        ema_momentum=ema_momentum, gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+    model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy],
+                  jit_compile=jit_compile, steps_per_execution=steps_per_execution)
+    return model
+
+# --------------------------------------------------------------------------
+# Flat configurations: recipes + config files + flags -> a trained run.
+# --------------------------------------------------------------------------

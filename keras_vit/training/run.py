@@ -1,0 +1,291 @@
+"""`train`: a model, data and a recipe in a run directory that resumes.
+
+A run directory holds::
+
+    config.json          the resolved configuration
+    checkpoints/         best.keras (written when the monitored metric improves)
+    backup/              the resume state: weights with the optimizer, metadata
+    logs/                TensorBoard logs
+    history.csv          one row per epoch
+    history.png          loss and accuracy curves
+    metrics.json         test (and validation) metrics
+    model.keras          the final model
+
+Every file is written under a temporary name and renamed into place
+(`keras_vit.utils.io`), so a kill at any moment never leaves a half-written
+file where a good one was.
+"""
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+
+import keras
+
+from keras_vit.training.distribute import PRECISIONS, get_strategy, prepare_multi_worker, set_precision, worker_info
+from keras_vit.training.optim import compile_model
+from keras_vit.training.recipe import DATA, HARDWARE, MODEL, OPTIM, RUN
+from keras_vit.training.rundir import RunBackup, prepare_run_dir, to_float, write_history_files
+from keras_vit.utils.io import atomic_path, remove_stale_temporaries, write_json
+from keras_vit.utils.locks import exclusive_lock
+from keras_vit.utils.validation import check_choice, check_positive_int
+
+
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns.
+
+    Args:
+        model: the trained model (EMA weights when EMA was on).
+        history: list of per-epoch dicts (all epochs, resumed ones too).
+        test_metrics: dict of test metrics, or None without test data.
+        run_dir: the run directory.
+        initial_epoch: the epoch training started from (> 0 after a resume).
+
+    Example:
+    >>> result = train(model, data, epochs=1, run_dir="runs/a")
+    >>> result.test_metrics["accuracy"]
+    """
+
+    model: keras.Model
+    history: list
+    test_metrics: dict
+    run_dir: str
+    initial_epoch: int = 0
+
+
+def _split_data(data):
+    """(train, validation, test, info) from `load_data`'s tuple, a tuple of
+    datasets or a single training dataset."""
+    if isinstance(data, (tuple, list)):
+        if len(data) == 4:
+            return tuple(data)
+        if len(data) in (2, 3):
+            return (*data, *[None] * (4 - len(data)))
+        raise ValueError(
+            "`data` must be load_data's (train, validation, test, info), a tuple "
+            f"(train, validation[, test]) or a training dataset. Received a tuple of {len(data)}.")
+    return data, None, None, None
+
+
+def _is_sparse(dataset):
+    spec = getattr(dataset, "element_spec", None)
+    if isinstance(spec, tuple) and len(spec) >= 2:
+        return spec[1].shape.rank == 1
+    return False
+
+
+def train(
+    model,
+    data,
+    *,
+    epochs,
+    run_dir,
+    learning_rate=1e-3,
+    weight_decay=0.05,
+    warmup_epochs=0,
+    min_learning_rate=0.0,
+    label_smoothing=0.1,
+    clipnorm=1.0,
+    ema_momentum=None,
+    gradient_accumulation_steps=None,
+    precision=None,
+    jit_compile="auto",
+    steps_per_execution=1,
+    strategy=None,
+    steps_per_epoch=None,
+    resume="auto",
+    monitor="val_accuracy",
+    seed=None,
+    callbacks=None,
+    config=None,
+    verbose="auto",
+):
+    """Compiles and fits a model with the recipe, in a resumable run directory.
+
+    Re-running the same call after the process died (even by `kill -9`)
+    resumes from the last completed epoch; a finished run re-evaluates and
+    rewrites its artifacts without training again.
+
+    Args:
+        model: a `keras.Model`, or a function returning one. Pass a function
+            to build the model under `precision` and `strategy`.
+        data: `load_data`'s (train, validation, test, info), a tuple
+            (train, validation[, test]) or a training dataset.
+        epochs: int, total epochs of the run (resumed epochs included).
+        run_dir: path of the run directory.
+        learning_rate, weight_decay, min_learning_rate, label_smoothing,
+        clipnorm, ema_momentum, gradient_accumulation_steps: the recipe, see
+            `make_optimizer` and `compile_model`.
+        warmup_epochs: epochs (may be fractional) of linear warmup.
+        precision: None (keep the global policy), "float32",
+            "mixed_float16" or "mixed_bfloat16".
+        jit_compile: True, False or "auto".
+        steps_per_execution: batches per compiled call.
+        strategy: None, a name accepted by `get_strategy`, or a
+            `tf.distribute.Strategy`.
+        steps_per_epoch: batches per epoch, needed only when the training
+            dataset's length is unknown.
+        resume: "auto" resumes when `run_dir` holds a backup of the same
+            configuration; True requires one; False starts over, deleting
+            the earlier run's state.
+        monitor: validation metric that selects `best.keras`.
+        seed: optional int for `keras.utils.set_random_seed`.
+        callbacks: extra Keras callbacks.
+        config: optional dict stored in `config.json` (e.g. model and data
+            settings); part of the resume check.
+        verbose: `fit`'s verbosity.
+
+    Returns:
+        A `TrainResult`.
+
+    Example:
+    >>> data = load_data("digits", 16, 64)
+    >>> result = train(lambda: build_vit(image_size=16, num_classes=10, channels=1,
+    ...                patch_size=4, hidden_dim=32, depth=2, num_heads=2, mlp_dim=64),
+    ...                data, epochs=2, run_dir="runs/digits")
+    """
+    train_ds, val_ds, test_ds, info = _split_data(data)
+    steps_per_epoch = _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds)
+    if val_ds is None and monitor.startswith("val_"):
+        monitor = monitor[len("val_"):]
+    recipe = dict(
+        epochs=epochs, learning_rate=learning_rate, weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs, min_learning_rate=min_learning_rate,
+        label_smoothing=label_smoothing, clipnorm=clipnorm, ema_momentum=ema_momentum,
+        gradient_accumulation_steps=gradient_accumulation_steps, precision=precision,
+        jit_compile=jit_compile, steps_per_execution=steps_per_execution,
+        strategy=strategy if isinstance(strategy, (str, type(None))) else type(strategy).__name__,
+        steps_per_epoch=steps_per_epoch, monitor=monitor, seed=seed,
+    )
+    strategy = get_strategy(strategy) if strategy is not None else None
+    worker, num_workers, is_chief = worker_info()
+    # Non-chief workers keep their own state so that files never collide.
+    run_dir = Path(run_dir) if is_chief else Path(run_dir) / "workers" / f"worker_{worker}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"`run_dir` names a file, not a directory: {run_dir}")
+    scope = strategy.scope if strategy is not None else contextlib.nullcontext
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    # Everything that can be refused is checked before the run directory is touched.
+    with scope():
+        model = _build(model, precision)
+        _check_classes(model, info)
+        compile_model(
+            model, learning_rate=learning_rate, weight_decay=weight_decay,
+            total_steps=steps_per_epoch * epochs, warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
+            min_learning_rate=min_learning_rate, label_smoothing=label_smoothing,
+            clipnorm=clipnorm, ema_momentum=ema_momentum,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            sparse_labels=_is_sparse(train_ds), jit_compile=jit_compile,
+            steps_per_execution=steps_per_execution,
+        )
+    with exclusive_lock(run_dir, "run directory"):
+        for folder in (run_dir, run_dir / "checkpoints", run_dir / "backup"):
+            remove_stale_temporaries(folder)
+        prepare_run_dir(run_dir, {**(config or {}), **recipe, "data": info.to_dict() if info else None}, resume)
+        backup = RunBackup(run_dir, monitor=monitor, artifacts=True)
+        fit_callbacks = [backup, keras.callbacks.TerminateOnNaN(),
+                         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")), *(callbacks or [])]
+        start = time.time()
+        with scope():
+            if num_workers > 1 and strategy is not None:
+                prepare_multi_worker(model, train_ds)
+            model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                      callbacks=fit_callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles
+            if backup.diverged_at is not None:
+                raise ValueError(
+                    f"The loss became NaN or infinite in epoch {backup.diverged_at}; the run directory keeps "
+                    f"the state of epoch {backup.diverged_at - 1}. Lower `learning_rate` or check the data "
+                    "for NaN/inf pixels, then re-run with resume=False.")
+            train_seconds = time.time() - start
+            metrics = {split: {k: to_float(v) for k, v in model.evaluate(ds, verbose=0, return_dict=True).items()}
+                       for split, ds in (("validation", val_ds), ("test", test_ds)) if ds is not None}
+        write_history_files(run_dir, backup.history_rows)
+        write_json(run_dir / "metrics.json", dict(
+            **metrics, epochs=len(backup.history_rows), resumed_from_epoch=backup.restored_epoch,
+            best={monitor: backup.best}, last_session_seconds=round(train_seconds, 2), num_workers=num_workers))
+        with atomic_path(run_dir / "model.keras") as tmp:
+            model.save(tmp)
+    return TrainResult(model=model, history=backup.history_rows, test_metrics=metrics.get("test"),
+                       run_dir=str(run_dir), initial_epoch=backup.restored_epoch)
+
+
+MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
+
+
+def _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds):
+    """Checks `train`'s arguments; returns the steps per epoch."""
+    check_positive_int(epochs, "epochs")
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or not 0 <= warmup_epochs < epochs:
+        raise ValueError(
+            f"`warmup_epochs` must be in [0, epochs={epochs}). Received: warmup_epochs={warmup_epochs!r}")
+    if precision is not None:
+        check_choice(precision, "precision", PRECISIONS)
+    check_choice(monitor, "monitor", MONITORS)
+    if steps_per_epoch is not None:
+        return check_positive_int(steps_per_epoch, "steps_per_epoch")
+    steps = int(train_ds.cardinality())
+    if steps < 0:
+        raise ValueError("The training dataset's length is unknown; pass `steps_per_epoch` (batches per epoch).")
+    if steps == 0:
+        raise ValueError("The training dataset is empty.")
+    return steps
+
+
+def _build(model, precision):
+    """The model itself, or built by the function under `precision`."""
+    if callable(model) and not isinstance(model, keras.Model):
+        previous = keras.mixed_precision.global_policy()
+        if precision:
+            set_precision(precision)
+        try:
+            return model()
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+    if precision and model.dtype_policy.name != precision:
+        raise ValueError(
+            f"`precision={precision!r}` but the model was built with the {model.dtype_policy.name!r} "
+            "policy. Pass a function that builds the model, or build it after set_precision().")
+    return model
+
+
+def _check_classes(model, info):
+    classes = getattr(model, "num_classes", None)
+    if info is not None and classes is not None and classes != info.num_classes:
+        raise ValueError(
+            f"The model has {classes} classes but the data has {info.num_classes} "
+            f"({', '.join(map(str, info.class_names[:10]))}). Build it with num_classes={info.num_classes}.")
+
+
+def train_from_config(recipe):
+    """Loads the data, builds a ViT and trains it as a `Recipe` says.
+
+    Args:
+        recipe: a `Recipe` (e.g. from `Recipe.from_sources`).
+
+    Returns:
+        A `TrainResult`.
+
+    Example:
+    >>> result = train_from_config(Recipe.from_sources("digits", epochs=1))
+    """
+    from keras_vit.data import load_data
+    from keras_vit.models import build_vit
+
+    strategy = get_strategy(recipe.strategy)  # before any other TF work
+    data = recipe.group(DATA)
+    source, size, batch = data.pop("dataset"), data.pop("image_size"), data.pop("batch_size")
+    train_ds, val_ds, test_ds, info = load_data(source, size, batch, seed=recipe.seed, **data)
+    model = recipe.group(MODEL, keep_none=False)
+    preset = model.pop("preset", None)
+
+    def build():
+        return build_vit(preset, image_size=size, num_classes=info.num_classes, channels=info.channels, **model)
+
+    run = {k: v for k, v in {**recipe.group(RUN), **recipe.group(OPTIM), **recipe.group(HARDWARE)}.items()
+           if k not in ("recipe", "strategy")}
+    return train(build, (train_ds, val_ds, test_ds, info), **run, strategy=strategy, config=recipe.to_dict())

@@ -1,0 +1,182 @@
+"""The state of a run directory: `RunBackup` (the per-epoch resume state),
+the history files, and preparing a directory for a new or resumed run.
+
+Every write is atomic (`keras_vit.utils.io`), so `kill -9` at any moment
+leaves the last committed epoch intact.
+"""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import keras
+
+from keras_vit.utils.io import atomic_path, new_figure, save_figure, write_csv, write_json
+from keras_vit.utils.validation import check_choice
+
+RESUME_MODES = ("auto", True, False)
+
+
+def to_float(value):
+    return float(keras.ops.convert_to_numpy(value))
+
+
+class RunBackup(keras.callbacks.Callback):
+    """The resume state of a run directory, which survives `kill -9` at any
+    moment.
+
+    At the end of each epoch it writes only what resuming needs and what
+    changed: `best.keras` when the monitored metric improved, the weights
+    with the optimizer state under a new per-epoch name, then
+    `training_metadata.json` (epoch, weights file, history rows, best
+    score), which is the commit point; then `history.csv` and
+    `history.png`. Every write is atomic. On `fit` start it restores the
+    last committed state. (The full model, optimizer included, is not saved
+    every epoch: for ViT-B that would be gigabytes an epoch.)
+
+    Args:
+        run_dir: the run directory.
+        monitor: metric for `best.keras`, e.g. "val_accuracy".
+        artifacts: bool, also write checkpoints, history.csv and
+            history.png (False on non-chief workers).
+
+    Example:
+    >>> model.fit(ds, epochs=10, callbacks=[RunBackup("runs/a")])
+    """
+
+    def __init__(self, run_dir, monitor="val_accuracy", artifacts=True):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.backup_dir = self.run_dir / "backup"
+        self.monitor = monitor
+        self.artifacts = artifacts
+        self.history_rows = []
+        self.best = None
+        self.restored_epoch = 0
+        self.diverged_at = None
+        self.state = self.read_state(run_dir)
+
+    @staticmethod
+    def read_state(run_dir):
+        """The committed backup metadata of `run_dir`, or None."""
+        path = Path(run_dir) / "backup" / "training_metadata.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def on_train_begin(self, logs=None):
+        state = self.state
+        if not state:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(Path(self.backup_dir) / state["weights"])
+        self.model._initial_epoch = self.restored_epoch = state["epoch"]
+        self.history_rows = list(state["history"])
+        self.best = state.get("best")
+
+    def _improved(self, value):
+        if value is None:
+            return False
+        if self.best is None:
+            return True
+        return value < self.best if "loss" in self.monitor else value > self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        row = {"epoch": epoch + 1, **{k: to_float(v) for k, v in logs.items()}}
+        if not all(math.isfinite(v) for v in row.values()):
+            self.diverged_at = epoch + 1  # commit nothing: the last good epoch stays the resume point
+            return
+        row["learning_rate"] = to_float(self.model.optimizer.learning_rate)
+        self.history_rows.append(row)
+        checkpoints = self.run_dir / "checkpoints"
+        value = row.get(self.monitor)
+        if self._improved(value):
+            self.best = value
+            if self.artifacts:
+                with atomic_path(checkpoints / "best.keras") as tmp:
+                    self.model.save(tmp)
+        backup = Path(self.backup_dir)
+        weights = f"epoch-{epoch + 1:04d}.weights.h5"
+        with atomic_path(backup / weights) as tmp:
+            self.model.save_weights(tmp)
+        write_json(backup / "training_metadata.json", dict(
+            epoch=epoch + 1, batch=0, weights=weights, history=self.history_rows,
+            monitor=self.monitor, best=self.best))
+        for old in backup.glob("epoch-*.weights.h5"):
+            if old.name != weights:
+                old.unlink()
+        if self.artifacts:
+            write_history_files(self.run_dir, self.history_rows)
+
+
+def plot_history(path, rows):
+    """Plots loss and accuracy curves of history rows to a PNG atomically.
+
+    Uses a matplotlib Figure on the Agg canvas; the global backend is left alone.
+
+    Example: `plot_history("history.png", [{"epoch": 1, "loss": 0.5}])`.
+    """
+    epochs = [row["epoch"] for row in rows]
+    fig = new_figure(figsize=(10, 4), dpi=100)
+    for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = [row.get(prefix + metric) for row in rows]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, marker="o", markersize=3,
+                        label="validation" if prefix else "train")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def write_history_files(run_dir, rows):
+    """Writes `history.csv` and `history.png` of `run_dir` from history rows.
+
+    Example: `write_history_files("runs/a", [{"epoch": 1, "loss": 0.5}])`.
+    """
+    if rows:
+        write_csv(Path(run_dir) / "history.csv", rows)
+        plot_history(Path(run_dir) / "history.png", rows)
+
+
+# --------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------
+
+
+def _comparable(config):
+    ignored = {"epochs", "verbose", "resume", "run_dir", "config"}
+    return json.loads(json.dumps({k: v for k, v in config.items() if k not in ignored}, default=str))
+
+
+def prepare_run_dir(run_dir, config, resume):
+    """Checks and prepares `run_dir`; returns True when a run resumes."""
+    check_choice(resume, "resume", RESUME_MODES)
+    run_dir = Path(run_dir)
+    state = RunBackup.read_state(run_dir)
+    if resume is False:
+        for name in ("backup", "checkpoints", "logs"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        for name in ("history.csv", "history.png", "metrics.json", "model.keras", "config.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        state = None
+    elif resume is True and state is None:
+        raise ValueError(
+            f"`resume=True` but the run directory {run_dir} holds no backup to resume from. "
+            "Use resume='auto' to start a new run there.")
+    if state is not None and (run_dir / "config.json").exists():
+        saved = _comparable(json.loads((run_dir / "config.json").read_text()))
+        current = _comparable(config)
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        if changed:
+            raise ValueError(
+                f"The run directory {run_dir} holds a run with a different configuration "
+                f"(changed: {', '.join(changed)}). Use another run directory, the same "
+                "settings, or resume=False to start over there.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config)
+    return state is not None
