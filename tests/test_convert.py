@@ -456,6 +456,8 @@ def test_timm_preset_directory_gives_timm_logits_from_raw_pixels(timm_vit, tmp_p
     # A new class count gets a fresh head (and no class names); a new size resampled positions.
     other = ViTClassifier.from_preset(str(tmp_path / "preset"), num_classes=2, image_size=3 * size // 2)
     assert other.num_classes == 2 and other.class_names is None
+    if model.fc_norm is not None:  # loaded with the backbone, not with the replaced head
+        np.testing.assert_array_equal(other.fc_norm.gamma.numpy(), model.fc_norm.gamma.numpy())
     assert other.predict(pixels(3 * size // 2, 3 * size // 2), verbose=0).shape == (2, 2)
 
 

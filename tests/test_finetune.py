@@ -8,7 +8,7 @@ import pytest
 from keras_vit.convert import from_checkpoint, variable_table
 from keras_vit.models import build_vit
 from keras_vit.training.finetune import fine_tune, set_backbone_trainable
-from tests.conftest import run_python
+from tests.conftest import REPO, run_python
 from tests.test_convert import original_npz_arrays, pixels
 
 
@@ -54,6 +54,7 @@ def test_frozen_stage_trains_only_the_new_head(tiny_checkpoint, image_folder, tm
                          frozen_epochs=2, batch_size=8, test_split=0.25, verbose=0)
     model = result.model
     assert model.output_shape == (None, 2)  # two class folders
+    assert model.class_names == ["bright", "dark"]  # recorded from the data
     for path, value in weights_of(pretrained, "encoder_block").items():
         np.testing.assert_array_equal(weights_of(model, path)[path], value)
     assert [row["stage"] for row in result.history] == ["head", "head"]
@@ -132,3 +133,11 @@ def test_fine_tune_bad_input(tiny_checkpoint, image_folder, tmp_path):
     with pytest.raises(ValueError, match="`source` must be"):
         fine_tune(tiny_checkpoint, 42, **run)
     assert not (tmp_path / "run").exists()
+
+
+def test_finetune_example_demo_runs_offline():
+    proc = run_python(["examples/finetune_pretrained.py", "--demo", "--epochs", "1", "--frozen-epochs", "1"],
+                      cwd=str(REPO))
+    assert "input (24, 24), 10 classes ['0', '1', '2'" in proc.stdout
+    assert "loss:" in proc.stdout and "(first epoch, head)" in proc.stdout
+    assert "test accuracy:" in proc.stdout
