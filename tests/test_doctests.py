@@ -8,6 +8,7 @@ import pytest
 
 MODULES = (
     "keras_vit.layers.patching",
+    "keras_vit.layers.positions",
     "keras_vit.layers.attention",
     "keras_vit.layers.block",
     "keras_vit.layers.pooling",

@@ -1,6 +1,7 @@
 """Serializable Keras 3 layers of the Vision Transformer, following the data:
 
-- `patching`: images to tokens (`Patches`, `PatchEncoder`, position tables);
+- `patching`: images to tokens (`Patches`, `PatchEncoder`, patch grids);
+- `positions`: pure functions on position tables (sincos, resampling);
 - `attention`: `MultiHeadSelfAttention`;
 - `block`: `TransformerBlock` with `DropPath` and `LayerScale`;
 - `pooling`: `TokenPooling` ("cls", "gap") and `AttentionPooling` ("map").
@@ -13,7 +14,6 @@ Every layer uses `keras.ops` only and is registered under the package name
 from keras_vit.layers.attention import MultiHeadSelfAttention, layer_norm, use_fused_attention
 from keras_vit.layers.block import ACTIVATIONS, DropPath, LayerScale, TransformerBlock
 from keras_vit.layers.patching import (
-    INTERPOLATIONS,
     PATCH_EMBEDDINGS,
     POS_EMBEDDINGS,
     PatchEncoder,
@@ -21,9 +21,8 @@ from keras_vit.layers.patching import (
     check_images,
     grid_size,
     patch_stride,
-    resample_posemb,
-    sincos_posemb_2d,
 )
+from keras_vit.layers.positions import INTERPOLATIONS, resample_posemb, sincos_posemb_2d
 from keras_vit.layers.pooling import AttentionPooling, TokenPooling
 from keras_vit.utils.validation import check_choice, check_rate, pair
 

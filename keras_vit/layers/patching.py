@@ -1,20 +1,18 @@
 """Images to tokens: `Patches`, `PatchEncoder` and the pure functions on
-patch grids and position tables (`grid_size`, `sincos_posemb_2d`,
-`resample_posemb`).
+patch grids (`patch_stride`, `grid_size`); position tables are in
+`keras_vit.layers.positions`.
 
 Every function uses `keras.ops` only, so the same code runs on TensorFlow,
 JAX and PyTorch.
 """
 
-import math
-
 import keras
 from keras import ops
 
+from keras_vit.layers.positions import INTERPOLATIONS, SINCOS_LAYOUTS, resample_posemb, sincos_posemb_2d
 from keras_vit.utils.validation import check_choice, pair
 
 POS_EMBEDDINGS = ("learned", "sincos", "none")
-INTERPOLATIONS = ("bicubic", "bilinear")
 PATCH_EMBEDDINGS = ("conv", "linear")
 
 
@@ -63,117 +61,6 @@ def grid_size(image_size, patch_size, stride=None, name="image_size"):
             )
         grid.append((size - p) // s + 1)
     return tuple(grid)
-
-
-SINCOS_LAYOUTS = ("big_vision", "rows_interleaved")
-
-
-def sincos_posemb_2d(grid_h, grid_w, dim, temperature=10000.0, layout="big_vision"):
-    """Fixed 2-D sine/cosine position embeddings, shape (grid_h * grid_w, dim).
-
-    Two channel layouts, recorded in `PatchEncoder`'s config:
-
-    - "big_vision" (the default, as big_vision's `posemb_sincos_2d`): with
-      ``q = dim / 4`` and ``w_i = T^(-i / (q - 1))``, the channels are
-      ``[sin(x w), cos(x w), sin(y w), cos(y w)]`` for column x and row y.
-    - "rows_interleaved" (keras_vit 0.1): the first half encodes the row,
-      the second the column, each as interleaved
-      ``sin(pos / T^(2i/d)), cos(pos / T^(2i/d))`` with ``d = dim / 2``.
-
-    `grid_h` and `grid_w` may be symbolic (known only at run time).
-
-    Example:
-    >>> tuple(sincos_posemb_2d(2, 3, 8).shape)
-    (6, 8)
-    """
-    check_choice(layout, "sincos_layout", SINCOS_LAYOUTS)
-    if dim % 4:
-        raise ValueError(
-            f"`hidden_dim` must be divisible by 4 for pos_embedding='sincos'. "
-            f"Received: hidden_dim={dim}"
-        )
-    if layout == "big_vision":
-        quarter = dim // 4
-        steps = ops.arange(quarter, dtype="float32") / max(quarter - 1, 1)
-        omega = 1.0 / ops.power(temperature, steps)
-        ys = ops.repeat(ops.arange(grid_h, dtype="float32"), grid_w)
-        xs = ops.tile(ops.arange(grid_w, dtype="float32"), [grid_h])
-        x_angles, y_angles = xs[:, None] * omega[None], ys[:, None] * omega[None]
-        return ops.concatenate(
-            [ops.sin(x_angles), ops.cos(x_angles), ops.sin(y_angles), ops.cos(y_angles)], axis=1)
-    axis_dim = dim // 2
-    exponent = ops.arange(0, axis_dim, 2, dtype="float32") / axis_dim
-    inv_freq = 1.0 / ops.power(temperature, exponent)
-
-    def encode(n):
-        angles = ops.arange(n, dtype="float32")[:, None] * inv_freq[None, :]
-        interleaved = ops.stack([ops.sin(angles), ops.cos(angles)], axis=-1)
-        return ops.reshape(interleaved, (-1, axis_dim))
-
-    rows = ops.broadcast_to(encode(grid_h)[:, None, :], (grid_h, grid_w, axis_dim))
-    cols = ops.broadcast_to(encode(grid_w)[None, :, :], (grid_h, grid_w, axis_dim))
-    return ops.reshape(ops.concatenate([rows, cols], axis=-1), (-1, dim))
-
-
-def _interpolation_matrix(in_size, out_size, method):
-    """(out_size, in_size) matrix that resamples one axis.
-
-    Half-pixel centres; taps that fall outside the input are dropped and the
-    rest renormalised, as `keras.ops.image.resize` does on TensorFlow and
-    JAX. Bicubic uses Keys' kernel with a = -0.5.
-    """
-    in_f = ops.cast(in_size, "float32")
-    centres = (ops.arange(out_size, dtype="float32") + 0.5) * in_f / ops.cast(
-        out_size, "float32"
-    ) - 0.5
-    base = ops.floor(centres)
-    t = centres - base
-    if method == "bicubic":
-
-        def kernel(d):
-            d = ops.abs(d)
-            near = (1.5 * d - 2.5) * d * d + 1.0
-            far = ((-0.5 * d + 2.5) * d - 4.0) * d + 2.0
-            return ops.where(d <= 1.0, near, ops.where(d < 2.0, far, 0.0))
-
-        offsets = (-1, 0, 1, 2)
-    else:
-        kernel = lambda d: ops.maximum(1.0 - ops.abs(d), 0.0)  # noqa: E731
-        offsets = (0, 1)
-    source = ops.arange(in_size, dtype="float32")[None, :]
-    matrix = 0.0
-    for offset in offsets:
-        index = base + offset
-        weight = kernel(t - offset)
-        matrix = matrix + weight[:, None] * ops.cast(ops.equal(index[:, None], source), "float32")
-    return matrix / ops.sum(matrix, axis=1, keepdims=True)
-
-
-def resample_posemb(posemb, new_grid, old_grid=None, method="bicubic"):
-    """Resamples patch position embeddings on their 2-D grid.
-
-    Args:
-        posemb: (N, D) or (1, N, D) embeddings of the patch tokens only
-            (class and register rows excluded), laid out row by row.
-        new_grid: (h, w) target grid; entries may be symbolic.
-        old_grid: (h, w) source grid; defaults to a square grid of N.
-        method: "bicubic" or "bilinear".
-
-    Returns:
-        The embeddings on the new grid, with the input's rank.
-    """
-    check_choice(method, "interpolation", INTERPOLATIONS)
-    rank = len(posemb.shape)
-    table = ops.reshape(posemb, (-1, posemb.shape[-1]))
-    if old_grid is None:
-        side = int(round(math.sqrt(table.shape[0])))
-        old_grid = (side, side)
-    table = ops.reshape(ops.cast(table, "float32"), (old_grid[0], old_grid[1], -1))
-    rows = _interpolation_matrix(old_grid[0], new_grid[0], method)
-    cols = _interpolation_matrix(old_grid[1], new_grid[1], method)
-    table = ops.einsum("ih,hwd,jw->ijd", rows, table, cols)
-    table = ops.reshape(table, (-1, posemb.shape[-1]))
-    return table[None] if rank == 3 else table
 
 
 

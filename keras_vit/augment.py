@@ -1,0 +1,162 @@
+"""Training augmentation made of Keras preprocessing layers only: named
+strengths (`AUGMENTATIONS`), `augmentation_options` and `build_augmentation`,
+a function on batches of float pixels in [0, 255] and one-hot labels."""
+
+import tensorflow as tf
+
+from keras_vit.utils.validation import check_choice, check_rate, pair
+
+# Named augmentation strengths: keyword arguments of `build_augmentation`.
+AUGMENTATIONS = {
+    "none": {},
+    # shapes that must not be mirrored (digits, letters)
+    "digits": dict(translate=0.1, rotate=0.04),
+    "light": dict(flip=True, translate=0.1),
+    "medium": dict(flip=True, crop_padding=0.125, rand_augment=0.3, mixup=0.2),
+    "strong": dict(flip=True, crop_padding=0.125, rand_augment=0.5, mixup=0.8, cutmix=1.0),
+}
+
+
+def augmentation_options(augment):
+    """Resolves `augment` (a name from `AUGMENTATIONS`, a strength in
+    [0, 1], a dict of `build_augmentation` options or None) to a dict.
+
+    A float strength `s` scales a "strong" recipe: flips, padding-and-crop,
+    RandAugment of magnitude `s`, MixUp alpha `0.8 s` and CutMix at `s`.
+
+    Args:
+        augment: None, str, float or dict.
+
+    Returns:
+        dict of keyword arguments for `build_augmentation`.
+
+    Example:
+    >>> augmentation_options("light")
+    {'flip': True, 'translate': 0.1}
+    """
+    if augment is None:
+        return {}
+    if isinstance(augment, str):
+        check_choice(augment, "augment", tuple(AUGMENTATIONS))
+        return dict(AUGMENTATIONS[augment])
+    if isinstance(augment, dict):
+        return dict(augment)
+    if isinstance(augment, (int, float)) and not isinstance(augment, bool) and 0 <= augment <= 1:
+        if augment == 0:
+            return {}
+        return dict(
+            flip=True, crop_padding=0.125, rand_augment=float(augment),
+            mixup=round(0.8 * augment, 4), cutmix=float(augment),
+        )
+    raise ValueError(
+        f"`augment` must be None, a strength in [0, 1], a dict of options or one of "
+        f"{', '.join(repr(a) for a in AUGMENTATIONS)}. Received: augment={augment!r}"
+    )
+
+
+def build_augmentation(
+    image_size,
+    num_classes,
+    *,
+    flip=False,
+    crop_padding=0.0,
+    translate=0.0,
+    rotate=0.0,
+    zoom=0.0,
+    rand_augment=0.0,
+    rand_augment_ops=2,
+    mixup=0.0,
+    cutmix=0.0,
+    seed=None,
+):
+    """Builds the training augmentation, a function on batches.
+
+    Every step is a Keras preprocessing layer; a step whose option is 0 or
+    False is left out. Image steps run first, then MixUp and CutMix, which
+    mix the one-hot labels too (each is applied to a random half of the
+    batches when both are on).
+
+    Args:
+        image_size: int or (h, w), the size of the images.
+        num_classes: number of classes (for checks of the label shape).
+        flip: bool, random horizontal flips.
+        crop_padding: fraction of the size to zero-pad on each side before
+            a random crop back to `image_size` (CIFAR-style crops).
+        translate: fraction of the size for random translations.
+        rotate: fraction of a full turn for random rotations.
+        zoom: fraction for random zoom in and out.
+        rand_augment: RandAugment magnitude in [0, 1]; 0 turns it off.
+        rand_augment_ops: number of RandAugment operations per image.
+        mixup: MixUp alpha; 0 turns it off.
+        cutmix: CutMix factor; 0 turns it off.
+        seed: optional int for the layers' random generators.
+
+    Returns:
+        A function `(images, labels) -> (images, labels)` on batches of
+        float pixels in [0, 255]; labels must be one-hot when MixUp or
+        CutMix is on.
+
+    Example:
+    >>> augment = build_augmentation(16, 10, flip=True, mixup=0.2)
+    >>> x, y = augment(tf.zeros((4, 16, 16, 3)), tf.one_hot([1, 2, 3, 4], 10))
+    """
+    import keras
+
+    height, width = pair(image_size, "image_size")
+    for name, value in (("crop_padding", crop_padding), ("translate", translate),
+                        ("rotate", rotate), ("zoom", zoom)):
+        check_rate(value, name)
+    if not 0 <= rand_augment <= 1:
+        raise ValueError(f"`rand_augment` must be in [0, 1]. Received: rand_augment={rand_augment!r}")
+    if mixup < 0 or cutmix < 0:
+        raise ValueError(f"`mixup` and `cutmix` must be >= 0. Received: mixup={mixup!r}, cutmix={cutmix!r}")
+
+    steps = []
+    if flip:
+        steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if crop_padding:
+        pad_h, pad_w = max(1, round(crop_padding * height)), max(1, round(crop_padding * width))
+        steps.append(keras.layers.ZeroPadding2D((pad_h, pad_w)))
+        steps.append(keras.layers.RandomCrop(height, width, seed=seed))
+    if translate:
+        steps.append(keras.layers.RandomTranslation(translate, translate, fill_mode="constant", seed=seed))
+    if rotate:
+        steps.append(keras.layers.RandomRotation(rotate, fill_mode="constant", seed=seed))
+    if zoom:
+        steps.append(keras.layers.RandomZoom(zoom, fill_mode="constant", seed=seed))
+    if rand_augment:
+        steps.append(keras.layers.RandAugment(
+            value_range=(0, 255), num_ops=rand_augment_ops, factor=rand_augment, seed=seed))
+    mixers = []
+    if mixup:
+        mixers.append(keras.layers.MixUp(alpha=mixup, seed=seed))
+    if cutmix:
+        mixers.append(keras.layers.CutMix(factor=cutmix, seed=seed))
+    rng = tf.random.Generator.from_seed(seed or 0) if len(mixers) == 2 else None
+
+    def augment(images, labels):
+        images = tf.cast(images, "float32")
+        for layer in steps:
+            images = layer(images, training=True)
+        if mixers and (labels.shape.rank != 2 or labels.shape[-1] != num_classes):
+            raise ValueError(
+                "MixUp and CutMix need one-hot labels of shape (batch, num_classes); use "
+                f"label_mode='categorical'. Received labels of shape {labels.shape}."
+            )
+
+        def mix(layer):
+            out = layer({"images": images, "labels": labels}, training=True)
+            return tf.cast(out["images"], "float32"), tf.cast(out["labels"], "float32")
+
+        if len(mixers) == 2:
+            images, labels = tf.cond(
+                rng.uniform(()) < 0.5, lambda: mix(mixers[0]), lambda: mix(mixers[1]))
+        elif mixers:
+            images, labels = mix(mixers[0])
+        return tf.clip_by_value(images, 0.0, 255.0), labels
+
+    augment.options = dict(
+        flip=flip, crop_padding=crop_padding, translate=translate, rotate=rotate, zoom=zoom,
+        rand_augment=rand_augment, rand_augment_ops=rand_augment_ops, mixup=mixup, cutmix=cutmix,
+    )
+    return augment

@@ -1,0 +1,280 @@
+"""The sources `load_data` reads, each turned into unbatched `tf.data`
+splits of (image, int label): in-memory arrays and ``.npz`` files, the
+bundled digits, image folders (checked file by file) and TFDS datasets;
+and the seeded, stratified carving of test and validation splits (the test
+split first, so it never depends on the validation fraction)."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from keras_vit import preprocessing
+from keras_vit.preprocessing import IMAGE_EXTENSIONS
+
+AUTOTUNE = tf.data.AUTOTUNE
+SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation", "valid"), "test": ("test",)}
+
+
+def split_indices(n, fraction, seed, labels=None):
+    """Seeded split of range(n) into (rest, held_out), stratified by label."""
+    if not fraction:
+        return np.arange(n), np.arange(0)
+    from sklearn.model_selection import train_test_split
+
+    held_count = int(np.ceil(fraction * n))
+    stratify = None
+    if labels is not None:
+        counts = np.bincount(labels)
+        classes = np.count_nonzero(counts)
+        # stratify where every class can appear on both sides
+        if counts[counts > 0].min() >= 2 and classes <= held_count <= n - classes:
+            stratify = labels
+    rest, held = train_test_split(
+        np.arange(n), test_size=fraction, random_state=seed, stratify=stratify)
+    return np.sort(rest), np.sort(held)
+
+
+def carve_splits(splits, test_split, validation_split, seed):
+    """Carves the missing "test", then "validation" split out of
+    ``splits["train"]`` (an (x, y) pair), in place; the test split first,
+    so it never depends on the validation fraction."""
+    x, y = splits["train"]
+    for name, fraction, split_seed in (("test", test_split, seed), ("validation", validation_split, seed + 1)):
+        if name not in splits:
+            rest, held = split_indices(len(x), fraction, split_seed, y)
+            splits[name] = (x[held], y[held])
+            x, y = x[rest], y[rest]
+    splits["train"] = (x, y)
+
+
+def check_arrays(x, y, num_classes, name="arrays"):
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) == 0:
+        raise ValueError(f"The {name} are empty (0 images).")
+    if x.dtype.kind not in "uif":
+        raise ValueError(f"The images of the {name} must be numbers (uint8, int or float). Received dtype {x.dtype}.")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+        raise ValueError(
+            f"The images of the {name} hold NaN or infinite pixels ({len(bad)} images, the first at "
+            f"index {bad[0]}); training on them gives a NaN loss. Clean or drop them first.")
+    if len(x) != len(y):
+        raise ValueError(
+            f"The images and labels of the {name} have different lengths: "
+            f"{len(x)} images and {len(y)} labels.")
+    if x.ndim not in (3, 4):
+        raise ValueError(
+            f"The images of the {name} must have shape (n, height, width) or "
+            f"(n, height, width, channels). Received shape {x.shape}.")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"The labels of the {name} must be a 1-D array of integer class indices. "
+            f"Received dtype {y.dtype} and shape {y.shape}.")
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if len(bad):
+        raise ValueError(
+            f"Labels out of range in the {name}: label {y[bad[0]]} at index {bad[0]} "
+            f"({len(bad)} bad labels); labels must be in [0, {num_classes - 1}] "
+            f"for num_classes={num_classes}.")
+    if x.ndim == 3:
+        x = x[..., None]
+    return x, y.astype("int32")
+
+
+def array_splits(arrays, num_classes, test_split, validation_split, seed):
+    """Splits in-memory arrays; `arrays` maps split name to (x, y)."""
+    for name, (_, y) in arrays.items():
+        if len(np.asarray(y)) == 0:
+            raise ValueError(f"The {name} arrays are empty (0 images).")
+    if num_classes is None:
+        num_classes = int(max(np.max(np.asarray(y)) for _, y in arrays.values())) + 1
+    checked = {name: check_arrays(x, y, num_classes, f"{name} arrays") for name, (x, y) in arrays.items()}
+    carve_splits(checked, test_split, validation_split, seed)
+    splits = {
+        name: tf.data.Dataset.from_tensor_slices(pair_) if len(pair_[0]) else None
+        for name, pair_ in checked.items()
+    }
+    channels = checked["train"][0].shape[-1]
+    return splits, [str(i) for i in range(num_classes)], channels, num_classes
+
+
+def digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).astype("float32")
+    return images, digits.target.astype("int32"), [str(n) for n in digits.target_names]
+
+
+def read_npz(path):
+    with np.load(path) as data:
+        keys = set(data.files)
+        if {"x", "y"} <= keys:
+            arrays = {"train": (data["x"], data["y"])}
+        elif {"x_train", "y_train"} <= keys:
+            arrays = {"train": (data["x_train"], data["y_train"])}
+            for split, suffix in (("validation", "val"), ("test", "test")):
+                if {f"x_{suffix}", f"y_{suffix}"} <= keys:
+                    arrays[split] = (data[f"x_{suffix}"], data[f"y_{suffix}"])
+        else:
+            raise ValueError(
+                f"The .npz file {path} must hold arrays 'x' and 'y', or 'x_train', "
+                f"'y_train' (and optionally 'x_val', 'y_val', 'x_test', 'y_test'). "
+                f"It holds: {sorted(keys)}.")
+        class_names = [str(c) for c in data["class_names"]] if "class_names" in keys else None
+    return arrays, class_names
+
+
+def check_image_file(path):
+    """Returns None for a readable image, else the reason it is not one."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return "not an image file"
+    if path.stat().st_size == 0:
+        return "zero bytes"
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as err:  # PIL raises many kinds of errors for bad files
+        return f"cannot be decoded ({type(err).__name__})"
+    return None
+
+
+def list_class_folder(root, bad):
+    """Lists (paths, labels, class_names) of `root/<class>/*`."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(
+            f"The image folder {root} has no class sub-folders; expected "
+            f"{root}/<class>/<image>.png or {root}/train/<class>/<image>.png.")
+    paths, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        good = []
+        for path in files:
+            reason = check_image_file(path)
+            if reason:
+                bad.append(f"{path} ({reason})")
+            else:
+                good.append(path)
+        if not good:
+            raise ValueError(f"The class folder {class_dir} holds no readable images.")
+        paths += [str(p) for p in good]
+        labels += [label] * len(good)
+    return paths, labels, [d.name for d in class_dirs]
+
+
+def folder_splits(root, channels, on_bad_files, test_split, validation_split, seed):
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"The image folder does not exist: {root} (for a TFDS dataset with a "
+                         f"config, write 'tfds:{root}')")
+    found = {
+        split: next((root / n for n in names if (root / n).is_dir()), None)
+        for split, names in SPLIT_FOLDERS.items()
+    }
+    bad = []
+    if found["train"] is not None:
+        listed = {s: list_class_folder(d, bad) for s, d in found.items() if d is not None}
+        class_names = listed["train"][2]
+        for split, (_, _, names) in listed.items():
+            if names != class_names:
+                raise ValueError(
+                    f"The class folders of {found[split]} ({names}) differ from those of "
+                    f"{found['train']} ({class_names}).")
+        arrays = {s: (np.array(p), np.array(l, "int32")) for s, (p, l, _) in listed.items()}
+    else:
+        paths, labels, class_names = list_class_folder(root, bad)
+        arrays = {"train": (np.array(paths), np.array(labels, "int32"))}
+    if bad:
+        message = f"{len(bad)} unreadable file(s) in {root}: " + "; ".join(bad[:20]) + (
+            " ..." if len(bad) > 20 else "")
+        if on_bad_files == "error":
+            raise ValueError(message + " (on_bad_files='error'; use 'warn' to skip them)")
+        warnings.warn("Skipped " + message, stacklevel=3)
+    carve_splits(arrays, test_split, validation_split, seed)
+
+    def decode(path, label):
+        return preprocessing.decode_image(tf.io.read_file(path), channels), label
+
+    splits = {
+        s: tf.data.Dataset.from_tensor_slices(a).map(decode, num_parallel_calls=AUTOTUNE) if len(a[0]) else None
+        for s, a in arrays.items()
+    }
+    return splits, class_names, channels
+
+
+def carve_tfds(train, test_split, validation_split):
+    """Test, then validation, carved from one TFDS split by percentages."""
+    test_start = round(100 * (1 - test_split))
+    val_start = round(test_start * (1 - validation_split))
+    if not 0 < val_start <= test_start:
+        raise ValueError(
+            f"test_split={test_split} and validation_split={validation_split} leave no training data.")
+    return {
+        "train": f"{train}[:{val_start}%]",
+        "validation": f"{train}[{val_start}%:{test_start}%]" if val_start < test_start else None,
+        "test": f"{train}[{test_start}%:]" if test_start < 100 else None,
+    }
+
+
+def tfds_splits(name, data_dir, download, splits, validation_split, test_split):
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(
+            f"Unknown dataset {name!r}: it is neither 'digits', an existing folder or "
+            f".npz file, nor a TFDS dataset name (see tfds.list_builders()).") from None
+    if download:
+        builder.download_and_prepare()
+    elif not builder.is_prepared():
+        raise ValueError(
+            f"The TFDS dataset {name!r} is not prepared in {builder.data_dir} "
+            f"(data_dir={data_dir!r}). Download it first (`tfds build {name}` or "
+            f"load_data(..., download=True) with network access), or point `data_dir` "
+            f"at a folder that holds it.")
+    if splits is None:
+        # Without metadata (e.g. under tfds.testing.mock_data) assume the
+        # usual "train" and "test" splits.
+        available = set(builder.info.splits) or {"train", "test"}
+        if "train" not in available:
+            raise ValueError(
+                f"Cannot tell the splits of TFDS dataset {name!r} (available: "
+                f"{sorted(available)}); pass splits=dict(train=..., test=...).")
+        validation = next((s for s in ("validation", "val") if s in available), None)
+        if "test" not in available:
+            splits = carve_tfds("train", test_split, 0 if validation else validation_split)
+            splits["validation"] = validation or splits["validation"]
+        else:
+            splits = {"train": "train", "validation": validation, "test": "test"}
+    else:
+        unknown = set(splits) - set(SPLIT_FOLDERS)
+        if unknown or "train" not in splits:
+            raise ValueError(
+                f"`splits` must map 'train' (and optionally 'validation', 'test') to TFDS "
+                f"split names. Received: splits={splits!r}")
+        splits = dict(splits)
+    if not splits.get("validation") and validation_split:
+        train = splits["train"]
+        percent = round(100 * (1 - validation_split))
+        base, sliced = (train.split("[")[0], True) if "[" in train else (train, False)
+        if sliced:
+            raise ValueError(
+                f"Cannot carve a validation split from the sliced split {train!r}; "
+                f"pass splits=dict(validation=...) or validation_split=0.")
+        splits["train"], splits["validation"] = f"{base}[:{percent}%]", f"{base}[{percent}%:]"
+    datasets = {
+        s: builder.as_dataset(split=v, shuffle_files=False).map(lambda ex: (ex["image"], ex["label"]))
+        if v else None
+        for s, v in ((s, splits.get(s)) for s in SPLIT_FOLDERS)
+    }
+    label = builder.info.features["label"]
+    channels = builder.info.features["image"].shape[-1]
+    return datasets, list(label.names), channels
