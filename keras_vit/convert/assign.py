@@ -14,7 +14,6 @@ import warnings
 import numpy as np
 
 from keras_vit.convert.readers import CheckpointError
-from keras_vit.convert.rules import Converted
 from keras_vit.layers import AttentionPooling, resample_posemb
 
 # First path components of classifier parts: all of them are left out when
@@ -144,6 +143,7 @@ def checkpoint_grid(converted, model_grid=None):
         ((h, w), has_class_row).
 
     Example:
+    >>> from keras_vit.convert.rules import Converted
     >>> conv = Converted({POSITIONS: np.zeros((1, 25, 8)), "patch_encoder/cls_token": np.zeros((1, 1, 8))}, {})
     >>> checkpoint_grid(conv, (4, 6)), checkpoint_grid(conv)
     (((4, 6), True), ((5, 5), False))
