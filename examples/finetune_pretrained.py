@@ -81,7 +81,7 @@ def main(argv=None):
     parser.add_argument("--run-dir", default="runs/finetune")
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--num-heads", type=int)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, help="full fine-tuning epochs (default 3; 8 with --demo)")
     parser.add_argument("--frozen-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
@@ -93,10 +93,13 @@ def main(argv=None):
         args.checkpoint = write_demo_checkpoint(os.path.join(workdir, "demo_vit.npz"))
         args.data = write_digits_folder(os.path.join(workdir, "digits"))
         args.image_size = args.image_size or 24  # the checkpoint is 16 px: positions are resampled
-        args.epochs, args.learning_rate = max(args.epochs, 8), 2e-3
+        args.epochs = 8 if args.epochs is None else args.epochs
+        args.learning_rate = 2e-3
         args.run_dir = os.path.join(workdir, "run")
     elif not (args.checkpoint and args.data):
         parser.error("pass --checkpoint and --data, or --demo")
+    if args.epochs is None:
+        args.epochs = 3
 
     result = fine_tune(
         args.checkpoint, args.data, run_dir=args.run_dir, image_size=args.image_size,
@@ -105,7 +108,7 @@ def main(argv=None):
     )
     model = result.model
     print(f"saved {os.path.join(result.run_dir, 'model.keras')}: input {model.input_shape[1:3]}, "
-          f"{model.output_shape[-1]} classes")
+          f"{model.num_classes} classes {model.class_names}")
     first, last = result.history[0], result.history[-1]
     print(f"loss: {first['loss']:.3f} (first epoch, {first['stage']}) -> {last['loss']:.3f} (last)")
     if result.test_metrics:

@@ -1,9 +1,11 @@
-"""Pretrained weights: timm state dicts and original ViT .npz files load into
+"""keras_vit.convert: timm state dicts and original ViT .npz files load into
 build_vit models and give timm's logits; bad files fail clearly.
 
 timm and torch (CPU build) come from the `dev` extra.
 """
 
+import functools
+import json
 import os
 import pickle
 import sys
@@ -15,9 +17,8 @@ import pytest
 import torch
 
 from keras_vit import build_vit
-from keras_vit import convert as W
+from keras_vit import convert
 from keras_vit.layers import pair, resample_posemb
-from keras_vit.training import fine_tune
 from tests.conftest import run_python
 
 
@@ -133,6 +134,18 @@ TIMM_CONFIGS = {
         dict(image_size=20),
         ".safetensors",
     ),
+    "linear_patch_embedding": (
+        dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=1, num_heads=4, mlp_ratio=2.0),
+        dict(patch_embedding="linear"),
+        ".safetensors",
+    ),
+    # CLIP-style tower: a LayerNorm before the blocks, eps 1e-5, quick GELU
+    "clip_pre_norm_quick_gelu": (
+        dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0,
+             pre_norm=True, act_layer="quick_gelu", norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-5)),
+        dict(norm_epsilon=1e-5, activation="quick_gelu"),
+        ".pth",
+    ),
     "layer_scale_qk_norm_registers": (
         dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2,
              init_values=0.5, qk_norm=True, reg_tokens=2, no_embed_class=True),
@@ -148,7 +161,7 @@ def test_timm_state_dict_gives_timm_logits(timm_vit, tmp_path, name):
     timm_kwargs, build_kwargs, suffix = TIMM_CONFIGS[name]
     reference = random_timm(VisionTransformer, **timm_kwargs)
     path = save_state_dict(reference.state_dict(), tmp_path / f"vit{suffix}")
-    model = W.from_checkpoint(path, num_heads=timm_kwargs["num_heads"], **build_kwargs)
+    model = convert.from_checkpoint(path, num_heads=timm_kwargs["num_heads"], **build_kwargs)
     h, w = pair(timm_kwargs["img_size"], "img_size")
     assert model.image_size == (h, w)
     images = pixels(h, w)
@@ -168,7 +181,7 @@ def test_pre_logits_state_dict_matches_torch_reference(timm_vit, tmp_path):
     state.update({f"pre_logits.fc.{k}": v for k, v in pre_logits.state_dict().items()})
     state.update({f"head.{k}": v for k, v in head.state_dict().items()})
     path = save_state_dict(state, tmp_path / "vit.pth")
-    model = W.from_checkpoint(path, num_heads=2)
+    model = convert.from_checkpoint(path, num_heads=2)
     assert model.pre_logits.units == 12
     images = pixels(32, 32)
     expected = timm_logits(backbone, images, head=lambda f: head(torch.tanh(pre_logits(f))))
@@ -177,13 +190,13 @@ def test_pre_logits_state_dict_matches_torch_reference(timm_vit, tmp_path):
     assert diff < TOL
 
     # Keep the pre-logits but replace the head: pre-logit features equal.
-    new = W.from_checkpoint(path, num_classes=3, num_heads=2)
+    new = convert.from_checkpoint(path, num_classes=3, num_heads=2)
     features = build_features(new, new.pre_logits)(images)
     with torch.no_grad():
         ref = torch.tanh(pre_logits(torch.from_numpy(timm_logits(backbone, images)))).numpy()
     assert np.abs(np.asarray(features) - ref).max() < TOL
     assert new.output_shape == (None, 3)
-    dropped = W.from_checkpoint(path, num_classes=3, num_heads=2, keep_pre_logits=False)
+    dropped = convert.from_checkpoint(path, num_classes=3, num_heads=2, keep_pre_logits=False)
     assert dropped.pre_logits is None
 
 
@@ -251,7 +264,7 @@ def test_npz_matches_timms_own_npz_loader(timm_vit, tmp_path, layout):
         class_token=cls, global_pool={"cls": "token", "gap": "avg", "map": "map"}[pooling], fc_norm=False,
     ).eval()
     timm_load_npz(reference, str(path))
-    model = W.from_checkpoint(path)  # heads read from the file
+    model = convert.from_checkpoint(path)  # heads read from the file
     assert model.backbone.blocks[0].num_heads == 2
     images = pixels(16, 16)
     diff = np.abs(model.predict(images, verbose=0) - timm_logits(reference, images)).max()
@@ -260,7 +273,7 @@ def test_npz_matches_timms_own_npz_loader(timm_vit, tmp_path, layout):
     # load_npz into a model built by hand gives the same logits.
     by_hand = build_vit(image_size=16, num_classes=3, patch_size=4, hidden_dim=16, depth=2, num_heads=2,
                         mlp_dim=32, pooling=pooling)
-    W.load_npz(by_hand, path)
+    convert.load_npz(by_hand, path)
     np.testing.assert_allclose(by_hand.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
 
 
@@ -269,13 +282,14 @@ def test_in_memory_and_bfloat16_state_dicts(timm_vit, tmp_path):
     reference = random_timm(VisionTransformer, img_size=16, patch_size=4, num_classes=3,
                             embed_dim=16, depth=1, num_heads=2)
     model = build_vit(image_size=16, num_classes=3, patch_size=4, hidden_dim=16, depth=1, num_heads=2, mlp_dim=64)
-    W.load_timm(model, reference.state_dict())  # a dict of torch tensors
+    convert.load_timm(model, reference.state_dict())  # a dict of torch tensors
     images = pixels(16, 16)
     assert np.abs(model.predict(images, verbose=0) - timm_logits(reference, images)).max() < TOL
     # bfloat16 files (numpy has no bfloat16) load as float32 values of the bfloat16 weights
     half = {k: v.to(torch.bfloat16) for k, v in reference.state_dict().items()}
     path = save_state_dict(half, tmp_path / "bf16.safetensors")
-    W.load_timm(model, path)
+    convert.load_timm(model, path)
+    assert convert.read_checkpoint(path)[1]["head.weight"].dtype == np.float32
     kernel = model.head.kernel.numpy()
     np.testing.assert_array_equal(kernel, half["head.weight"].float().numpy().T)
 
@@ -287,7 +301,7 @@ def test_resolution_change_resamples_positions_like_timm(timm_vit, tmp_path):
     source = random_timm(VisionTransformer, img_size=16, patch_size=4, num_classes=3,
                          embed_dim=16, depth=1, num_heads=2)
     path = save_state_dict(source.state_dict(), tmp_path / "vit.safetensors")
-    model = W.from_checkpoint(path, image_size=24, num_heads=2)
+    model = convert.from_checkpoint(path, image_size=24, num_heads=2)
     table = model.backbone.patch_encoder.position_embedding.numpy()
     old = source.pos_embed.detach().numpy()
     assert table.shape == (1, 1 + 6 * 6, 16)
@@ -308,7 +322,7 @@ def test_resampled_positions_follow_the_grid():
     rows = np.repeat(np.arange(4.0), 4)  # row index of every patch
     table = np.stack([np.full(16, 0.7), rows], axis=-1)[None].astype("float32")
     table = np.concatenate([np.full((1, 1, 2), 9.0, "float32"), table], axis=1)  # class row
-    out = W.fit_position_embedding(table, new_grid, has_cls_token=True)
+    out = convert.fit_position_embedding(table, new_grid, has_cls_token=True)
     assert out.shape == (1, 1 + 64, 2)
     np.testing.assert_array_equal(out[0, 0], [9.0, 9.0])
     np.testing.assert_allclose(out[0, 1:, 0], 0.7, atol=1e-6)
@@ -323,9 +337,9 @@ def test_new_head_when_num_classes_differs(timm_vit, tmp_path):
     source = random_timm(VisionTransformer, img_size=16, patch_size=4, num_classes=3,
                          embed_dim=16, depth=1, num_heads=2)
     path = save_state_dict(source.state_dict(), tmp_path / "vit.safetensors")
-    model = W.from_checkpoint(path, num_classes=7, num_heads=2)
+    model = convert.from_checkpoint(path, num_classes=7, num_heads=2)
     assert model.output_shape == (None, 7)
-    features = W.from_checkpoint(path, num_classes=0, num_heads=2)
+    features = convert.from_checkpoint(path, num_classes=0, num_heads=2)
     images = pixels(16, 16)
     with torch.no_grad():
         ref = source.forward_head(
@@ -337,11 +351,128 @@ def test_new_head_when_num_classes_differs(timm_vit, tmp_path):
     other = build_vit(image_size=16, num_classes=7, patch_size=4, hidden_dim=16, depth=1, num_heads=2, mlp_dim=64)
     head_before = other.head.kernel.numpy().copy()
     with pytest.warns(UserWarning, match="classifier was not loaded"):
-        W.load_timm(other, path)
+        convert.load_timm(other, path)
     np.testing.assert_array_equal(other.head.kernel.numpy(), head_before)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        W.load_timm(other, path, replace_head=True)
+        convert.load_timm(other, path, replace_head=True)
+
+
+# --------------------------------------------------------------------------
+# The model side: every variable by its canonical path, backbones.
+# --------------------------------------------------------------------------
+
+TABLE_CONFIGS = {
+    "plain": dict(),
+    "every_part": dict(pooling="map", fc_norm=True, final_norm=False, pre_norm=True, representation_size=8,
+                       head_units=[12], num_registers=2, qk_norm=True, layer_scale=0.1, use_qkv_bias=False),
+    "no_tokens_no_head": dict(pooling="gap", patch_embedding="linear", pos_embedding="sincos", num_classes=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_CONFIGS))
+def test_variable_table_names_every_variable_once(name):
+    """A variable missing from the table would silently keep its initial
+    value; one listed twice would be loaded twice."""
+    model = tiny_model(**TABLE_CONFIGS[name])
+    for part in (model, model.backbone):
+        table = convert.variable_table(part)
+        assert sorted(id(v) for v in table.values()) == sorted(id(v) for v in part.weights)
+        assert all(variable.path == path for path, variable in table.items())  # the models' contract
+
+
+def test_backbone_takes_the_backbone_tensors_and_ignores_the_classifier(timm_vit):
+    from keras_vit.models import ViTBackbone
+
+    VisionTransformer, _ = timm_vit
+    source = random_timm(VisionTransformer, img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=1,
+                         num_heads=2, class_token=False, global_pool="map", reg_tokens=1, no_embed_class=True)
+    backbone = ViTBackbone(image_size=16, patch_size=4, hidden_dim=16, depth=1, num_heads=2, mlp_dim=64,
+                           class_token=False, num_registers=1)
+    convert.load_timm(backbone, source.state_dict())
+    images = pixels(16, 16)
+    with torch.no_grad():
+        expected = source.forward_features(torch.from_numpy(images / 127.5 - 1).permute(0, 3, 1, 2)).numpy()
+    assert np.abs(backbone.predict(images, verbose=0) - expected).max() < TOL
+    positioned = random_timm(VisionTransformer, img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=1,
+                             num_heads=2, class_token=False, global_pool="map", reg_tokens=1)
+    with pytest.raises(ValueError, match="Register tokens with their own position embeddings"):
+        convert.load_timm(backbone, positioned.state_dict())
+
+
+# --------------------------------------------------------------------------
+# Pretrained presets: a timm directory (config.json + weights, as on the hub).
+# --------------------------------------------------------------------------
+
+# timm name, create_model overrides, keras_vit attributes the config sets
+TIMM_PRESETS = {
+    "clip": ("vit_base_patch16_clip_224.openai_ft_in1k", dict(global_pool="token"), dict(norm_epsilon=1e-5)),
+    "deit_avg_fc_norm": ("deit_tiny_patch16_224.fb_in1k", dict(global_pool="avg"), dict(final_norm=False)),
+    "dinov2_registers": ("vit_small_patch14_reg4_dinov2.lvd142m", dict(), dict(num_registers=4)),
+}
+
+
+def write_timm_preset(directory, name, **kwargs):
+    """A random timm model saved by timm's own `save_for_hf` (config.json
+    with its preprocessing, and model.safetensors)."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(0)
+    patch = 14 if "patch14" in name else 16
+    model = timm.create_model(name, pretrained=False, img_size=2 * patch, depth=1, embed_dim=32, num_heads=2,
+                              num_classes=4, **kwargs).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    save_for_hf(model, directory, model_config=dict(label_names=["w", "x", "y", "z"]), safe_serialization=True)
+    return model
+
+
+@pytest.mark.parametrize("preset", sorted(TIMM_PRESETS))
+def test_timm_preset_directory_gives_timm_logits_from_raw_pixels(timm_vit, tmp_path, preset):
+    from keras_vit.models import ViTBackbone, ViTClassifier
+
+    name, kwargs, expected_config = TIMM_PRESETS[preset]
+    reference = write_timm_preset(tmp_path / "preset", name, **kwargs)
+    cfg = json.loads((tmp_path / "preset" / "config.json").read_text())["pretrained_cfg"]
+    size = cfg["input_size"][1]
+    images = pixels(size, size)
+    x = torch.from_numpy((images / 255 - np.array(cfg["mean"])) / np.array(cfg["std"])).float().permute(0, 3, 1, 2)
+    with torch.no_grad():
+        logits, features = reference(x).numpy(), reference.forward_features(x).numpy()
+
+    model = ViTClassifier.from_preset(str(tmp_path / "preset"))
+    diff = np.abs(model.predict(images, verbose=0) - logits).max()
+    print(f"{preset}: max |logit difference| = {diff:.2e}")
+    assert diff < TOL
+    assert model.class_names == ["w", "x", "y", "z"]
+    assert model.preprocessing["interpolation"] == cfg["interpolation"]
+    assert model.backbone.pixel_mean == list(cfg["mean"])
+    for key, value in expected_config.items():
+        assert getattr(model.backbone, key) == value
+    backbone = ViTBackbone.from_preset(str(tmp_path / "preset"))
+    assert np.abs(backbone.predict(images, verbose=0) - features).max() < TOL
+    # A new class count gets a fresh head (and no class names); a new size resampled positions.
+    other = ViTClassifier.from_preset(str(tmp_path / "preset"), num_classes=2, image_size=3 * size // 2)
+    assert other.num_classes == 2 and other.class_names is None
+    if model.fc_norm is not None:  # loaded with the backbone, not with the replaced head
+        np.testing.assert_array_equal(other.fc_norm.gamma.numpy(), model.fc_norm.gamma.numpy())
+    assert other.predict(pixels(3 * size // 2, 3 * size // 2), verbose=0).shape == (2, 2)
+
+
+def test_timm_preset_settings_read_what_the_weights_do_not_record():
+    settings = convert.timm_preset_settings({
+        "architecture": "vit_base_patch16_clip_quickgelu_224", "global_pool": "avg", "num_classes": 2,
+        "model_args": {"num_heads": 3}, "label_names": ["a", "b"],
+        "pretrained_cfg": {"input_size": [3, 48, 64], "interpolation": "bilinear", "crop_pct": 0.9,
+                           "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}})
+    assert settings == dict(
+        num_heads=3, pooling="gap", norm_epsilon=1e-5, activation="quick_gelu", pixel_mean=[0.1, 0.2, 0.3],
+        pixel_std=[0.4, 0.5, 0.6], image_size=(48, 64), class_names=["a", "b"],
+        preprocessing=dict(interpolation="bilinear", crop_pct=0.9, source="vit_base_patch16_clip_quickgelu_224"))
+    with pytest.raises(ValueError, match="global_pool='avgmax' is not supported"):
+        convert.timm_preset_settings({"global_pool": "avgmax"})
 
 
 # --------------------------------------------------------------------------
@@ -370,9 +501,9 @@ def test_pickle_with_payload_is_refused(tmp_path, monkeypatch, pickler):
         path.write_bytes(pickle.dumps(state, protocol=2))
     model = build_vit(image_size=4, num_classes=2, patch_size=2, hidden_dim=4, depth=1, num_heads=1, mlp_dim=4)
     with pytest.raises(ValueError, match="Refused to load"):
-        W.load_timm(model, path)
+        convert.load_timm(model, path)
     with pytest.raises(ValueError, match="Refused to load"):
-        W.from_checkpoint(path)
+        convert.from_checkpoint(path)
     assert not marker.exists()
 
 
@@ -380,7 +511,7 @@ def test_npz_with_object_array_is_refused(tmp_path):
     path = tmp_path / "objects.npz"
     np.savez(path, cls=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match="Refused to load.*object arrays"):
-        W.read_checkpoint(path)
+        convert.read_checkpoint(path)
 
 
 @pytest.fixture
@@ -400,7 +531,7 @@ def test_shape_mismatch_names_tensor_and_shapes_and_loads_nothing(tiny_checkpoin
     model = tiny_model(mlp_dim=48)
     before = [v.numpy().copy() for v in model.weights]
     with pytest.raises(ValueError) as err:
-        W.load_npz(model, tiny_checkpoint)
+        convert.load_npz(model, tiny_checkpoint)
     message = str(err.value)
     assert "Transformer/encoderblock_0/MlpBlock_3/Dense_0/bias" in message
     assert "(32,)" in message and "(48,)" in message
@@ -410,11 +541,11 @@ def test_shape_mismatch_names_tensor_and_shapes_and_loads_nothing(tiny_checkpoin
 
 def test_architecture_mismatch_lists_missing_and_extra(tiny_checkpoint):
     with pytest.raises(ValueError, match=r"Missing from the checkpoint \(12\): encoder_block_2/"):
-        W.load_npz(tiny_model(depth=3), tiny_checkpoint)
+        convert.load_npz(tiny_model(depth=3), tiny_checkpoint)
     with pytest.raises(ValueError, match="In the checkpoint but not in the model.*encoderblock_1"):
-        W.load_npz(tiny_model(depth=1), tiny_checkpoint)
+        convert.load_npz(tiny_model(depth=1), tiny_checkpoint)
     with pytest.raises(ValueError, match=r"not in the model \(1\): 'cls' \(patch_encoder/cls_token\)"):
-        W.load_npz(tiny_model(pooling="gap"), tiny_checkpoint)  # a class token the model lacks
+        convert.load_npz(tiny_model(pooling="gap"), tiny_checkpoint)  # a class token the model lacks
 
 
 def test_truncated_and_unknown_files_fail_clearly(tmp_path, tiny_checkpoint):
@@ -422,153 +553,74 @@ def test_truncated_and_unknown_files_fail_clearly(tmp_path, tiny_checkpoint):
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated or corrupt"):
-        W.from_checkpoint(truncated)
+        convert.from_checkpoint(truncated)
     from safetensors.numpy import save_file
 
     st = tmp_path / "w.safetensors"
     save_file({"cls_token": np.ones((1, 1, 8), "float32")}, str(st))
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(st.read_bytes()[:-10])
-    with pytest.raises(ValueError, match="truncated"):
-        W.read_checkpoint(cut)
+    with pytest.raises(ValueError, match=r"The .safetensors file .* is truncated: its header describes"):
+        convert.read_checkpoint(cut)
     pth = tmp_path / "w.pth"
     torch.save({"cls_token": torch.ones(1, 1, 8)}, pth)
     cut_pth = tmp_path / "cut.pth"
     cut_pth.write_bytes(pth.read_bytes()[:-40])
     with pytest.raises(ValueError, match="truncated or corrupt"):
-        W.read_checkpoint(cut_pth)
+        convert.read_checkpoint(cut_pth)
     text = tmp_path / "notes.txt"
     text.write_text("not weights")
     with pytest.raises(ValueError, match="Unknown checkpoint format.*npz, safetensors, torch"):
-        W.from_checkpoint(text)
+        convert.from_checkpoint(text)
     other_zip = tmp_path / "other.zip"
     with zipfile.ZipFile(other_zip, "w") as archive:
         archive.writestr("readme.txt", "hello")
     with pytest.raises(ValueError, match="Unknown checkpoint format"):
-        W.read_checkpoint(other_zip)
+        convert.read_checkpoint(other_zip)
     with pytest.raises(FileNotFoundError):
-        W.read_checkpoint(tmp_path / "missing.npz")
+        convert.read_checkpoint(tmp_path / "missing.npz")
+
+
+def test_pytorch_files_without_torch_name_the_extra_to_install(tmp_path):
+    """Without torch a .pth file is not 'corrupt': the error says what to
+    install; float32 .safetensors files need no torch."""
+    pth = tmp_path / "w.pth"
+    torch.save({"cls_token": torch.ones(1, 1, 8)}, pth)
+    plain = save_state_dict({"cls_token": torch.ones(1, 1, 8)}, tmp_path / "f32.safetensors")
+    code = (
+        "import sys\n"
+        "from keras_vit.convert import read_checkpoint\n"
+        "assert 'torch' not in sys.modules\n"
+        "sys.modules['torch'] = None  # `import torch` now fails as if it were not installed\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        print('LOADED', sorted(read_checkpoint(path)[1]))\n"
+        "    except ValueError as err:\n"
+        "        print('ERROR', err)\n"
+    )
+    lines = run_python(["-c", code, str(pth), str(plain)]).stdout.splitlines()
+    results = [line for line in lines if line.startswith(("ERROR", "LOADED"))]
+    assert len(results) == 2
+    assert results[0].startswith("ERROR") and "PyTorch is not installed" in results[0]
+    assert "pip install keras-vit[weights]" in results[0] and "corrupt" not in results[0]
+    assert results[1] == "LOADED ['cls_token']"  # float32 safetensors need no torch
 
 
 def test_unknown_and_unsupported_tensors_fail_clearly():
     with pytest.raises(ValueError, match="no build_vit layer takes: decoder.weight"):
-        W.convert_timm({"decoder.weight": np.zeros((2, 2), "float32")})
+        convert.convert_timm({"decoder.weight": np.zeros((2, 2), "float32")})
     with pytest.raises(ValueError, match="query/key norms in timm's attention pooling"):
-        W.convert_timm({"attn_pool.q_norm.weight": np.zeros((2,), "float32")})
+        convert.convert_timm({"attn_pool.q_norm.weight": np.zeros((2,), "float32")})
 
 
 def test_wrong_loader_and_bad_arguments(tmp_path, tiny_checkpoint):
     pth = tmp_path / "w.pth"
     torch.save({"cls_token": torch.ones(1, 1, 8)}, pth)
     with pytest.raises(ValueError, match="expects a .npz file"):
-        W.load_npz(tiny_model(), pth)
+        convert.load_npz(tiny_model(), pth)
     with pytest.raises(ValueError, match="use `load_npz`"):
-        W.load_timm(tiny_model(), tiny_checkpoint)
+        convert.load_timm(tiny_model(), tiny_checkpoint)
     with pytest.raises(ValueError, match="Unknown `pooling`: 'mean'"):
-        W.from_checkpoint(tiny_checkpoint, pooling="mean")
+        convert.from_checkpoint(tiny_checkpoint, pooling="mean")
     with pytest.raises(ValueError, match="Pass `num_heads`"):
-        W.default_num_heads(40)
-
-
-# --------------------------------------------------------------------------
-# Fine-tuning.
-# --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def image_folder(tmp_path):
-    """Two classes a ViT can tell apart: dark and bright 16 x 16 images."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for label, low in (("dark", 0), ("bright", 150)):
-        (tmp_path / "data" / label).mkdir(parents=True)
-        for i in range(8):
-            pixels_ = rng.integers(low, low + 100, (16, 16, 3)).astype("uint8")
-            Image.fromarray(pixels_).save(tmp_path / "data" / label / f"{i}.png")
-    return tmp_path / "data"
-
-
-def weights_of(model, prefix):
-    return {v.path: v.numpy().copy() for v in model.weights if v.path.startswith(prefix)}
-
-
-def test_frozen_stage_trains_only_the_new_head(tiny_checkpoint, image_folder, tmp_path):
-    pretrained = W.from_checkpoint(tiny_checkpoint)
-    result = fine_tune(tiny_checkpoint, image_folder, run_dir=tmp_path / "run", epochs=0,
-                         frozen_epochs=2, batch_size=8, test_split=0.25, verbose=0)
-    model = result.model
-    assert model.output_shape == (None, 2)  # two class folders
-    for path, value in weights_of(pretrained, "encoder_block").items():
-        np.testing.assert_array_equal(weights_of(model, path)[path], value)
-    assert [row["stage"] for row in result.history] == ["head", "head"]
-    assert (tmp_path / "run" / "head" / "model.keras").exists()
-
-
-def test_fine_tune_at_a_new_resolution_learns_and_saves(tiny_checkpoint, image_folder, tmp_path):
-    pretrained = W.from_checkpoint(tiny_checkpoint)
-    run_dir = tmp_path / "run"
-    result = fine_tune(tiny_checkpoint, image_folder, run_dir=run_dir, image_size=20, epochs=4,
-                         frozen_epochs=1, batch_size=8, learning_rate=1e-3, test_split=0.25, verbose=0)
-    model = result.model
-    assert model.input_shape == (None, 20, 20, 3)
-    assert model.backbone.patch_encoder.position_embedding.shape == (1, 1 + 25, 16)
-    assert [row["stage"] for row in result.history] == ["head"] + ["full"] * 4
-    losses = [row["loss"] for row in result.history]
-    assert losses[-1] < losses[0]
-    assert "accuracy" in result.test_metrics
-    before = weights_of(pretrained, "encoder_block_0/attention/qkv/kernel")
-    after = weights_of(model, "encoder_block_0/attention/qkv/kernel")
-    assert not np.allclose(before["encoder_block_0/attention/qkv/kernel"], after["encoder_block_0/attention/qkv/kernel"])
-    # The saved model (resampled positions, new head) reloads in a fresh
-    # process (importing keras_vit, no custom_objects) with the same logits.
-    images = pixels(20, 20)
-    np.save(tmp_path / "x.npy", images)
-    np.save(tmp_path / "y.npy", model.predict(images, verbose=0))
-    proc = run_python([
-        "-c",
-        "import keras, keras_vit, numpy as np, sys; d = sys.argv[1];"
-        "m = keras.models.load_model(sys.argv[2]);"
-        "np.testing.assert_allclose(m.predict(np.load(d + '/x.npy'), verbose=0), np.load(d + '/y.npy'), atol=1e-5);"
-        "print('classes', m.output_shape[-1])",
-        str(tmp_path), str(run_dir / "model.keras"),
-    ])
-    assert "classes 2" in proc.stdout
-
-
-def test_finetune_command(tiny_checkpoint, image_folder, tmp_path):
-    run_dir = tmp_path / "cli"
-    proc = run_python(["-m", "keras_vit.cli", "finetune", str(tiny_checkpoint), str(image_folder),
-                       "--run-dir", str(run_dir), "--epochs", "1", "--frozen-epochs", "0",
-                       "--batch-size", "8", "--test-split", "0.25"])
-    assert f"Saved {run_dir / 'model.keras'} (2 classes, 1 epochs; test accuracy=" in proc.stdout
-    assert (run_dir / "history.csv").exists()
-
-
-def test_finetune_command_bad_input(tiny_checkpoint, image_folder, tmp_path, capsys):
-    from keras_vit.cli import main as cli
-
-    text = tmp_path / "notes.txt"
-    text.write_text("not weights")
-    assert cli.main(["finetune", str(text), str(image_folder), "--run-dir", str(tmp_path / "r")]) == 2
-    assert "keras-vit finetune: error: Unknown checkpoint format" in capsys.readouterr().err
-    assert cli.main(["finetune", str(tiny_checkpoint), str(image_folder), "--run-dir", str(tmp_path / "r"),
-                     "--epochs", "0", "--frozen-epochs", "0"]) == 2
-    assert "Nothing to train" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(["finetune", str(tiny_checkpoint), str(image_folder)])  # no --run-dir
-    assert "--run-dir" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()
-
-
-def test_fine_tune_bad_input(tiny_checkpoint, image_folder, tmp_path):
-    run = dict(run_dir=tmp_path / "run")
-    with pytest.raises(ValueError, match="`epochs` must be an int >= 0. Received: epochs=-1"):
-        fine_tune(tiny_checkpoint, image_folder, epochs=-1, **run)
-    with pytest.raises(ValueError, match="Nothing to train"):
-        fine_tune(tiny_checkpoint, image_folder, epochs=0, frozen_epochs=0, **run)
-    with pytest.raises(ValueError, match="Unknown checkpoint format"):
-        fine_tune(image_folder / "dark" / "0.png", image_folder, **run)
-    with pytest.raises(ValueError, match="`source` must be"):
-        fine_tune(tiny_checkpoint, 42, **run)
-    assert not (tmp_path / "run").exists()
+        convert.default_num_heads(40)

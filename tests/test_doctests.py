@@ -20,6 +20,12 @@ MODULES = (
     "keras_vit.utils.io",
     "keras_vit.utils.locks",
     "keras_vit.hub",
+    "keras_vit.convert.readers",
+    "keras_vit.convert.rules",
+    "keras_vit.convert.timm",
+    "keras_vit.convert.big_vision",
+    "keras_vit.convert.assign",
+    "keras_vit.convert.checkpoint",
 )
 
 

@@ -1,28 +1,9 @@
-"""`keras-vit finetune`: a pretrained checkpoint fine-tuned on an image folder or TFDS name."""
+"""`keras-vit finetune`: fine-tune a pretrained checkpoint on new data."""
 
 import os
 
 from keras_vit.cli.common import non_negative_int, positive_int
 from keras_vit.cli.train import augment_arg
-
-
-def run(args):
-    from keras_vit.training.finetune import fine_tune
-
-    result = fine_tune(
-        args.checkpoint, args.data, run_dir=args.run_dir, num_classes=args.num_classes,
-        image_size=args.image_size, epochs=args.epochs, frozen_epochs=args.frozen_epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate,
-        head_learning_rate=args.head_learning_rate, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        augment=args.augment, validation_split=args.validation_split, test_split=args.test_split,
-        data_dir=args.data_dir, num_heads=args.num_heads, seed=args.seed, verbose=2,
-    )
-    metrics = result.test_metrics or {}
-    summary = ", ".join(f"test {k}={v:.4f}" for k, v in metrics.items())
-    print(f"Saved {os.path.join(result.run_dir, 'model.keras')} "
-          f"({result.model.output_shape[-1]} classes, {len(result.history)} epochs{'; ' + summary if summary else ''})")
-    return 0
 
 
 def add_parser(subparsers):
@@ -32,13 +13,12 @@ def add_parser(subparsers):
         help="Fine-tune a pretrained checkpoint (.npz, .safetensors, .pth) on an image folder or TFDS name.",
         description="Loads CHECKPOINT with a new head, trains the head with the backbone frozen, "
         "then fine-tunes everything with the training recipe; the model is RUN_DIR/model.keras. "
-        "Re-running the same command resumes.",
-    )
+        "Re-running the same command resumes.")
     parser.add_argument("checkpoint", help="a .npz, .safetensors or .pth/.bin checkpoint file")
     parser.add_argument("data", help="an image folder (one sub-folder per class), a local TFDS name or 'digits'")
     parser.add_argument("--run-dir", required=True, help="run directory (the model is RUN_DIR/model.keras)")
-    parser.add_argument("--num-classes", type=int, help="default: from the data")
-    parser.add_argument("--image-size", type=int, help="default: the checkpoint's (positions are resampled)")
+    parser.add_argument("--num-classes", type=positive_int, help="default: from the data")
+    parser.add_argument("--image-size", type=positive_int, help="default: the checkpoint's (positions are resampled)")
     parser.add_argument("--epochs", type=non_negative_int, default=3, help="epochs of full fine-tuning")
     parser.add_argument("--frozen-epochs", type=non_negative_int, default=1, help="head-only epochs first (0: none)")
     parser.add_argument("--batch-size", type=positive_int, default=32)
@@ -51,7 +31,25 @@ def add_parser(subparsers):
     parser.add_argument("--validation-split", type=float, default=0.1)
     parser.add_argument("--test-split", type=float, default=0.2)
     parser.add_argument("--data-dir", help="TFDS data directory")
-    parser.add_argument("--num-heads", type=int, help="heads, for timm files of non-standard width")
+    parser.add_argument("--num-heads", type=positive_int, help="heads, for timm files of non-standard width")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
     return parser
+
+
+def run(args):
+    from keras_vit.training.finetune import fine_tune
+
+    result = fine_tune(
+        args.checkpoint, args.data, run_dir=args.run_dir, num_classes=args.num_classes,
+        image_size=args.image_size, epochs=args.epochs, frozen_epochs=args.frozen_epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        head_learning_rate=args.head_learning_rate, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        augment=args.augment, validation_split=args.validation_split, test_split=args.test_split,
+        data_dir=args.data_dir, num_heads=args.num_heads, seed=args.seed, verbose=2)
+    metrics = result.test_metrics or {}
+    summary = ", ".join(f"test {k}={v:.4f}" for k, v in metrics.items())
+    print(f"Saved {os.path.join(result.run_dir, 'model.keras')} ({result.model.num_classes} classes, "
+          f"{len(result.history)} epochs{'; ' + summary if summary else ''})")
+    return 0

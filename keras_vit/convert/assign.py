@@ -1,27 +1,130 @@
-"""Assigning converted tensors into a model, all or nothing; building a
-model that fits a checkpoint (`infer_config`, `from_checkpoint`)."""
+"""Assigning converted tensors to a model, all or nothing.
+
+`variable_table` names every variable of a `ViTClassifier` or `ViTBackbone`
+by its canonical path, walking the model's attributes (`backbone.blocks[i]`,
+`pooler`, `head`, ...). `assign_weights` checks every name and shape against
+that table first and only then assigns, so a model is never left partly
+loaded.
+"""
 
 import dataclasses
 import math
-import re
 import warnings
 
 import numpy as np
 
 from keras_vit.convert.readers import CheckpointError
-from keras_vit.layers import grid_size, resample_posemb
-from keras_vit.utils.validation import pair
+from keras_vit.layers import AttentionPooling, resample_posemb
 
-HEAD_PARTS = ("fc_norm", "pre_logits", "head")  # variables that belong to the classifier head
+# First path components of classifier parts: all of them are left out when
+# loading a backbone; the head parts may be replaced by a fresh head.
+CLASSIFIER_PARTS = ("map_pooling", "fc_norm", "pre_logits", "head")
+HEAD_PARTS = ("pre_logits", "head")
+POSITIONS = "patch_encoder/position_embedding"
 
 
-def _grid_of(rows, name):
+def _add(table, prefix, layer, names=("kernel", "bias", "gamma", "beta")):
+    """Adds `layer`'s variables (those of `names` it has) under `prefix`."""
+    if layer is None:
+        return
+    for name in names:
+        variable = getattr(layer, name, None)
+        if variable is not None:
+            table[f"{prefix}/{name}"] = variable
+
+
+def _backbone_table(backbone):
+    table = {}
+    encoder = backbone.patch_encoder
+    _add(table, "patch_encoder/projection", encoder.projection)
+    _add(table, "patch_encoder", encoder, ("cls_token", "registers", "position_embedding"))
+    _add(table, "norm_pre", backbone.norm_pre)
+    for i, block in enumerate(backbone.blocks):
+        prefix = f"encoder_block_{i}"
+        attention = block.attention
+        parts = dict(norm1=block.norm1, norm2=block.norm2, mlp_dense1=block.mlp_dense1,
+                     mlp_dense2=block.mlp_dense2, **{"attention/qkv": attention.qkv,
+                                                     "attention/proj": attention.proj})
+        if attention.qk_norm:
+            parts.update({"attention/q_norm": attention.q_norm, "attention/k_norm": attention.k_norm})
+        if block.layer_scale is not None:
+            parts.update(layer_scale1=block.layer_scale1, layer_scale2=block.layer_scale2)
+        for name, layer in parts.items():
+            _add(table, f"{prefix}/{name}", layer)
+    _add(table, "encoder_norm", backbone.norm)
+    return table
+
+
+def _pooler_table(pooler):
+    table = {}
+    if isinstance(pooler, AttentionPooling):
+        table["map_pooling/probe"] = pooler.probe
+        mha = pooler.attention
+        for name, dense in (("query", mha.query_dense), ("key", mha.key_dense),
+                            ("value", mha.value_dense), ("attention_output", mha.output_dense)):
+            _add(table, f"map_pooling/attention/{name}", dense)
+        for name in ("norm", "mlp_dense1", "mlp_dense2"):
+            _add(table, f"map_pooling/{name}", getattr(pooler, name))
+    return table
+
+
+def variable_table(model):
+    """Every variable of a model, by canonical path.
+
+    Args:
+        model: a `ViTClassifier` or a `ViTBackbone`.
+
+    Returns:
+        dict, canonical path (``"encoder_block_0/attention/qkv/kernel"``,
+        ``"head/bias"``, ...) -> the model's keras Variable.
+
+    Example:
+    >>> from keras_vit.models import build_vit
+    >>> table = variable_table(build_vit("Mu/4", depth=1))
+    >>> tuple(table["head/kernel"].shape)
+    (64, 10)
+    """
+    backbone = getattr(model, "backbone", model)
+    table = _backbone_table(backbone)
+    if model is not backbone:
+        table.update(_pooler_table(model.pooler))
+        _add(table, "fc_norm", model.fc_norm)
+        _add(table, "pre_logits", model.pre_logits)
+        for i, dense in enumerate(model.head_hidden):
+            _add(table, f"head_dense_{i}", dense)
+        _add(table, "head", model.head)
+    listed = {id(v) for v in table.values()}
+    unlisted = [v.path for v in model.weights if id(v) not in listed]
+    if unlisted or len(table) != len(model.weights):
+        raise RuntimeError(f"variable_table does not cover the model's variables {unlisted}; "
+                           f"a model part is missing from keras_vit.convert.assign.")
+    return table
+
+
+def _first(path):
+    return path.split("/", 1)[0]
+
+
+def _is_head(path):
+    return _first(path) in HEAD_PARTS or _first(path).startswith("head_dense_")
+
+
+def _is_classifier(path):
+    return _first(path) in CLASSIFIER_PARTS or _is_head(path)
+
+
+def square_grid(rows, name):
+    """The (side, side) grid of `rows` position rows; raises if not square.
+
+    Example:
+    >>> square_grid(196, "position_embedding")
+    (14, 14)
+    """
     side = math.isqrt(rows)
     if side * side != rows:
         raise CheckpointError(
-            f"Cannot infer the patch grid of {name!r}: {rows} position rows "
-            f"are not a square grid. Pass the checkpoint's `image_size`."
-        )
+            f"Cannot infer the patch grid of {name!r}: {rows} position rows are not a square "
+            f"grid. Pass the checkpoint's `image_size`.")
     return side, side
 
 
@@ -32,11 +135,21 @@ def checkpoint_grid(converted, model_grid=None):
     fit it, and only then guessed as a square grid; never from a square
     root when 1 + h * w happens to be a square.
 
+    Args:
+        converted: a `Converted` with a position table.
+        model_grid: the (h, w) grid of the model it goes into, or None.
+
     Returns:
         ((h, w), has_class_row).
+
+    Example:
+    >>> from keras_vit.convert.rules import Converted
+    >>> conv = Converted({POSITIONS: np.zeros((1, 25, 8)), "patch_encoder/cls_token": np.zeros((1, 1, 8))}, {})
+    >>> checkpoint_grid(conv, (4, 6)), checkpoint_grid(conv)
+    (((4, 6), True), ((5, 5), False))
     """
-    pos = converted.tensors["patch_encoder/position_embedding"]
-    rows, cls = pos.shape[1], "patch_encoder/cls_token" in converted.tensors
+    rows = converted.tensors[POSITIONS].shape[1]
+    cls = "patch_encoder/cls_token" in converted.tensors
     registers = converted.tensors.get("patch_encoder/registers")
     for grid in (converted.grid, model_grid):
         if grid is None:
@@ -49,20 +162,20 @@ def checkpoint_grid(converted, model_grid=None):
         if registers is not None and rows == int(cls) + registers.shape[1] + cells:
             raise CheckpointError(
                 "Register tokens with their own position embeddings (timm's no_embed_class=False) "
-                "are not supported: build_vit gives registers no position.")
+                "are not supported: keras_vit gives registers no position.")
         if grid is converted.grid:
             raise CheckpointError(
                 f"The checkpoint's position table has {rows} rows, which fits neither {int(cls)} + "
                 f"{cells} nor {cells} for its {grid[0]}x{grid[1]} patch grid.")
     if cls and math.isqrt(rows - 1) ** 2 == rows - 1:
-        return _grid_of(rows - 1, "position_embedding"), True
-    return _grid_of(rows, "position_embedding"), False
+        return square_grid(rows - 1, "position_embedding"), True
+    return square_grid(rows, "position_embedding"), False
 
 
-def fit_position_embedding(table, new_grid, has_cls_token, old_grid=None):
+def fit_position_embedding(table, new_grid, has_cls_token, old_grid=None, interpolation="bicubic"):
     """Resamples learned positions (1, [cls] + h*w, D) to a new patch grid.
 
-    The patch rows are resampled bicubically on their 2-D grid by
+    The patch rows are resampled on their 2-D grid by
     `keras_vit.layers.resample_posemb`; the class-token row is kept as is.
 
     Args:
@@ -70,6 +183,7 @@ def fit_position_embedding(table, new_grid, has_cls_token, old_grid=None):
         new_grid: (h, w) patch grid of the target model.
         has_cls_token: whether the first row belongs to the class token.
         old_grid: the checkpoint's (h, w) grid; a square one when None.
+        interpolation: "bicubic" or "bilinear".
 
     Returns:
         numpy array (1, [1] + h * w, D).
@@ -83,208 +197,122 @@ def fit_position_embedding(table, new_grid, has_cls_token, old_grid=None):
     patches = table[:, prefix:]
     if patches.shape[1] == new_grid[0] * new_grid[1]:
         return table
-    old_grid = old_grid or _grid_of(patches.shape[1], "position_embedding")
-    resampled = np.asarray(resample_posemb(patches.astype("float32"), tuple(new_grid), old_grid))
+    old_grid = tuple(old_grid or square_grid(patches.shape[1], "position_embedding"))
+    resampled = np.asarray(resample_posemb(patches.astype("float32"), tuple(new_grid), old_grid, interpolation))
     return np.concatenate([table[:, :prefix].astype("float32"), resampled], axis=1)
 
 
-def _split_heads(variables, converted):
-    """Reshapes flat attention-pooling projections, e.g. (D, D) from timm, to
-    the model's per-head layout, e.g. (D, heads, head_dim)."""
-    for path, value in converted.tensors.items():
-        if path.startswith("map_pooling/attention/") and path in variables:
-            shape = tuple(variables[path].shape)
-            if value.shape != shape and value.size == math.prod(shape):
-                converted.tensors[path] = value.reshape(shape)
+def _fit_positions(converted, encoder):
+    """The checkpoint's positions on the model's grid, with a zero class row
+    added where the checkpoint has none (timm's no_embed_class)."""
+    grid, class_row = checkpoint_grid(converted, encoder.grid_size)
+    table = converted.tensors[POSITIONS]
+    if encoder.use_cls_token and not class_row:
+        table = np.concatenate([np.zeros_like(table[:, :1]), table], axis=1)
+    return fit_position_embedding(table, encoder.grid_size, encoder.use_cls_token, grid, encoder.interpolation)
 
 
-def _head_part(path):
-    return path.split("/", 1)[0] in HEAD_PARTS
+def _fit_layouts(table, tensors):
+    """Reshapes tensors whose layout, not size, differs from the model's:
+    flat attention-pooling projections (timm's (D, D)) to per-head ones
+    (D, heads, head_dim), and a conv patch kernel (h, w, C, D) to a linear
+    patch embedding's (h * w * C, D)."""
+    for path, value in tensors.items():
+        if path.startswith("map_pooling/attention/") or path == "patch_encoder/projection/kernel":
+            if path in table:
+                shape = tuple(table[path].shape)
+                if value.shape != shape and value.size == math.prod(shape):
+                    tensors[path] = value.reshape(shape)
 
 
-def _check_shapes(variables, converted, paths):
+def _check_names(table, converted, paths):
+    missing = [p for p in paths if p not in converted.tensors]
+    extra = sorted(p for p in converted.tensors if not _is_head(p) and p not in table)
+    if not missing and not extra:
+        return
+    raise CheckpointError(
+        "The checkpoint does not match the model's architecture. "
+        + (f"Missing from the checkpoint ({len(missing)}): {', '.join(missing[:8])}. " if missing else "")
+        + (f"In the checkpoint but not in the model ({len(extra)}): "
+           + ", ".join(f"{converted.sources[p]!r} ({p})" for p in extra[:8]) + ". " if extra else "")
+        + "Use `from_checkpoint` to build a model that fits the file.")
+
+
+def _check_shapes(table, converted, paths):
     for path in paths:
-        want, got = tuple(variables[path].shape), tuple(converted.tensors[path].shape)
+        want, got = tuple(table[path].shape), tuple(converted.tensors[path].shape)
         if want != got:
             raise CheckpointError(
-                f"Shape mismatch for tensor {converted.sources[path]!r} (model "
-                f"variable {path!r}): the checkpoint has shape {got}, the "
-                f"model expects {want}."
-            )
+                f"Shape mismatch for tensor {converted.sources[path]!r} (model variable "
+                f"{path!r}): the checkpoint has shape {got}, the model expects {want}.")
 
 
-def _fits(variables, converted, paths):
-    return all(
-        p in variables and p in converted.tensors
-        and tuple(variables[p].shape) == tuple(converted.tensors[p].shape)
-        for p in paths
-    )
+def _fits(table, tensors, paths):
+    return all(p in table and p in tensors and tuple(table[p].shape) == tuple(tensors[p].shape) for p in paths)
 
 
-def _head_plan(variables, converted, replace_head):
-    """Decides which classifier tensors load. Returns (paths, reason or None).
+def _head_plan(table, tensors, replace_head):
+    """Decides which head tensors load. Returns (paths, reason or None).
 
     With `replace_head`, the new head stays as initialised and only the
     pre-logits layer loads (when model and checkpoint both have it).
-    Otherwise the whole classifier loads when it fits, or none of it."""
-    model_head = sorted(p for p in variables if _head_part(p))
-    ckpt_head = sorted(p for p in converted.tensors if _head_part(p))
+    Otherwise the whole head loads when it fits, or none of it."""
+    model_head = sorted(p for p in table if _is_head(p))
+    ckpt_head = sorted(p for p in tensors if _is_head(p))
     if replace_head:
-        pre_logits = [p for p in model_head if p.startswith("pre_logits/")]
-        return (pre_logits if pre_logits and _fits(variables, converted, pre_logits) else []), None
-    if model_head == ckpt_head and _fits(variables, converted, model_head):
+        pre_logits = [p for p in model_head if _first(p) == "pre_logits"]
+        return (pre_logits if pre_logits and _fits(table, tensors, pre_logits) else []), None
+    if model_head == ckpt_head and _fits(table, tensors, model_head):
         return model_head, None
     if not ckpt_head and not model_head:
         return [], None
 
-    def describe(names, table):
-        return ", ".join(f"{p} {tuple(table[p].shape)}" for p in names) or "none"
+    def describe(names, shapes):
+        return ", ".join(f"{p} {tuple(shapes[p].shape)}" for p in names) or "none"
 
-    return [], (
-        f"the classifier does not fit (checkpoint: {describe(ckpt_head, converted.tensors)}; "
-        f"model: {describe(model_head, variables)})"
-    )
+    return [], (f"the classifier does not fit (checkpoint: {describe(ckpt_head, tensors)}; "
+                f"model: {describe(model_head, table)})")
 
 
 def assign_weights(model, converted, replace_head=False):
-    """Loads converted tensors into a `build_vit` model, all or nothing.
+    """Loads converted tensors into a model, all or nothing.
 
-    Every backbone variable must be in the checkpoint with the right shape
-    (learned positions are resampled to the model's patch grid first); any
-    mismatch raises before a single variable changes. The classifier
-    (`pre_logits` and `head`) loads when it fits; otherwise it is kept as
-    initialised and a warning says so. `replace_head=True` keeps the new
-    head silently and still loads a pre-logits layer the model has.
+    Every variable but the head's must be in the checkpoint with the right
+    shape (learned positions are resampled to the model's patch grid
+    first); any mismatch raises before a single variable changes. The head
+    (`pre_logits` and `head`) loads when it fits; otherwise it keeps its
+    initialisation and a warning says so. `replace_head=True` keeps the new
+    head silently and still loads a pre-logits layer the model has. A
+    `ViTBackbone` takes the backbone tensors and ignores the classifier's.
 
     Args:
-        model: a model from `build_vit`.
+        model: a `ViTClassifier` or a `ViTBackbone`.
         converted: a `Converted` from `convert_npz` or `convert_timm`.
         replace_head: bool, keep the model's own head silently.
 
     Returns:
-        The list of variable paths that were loaded.
+        The list of canonical paths that were loaded.
 
     Example:
-    >>> loaded = assign_weights(model, convert_timm(state_dict))
+    >>> loaded = assign_weights(model, convert_timm(state_dict))  # doctest: +SKIP
     """
-    converted = dataclasses.replace(converted, tensors=dict(converted.tensors))  # left unchanged
-    variables = {v.path: v for v in model.weights}
-    backbone = sorted(p for p in variables if not _head_part(p))
-    missing = [p for p in backbone if p not in converted.tensors]
-    extra = sorted(p for p in converted.tensors if not _head_part(p) and p not in variables)
-    if missing or extra:
-        raise CheckpointError(
-            "The checkpoint does not match the model's architecture. "
-            + (f"Missing from the checkpoint ({len(missing)}): {', '.join(missing[:8])}. " if missing else "")
-            + (
-                f"In the checkpoint but not in the model ({len(extra)}): "
-                + ", ".join(f"{converted.sources[p]!r} ({p})" for p in extra[:8])
-                + ". "
-                if extra
-                else ""
-            )
-            + "Use `from_checkpoint` to build a model that fits the file."
-        )
-    pos_path = "patch_encoder/position_embedding"
-    if pos_path in variables:
-        encoder = model.backbone.patch_encoder
-        grid, class_row = checkpoint_grid(converted, encoder.grid_size)
-        table = converted.tensors[pos_path]
-        if encoder.use_cls_token and not class_row:
-            table = np.concatenate([np.zeros_like(table[:, :1]), table], axis=1)
-        converted.tensors[pos_path] = fit_position_embedding(table, encoder.grid_size, encoder.use_cls_token, grid)
-    _split_heads(variables, converted)
-    _check_shapes(variables, converted, backbone)
-    head, reason = _head_plan(variables, converted, replace_head)
+    table = variable_table(model)
+    tensors = dict(converted.tensors)  # the caller's Converted is left unchanged
+    if not hasattr(model, "backbone"):
+        tensors = {p: v for p, v in tensors.items() if not _is_classifier(p)}
+    converted = dataclasses.replace(converted, tensors=tensors)
+    body = sorted(p for p in table if not _is_head(p))
+    _check_names(table, converted, body)
+    if POSITIONS in table:
+        tensors[POSITIONS] = _fit_positions(converted, getattr(model, "backbone", model).patch_encoder)
+    _fit_layouts(table, tensors)
+    _check_shapes(table, converted, body)
+    head, reason = _head_plan(table, tensors, replace_head)
     if reason:
-        warnings.warn(
-            f"The classifier was not loaded: {reason}. It keeps its fresh "
-            f"initialisation; pass replace_head=True to silence this.",
-            stacklevel=3,
-        )
-    for path in backbone + head:
-        variable = variables[path]
-        variable.assign(converted.tensors[path].astype(variable.dtype))
-    return backbone + head
+        warnings.warn(f"The classifier was not loaded: {reason}. It keeps its fresh initialisation; "
+                      f"pass replace_head=True to silence this.", stacklevel=3)
+    for path in body + head:
+        variable = table[path]
+        variable.assign(tensors[path].astype(variable.dtype))
+    return body + head
 
-
-def default_num_heads(hidden_dim):
-    """Heads of the standard ViT of this width (64 per head otherwise).
-
-    Example:
-    >>> default_num_heads(768)
-    12
-    """
-    from keras_vit.models import SIZES as _SIZES
-
-    for dim, _, heads, _ in _SIZES.values():
-        if dim == hidden_dim:
-            return heads
-    if hidden_dim % 64:
-        raise ValueError(
-            f"Cannot guess the number of heads for width {hidden_dim}: timm "
-            f"state dicts do not record it. Pass `num_heads`."
-        )
-    return hidden_dim // 64
-
-
-def infer_config(converted, num_heads=None, image_size=None):
-    """The `build_vit` arguments that fit a converted checkpoint.
-
-    Args:
-        converted: a `Converted`.
-        num_heads: heads, needed for timm state dicts of non-standard width
-            (`.npz` files record them).
-        image_size: optional image size whose patch grid fits the
-            checkpoint's positions (e.g. a non-square grid); the checkpoint's
-            metadata (`converted.grid`) wins when set; otherwise a square
-            grid is assumed.
-
-    Returns:
-        dict of `build_vit` keyword arguments, including the checkpoint's
-        `image_size` and `num_classes`.
-
-    Example:
-    >>> infer_config(convert_npz(np.load("ViT-B_16.npz")))["hidden_dim"]
-    768
-    """
-    t = converted.tensors
-
-    def shape(path):
-        if path not in t:
-            raise CheckpointError(f"The checkpoint lacks {path!r}; it is not a ViT checkpoint.")
-        return t[path].shape
-
-    ph, pw, channels, dim = shape("patch_encoder/projection/kernel")
-    depth = sum(1 for p in t if re.fullmatch(r"encoder_block_\d+/norm1/gamma", p))
-    has_cls = "patch_encoder/cls_token" in t
-    rows = shape("patch_encoder/position_embedding")[1]
-    if image_size is not None and converted.grid is None:
-        hint = grid_size(pair(image_size, "image_size"), (ph, pw))
-        if rows in (int(has_cls) + hint[0] * hint[1], hint[0] * hint[1]):
-            converted.grid = hint  # e.g. a non-square grid
-    grid, _ = checkpoint_grid(converted)
-    if num_heads is None:
-        num_heads = converted.num_heads or default_num_heads(dim)
-    config = dict(
-        image_size=(grid[0] * ph, grid[1] * pw),
-        patch_size=(ph, pw),
-        channels=channels,
-        hidden_dim=dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_dim=shape("encoder_block_0/mlp_dense1/kernel")[1],
-        use_qkv_bias="encoder_block_0/attention/qkv/bias" in t,
-        qk_norm="encoder_block_0/attention/q_norm/gamma" in t,
-        layer_scale=1.0 if "encoder_block_0/layer_scale1/gamma" in t else None,
-        num_registers=t["patch_encoder/registers"].shape[1] if "patch_encoder/registers" in t else 0,
-        class_token=has_cls,
-        pooling="map" if "map_pooling/probe" in t else ("cls" if has_cls and "fc_norm/gamma" not in t else "gap"),
-        pre_norm="norm_pre/gamma" in t,
-        patch_bias="patch_encoder/projection/bias" in t,
-        final_norm="encoder_norm/gamma" in t,
-        fc_norm="fc_norm/gamma" in t,
-        representation_size=t["pre_logits/kernel"].shape[1] if "pre_logits/kernel" in t else None,
-        num_classes=t["head/kernel"].shape[1] if "head/kernel" in t else 0,
-    )
-    return config

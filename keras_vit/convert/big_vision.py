@@ -1,5 +1,12 @@
-"""The original ViT and big_vision `.npz` checkpoints: names, layouts and
-loading (scanned blocks, MAP heads, separate query/key/value)."""
+"""Original ViT / big_vision `.npz` names -> canonical variable paths.
+
+Handles google-research/vision_transformer's names
+(`Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel`)
+and big_vision's (`params/` prefix, top-level `pos_embedding`, a scanned
+`Transformer/encoderblock/` with a leading depth axis, `MAPHead_0`). flax
+keeps query, key and value apart, per head; they are fused into keras_vit's
+[q | k | v] `qkv` projection. `load_npz` loads a file into a model.
+"""
 
 import os
 
@@ -22,6 +29,7 @@ NPZ_RULES = (
     (_NPZ_BLOCK + r"LayerNorm_0/bias", _BLOCK + "/norm1/beta", same),
     (_NPZ_BLOCK + r"LayerNorm_[12]/scale", _BLOCK + "/norm2/gamma", same),
     (_NPZ_BLOCK + r"LayerNorm_[12]/bias", _BLOCK + "/norm2/beta", same),
+    # query, key and value go to "<qkv path>:<part>" until `_fuse_qkv` joins them
     (_NPZ_MHA + r"(query|key|value)/(kernel|bias)", _BLOCK + r"/attention/qkv/\3:\2", flatten_heads),
     (_NPZ_MHA + r"out/kernel", _BLOCK + "/attention/proj/kernel", heads_out_kernel),
     (_NPZ_MHA + r"out/bias", _BLOCK + "/attention/proj/bias", same),
@@ -45,11 +53,6 @@ _NPZ_PREFIXES = ("opt/target/", "params/img/", "params/")
 def convert_npz(arrays):
     """Converts arrays named as in the original ViT / big_vision `.npz` files.
 
-    Handles the google-research/vision_transformer names
-    (`Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel`)
-    and big_vision's (`params/` prefix, top-level `pos_embedding`, scanned
-    `Transformer/encoderblock/` with a leading depth axis, `MAPHead_0`).
-
     Args:
         arrays: dict of name -> numpy array, as in the `.npz` file.
 
@@ -62,7 +65,7 @@ def convert_npz(arrays):
     (8, 10)
     """
     arrays = _unscan_blocks(_strip_npz_prefix(arrays))
-    converted = apply_rules(arrays, NPZ_RULES, ())
+    converted = apply_rules(arrays, NPZ_RULES)
     query = arrays.get("Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel")
     if query is None:
         query = arrays.get("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel")
@@ -110,8 +113,8 @@ def load_npz(model, path, replace_head=False):
     """Loads an original ViT / big_vision `.npz` checkpoint into `model`.
 
     Args:
-        model: a `build_vit` model with the checkpoint's architecture (its
-            image size may differ: positions are resampled).
+        model: a `ViTClassifier` (or `ViTBackbone`) with the checkpoint's
+            architecture (its image size may differ: positions are resampled).
         path: the `.npz` file (read with `allow_pickle=False`).
         replace_head: bool, keep the model's classifier instead of loading
             (or warning about) the checkpoint's.
@@ -120,8 +123,8 @@ def load_npz(model, path, replace_head=False):
         The model.
 
     Example:
-    >>> model = build_vit("B/16", image_size=384, num_classes=10)
-    >>> load_npz(model, "ViT-B_16.npz", replace_head=True)
+    >>> model = build_vit("B/16", image_size=384, num_classes=10)  # doctest: +SKIP
+    >>> load_npz(model, "ViT-B_16.npz", replace_head=True)  # doctest: +SKIP
     """
     fmt, arrays = read_checkpoint(path)
     if fmt != "npz":

@@ -1,9 +1,12 @@
-"""Renaming checkpoint arrays to the paths of the Keras variables they fill.
+"""Renaming checkpoint arrays to canonical variable paths.
 
-A converter is a table of (pattern, target, transform) rules: each array
-whose name matches a pattern is renamed to the target path (for example
-``"encoder_block_0/attention/qkv/kernel"``) and put in Keras layout by the
-transform.
+A rule is ``(pattern, target, transform)``: an array whose name matches the
+regular expression `pattern` is stored under `target` (with the pattern's
+groups substituted) after `transform` puts it in Keras layout. Canonical
+paths name a classifier's variables by its parts:
+``"patch_encoder/projection/kernel"``, ``"encoder_block_3/attention/qkv/kernel"``,
+``"encoder_norm/gamma"``, ``"map_pooling/probe"``, ``"head/bias"``
+(`keras_vit.convert.variable_table` lists a model's).
 """
 
 import dataclasses
@@ -16,23 +19,30 @@ from keras_vit.convert.readers import CheckpointError
 
 @dataclasses.dataclass
 class Converted:
-    """Arrays renamed to Keras variable paths, in Keras layout.
+    """Arrays renamed to canonical variable paths, in Keras layout.
 
     Attributes:
-        tensors: dict, Keras variable path -> numpy array.
-        sources: dict, Keras variable path -> name(s) in the checkpoint,
-            used in error messages.
+        tensors: dict, canonical path -> numpy array.
+        sources: dict, canonical path -> name(s) in the checkpoint, used in
+            error messages.
         num_heads: attention heads when the file records them (`.npz`
             files do, timm state dicts do not), else None.
+        grid: the checkpoint's (h, w) patch grid when its metadata says
+            (a timm ``config.json``), else None.
+
+    Example:
+    >>> Converted({"head/bias": np.zeros(3)}, {"head/bias": "head.bias"}).num_heads is None
+    True
     """
 
     tensors: dict
     sources: dict
     num_heads: int = None
-    grid: tuple = None  # the checkpoint's patch grid, when its metadata says
+    grid: tuple = None
 
 
 def same(w):
+    """The array as it is."""
     return w
 
 
@@ -56,8 +66,23 @@ def flatten_heads(w):
     return w.reshape(*w.shape[:-2], -1)
 
 
-def apply_rules(arrays, rules, unsupported):
-    """Renames arrays by the first matching (pattern, target, transform) rule."""
+def apply_rules(arrays, rules, unsupported=()):
+    """Renames every array by the first rule whose pattern matches its name.
+
+    Args:
+        arrays: dict of checkpoint name -> numpy array.
+        rules: sequence of (pattern, target, transform).
+        unsupported: sequence of (pattern, hint): names that raise a
+            `CheckpointError` saying why they cannot load.
+
+    Returns:
+        A `Converted`. Names that no rule takes raise a `CheckpointError`.
+
+    Example:
+    >>> rules = ((r"head\\.weight", "head/kernel", dense_kernel),)
+    >>> apply_rules({"head.weight": np.zeros((10, 8))}, rules).tensors["head/kernel"].shape
+    (8, 10)
+    """
     out = Converted({}, {})
     unknown = []
     for name, value in arrays.items():
@@ -76,6 +101,5 @@ def apply_rules(arrays, rules, unsupported):
     if unknown:
         raise CheckpointError(
             f"The checkpoint has tensors that no build_vit layer takes: "
-            f"{', '.join(sorted(unknown)[:10])}{' ...' if len(unknown) > 10 else ''}"
-        )
+            f"{', '.join(sorted(unknown)[:10])}{' ...' if len(unknown) > 10 else ''}")
     return out

@@ -1,4 +1,12 @@
-"""timm `VisionTransformer` state dicts: names, layouts and loading."""
+"""timm `VisionTransformer` state dicts -> canonical variable paths.
+
+timm's Linear and Conv2d weights are transposed to Keras layout; the fused
+`qkv` projection keeps its [q | k | v] layout, which `MultiHeadSelfAttention`
+shares, and the attention pooling's fused key/value projection is split.
+Position tables without a class row (`no_embed_class=True`) are completed
+when assigned (`keras_vit.convert.assign`). `load_timm` loads a state dict
+into a model.
+"""
 
 import os
 
@@ -15,6 +23,8 @@ TIMM_RULES = (
     (r"cls_token", "patch_encoder/cls_token", same),
     (r"reg_token", "patch_encoder/registers", same),
     (r"pos_embed", "patch_encoder/position_embedding", same),
+    (r"norm_pre\.weight", "norm_pre/gamma", same),
+    (r"norm_pre\.bias", "norm_pre/beta", same),
     (r"blocks\.(\d+)\.norm([12])\.weight", _BLOCK + r"/norm\2/gamma", same),
     (r"blocks\.(\d+)\.norm([12])\.bias", _BLOCK + r"/norm\2/beta", same),
     (r"blocks\.(\d+)\.attn\.qkv\.weight", _BLOCK + "/attention/qkv/kernel", dense_kernel),
@@ -26,12 +36,10 @@ TIMM_RULES = (
     (r"blocks\.(\d+)\.mlp\.fc([12])\.weight", _BLOCK + r"/mlp_dense\2/kernel", dense_kernel),
     (r"blocks\.(\d+)\.mlp\.fc([12])\.bias", _BLOCK + r"/mlp_dense\2/bias", same),
     (r"blocks\.(\d+)\.ls([12])\.gamma", _BLOCK + r"/layer_scale\2/gamma", same),
-    (r"norm_pre\.weight", "norm_pre/gamma", same),
-    (r"norm_pre\.bias", "norm_pre/beta", same),
-    (r"fc_norm\.weight", "fc_norm/gamma", same),
-    (r"fc_norm\.bias", "fc_norm/beta", same),
     (r"norm\.weight", "encoder_norm/gamma", same),
     (r"norm\.bias", "encoder_norm/beta", same),
+    (r"fc_norm\.weight", "fc_norm/gamma", same),
+    (r"fc_norm\.bias", "fc_norm/beta", same),
     (r"pre_logits\.fc\.weight", "pre_logits/kernel", dense_kernel),
     (r"pre_logits\.fc\.bias", "pre_logits/bias", same),
     (r"head\.weight", "head/kernel", dense_kernel),
@@ -47,19 +55,20 @@ TIMM_RULES = (
 )
 TIMM_UNSUPPORTED = (
     (r"attn_pool\.(q_norm|k_norm)\..*", "query/key norms in timm's attention pooling have no "
-     "counterpart in build_vit's map pooling."),
+     "counterpart in keras_vit's map pooling."),
+    (r"patch_embed\.norm\..*", "a LayerNorm after the patch embedding has no counterpart in keras_vit."),
 )
 
 
 def convert_timm(state_dict):
-    """Converts a timm `VisionTransformer` state dict to Keras variable paths.
+    """Converts a timm `VisionTransformer` state dict to canonical paths.
 
     Args:
         state_dict: dict of name -> torch tensor or numpy array, with timm's
             names (`patch_embed.proj.weight`, `blocks.0.attn.qkv.weight`, ...).
 
     Returns:
-        A `Converted`.
+        A `Converted` (its `num_heads` is None: state dicts do not record it).
 
     Example:
     >>> conv = convert_timm({"head.weight": np.zeros((10, 8), "float32")})
@@ -75,7 +84,7 @@ def _rename_map_attention(converted):
     """timm's attention pooling has a query Linear, a fused key/value Linear
     and `proj`; Keras' MultiHeadAttention has query, key, value and
     attention_output. The kernels stay (in, out) here; `assign_weights`
-    splits them into the model's heads."""
+    reshapes them to the model's heads."""
     tensors, sources = converted.tensors, converted.sources
     base = "map_pooling/attention/"
     for kind in ("kernel", "bias"):
@@ -95,7 +104,8 @@ def load_timm(model, path_or_state_dict, replace_head=False):
     """Loads a timm `VisionTransformer` state dict into `model`.
 
     Args:
-        model: a `build_vit` model with the checkpoint's architecture.
+        model: a `ViTClassifier` (or `ViTBackbone`) with the checkpoint's
+            architecture.
         path_or_state_dict: a `.safetensors` or PyTorch (`.pth`, `.pt`,
             `.bin`, read with `weights_only=True`) file, or a dict of
             tensors/arrays.
@@ -106,8 +116,8 @@ def load_timm(model, path_or_state_dict, replace_head=False):
         The model.
 
     Example:
-    >>> model = build_vit("S/16", num_classes=1000)
-    >>> load_timm(model, "vit_small_patch16_224.safetensors")
+    >>> model = build_vit("S/16", num_classes=1000)  # doctest: +SKIP
+    >>> load_timm(model, "vit_small_patch16_224.safetensors")  # doctest: +SKIP
     """
     state = path_or_state_dict
     if not isinstance(state, dict):
