@@ -17,7 +17,7 @@ import tempfile
 
 import numpy as np
 
-from keras_vit import explain as visualize
+from keras_vit import explain as attention
 
 
 def demo_model_and_image(workdir):
@@ -63,18 +63,18 @@ def main(argv=None):
     elif not (args.image and args.model):
         parser.error("pass IMAGE and --model, or --demo")
 
-    model = visualize.load_any_model(args.model)
-    image = visualize.model_image(args.image, model)
-    maps = visualize.attention_maps(model, image[None])  # (depth, 1, heads, N, N)
+    model = attention.load_any_model(args.model)
+    image = attention.model_image(args.image, model)
+    maps = attention.attention_maps(model, image[None])  # (depth, 1, heads, N, N)
     prefix = model.backbone.num_prefix_tokens
     for i, layer in enumerate(maps[:, 0]):
         to_patches = layer[:, 0, prefix:].sum(-1)  # per head: token 0's attention on the patches
         print(f"block {i}: token 0 -> patches, per head: {', '.join(f'{v:.3f}' for v in to_patches)}")
     base = args.output or os.path.splitext(os.path.basename(args.image))[0] + "_attention.png"
-    for fusion in visualize.HEAD_FUSIONS:
+    for fusion in attention.HEAD_FUSIONS:
         out = base if fusion == "mean" else base.replace(".png", f"_{fusion}.png")
-        heatmap = visualize.rollout_heatmap(model, image[None], fusion)[0]
-        visualize.save_attention_overlay(image, heatmap, out)
+        heatmap = attention.rollout_heatmap(model, image[None], fusion)[0]
+        attention.save_attention_overlay(image, heatmap, out)
         print(f"{fusion:>4}: wrote {out} (rollout grid {heatmap.shape})")
 
 
