@@ -299,3 +299,18 @@ def test_data_that_cannot_train_a_classifier_is_refused():
         load_data((x, np.arange(20) % 2), 8, 4)
     with pytest.raises(ValueError, match="empty"):
         load_data((np.zeros((0, 8, 8)), np.zeros(0, "int32")), 8, 4)
+
+
+def test_compile_model_exempts_what_the_model_names_in_no_weight_decay():
+    model = build_vit(**tiny_vit_kwargs())
+    exempt = model.no_weight_decay() + [model.head.kernel]  # a model may name more than the defaults
+    model.no_weight_decay = lambda: exempt
+    compile_model(model, learning_rate=0.1, weight_decay=0.5, clipnorm=None, label_smoothing=0.0,
+                  sparse_labels=True)
+    before = keras.ops.convert_to_numpy(model.head.kernel).copy()
+    other = model.backbone.blocks[0].mlp_dense1.kernel
+    other_before = keras.ops.convert_to_numpy(other).copy()
+    weights = model.trainable_weights
+    model.optimizer.apply([keras.ops.zeros_like(w) for w in weights], weights)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.head.kernel), before)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(other), other_before * (1 - 0.1 * 0.5), rtol=1e-5)

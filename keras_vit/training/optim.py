@@ -177,6 +177,8 @@ def compile_model(
         warmup_steps=warmup_steps, min_learning_rate=min_learning_rate, clipnorm=clipnorm,
         ema_momentum=ema_momentum, gradient_accumulation_steps=gradient_accumulation_steps,
     )
+    if hasattr(model, "no_weight_decay"):  # the model names its own exemptions (keras_vit models do)
+        optimizer.exclude_from_weight_decay(var_list=model.no_weight_decay())
     model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy],
                   jit_compile=jit_compile, steps_per_execution=steps_per_execution)
     return model
