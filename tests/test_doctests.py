@@ -19,6 +19,7 @@ MODULES = (
     "keras_vit.utils.validation",
     "keras_vit.utils.io",
     "keras_vit.utils.locks",
+    "keras_vit.training.budget",
     "keras_vit.hub",
     "keras_vit.convert.readers",
     "keras_vit.convert.rules",

@@ -35,7 +35,7 @@ def _add_field(group, field):
     elif field.name == "verbose":
         group.add_argument(flag, type=int, choices=(0, 1, 2), help=meta["help"] + " (default: a progress bar)")
     else:
-        kind = augment_arg if meta["kind"] == "augment" else meta["kind"]
+        kind = {"augment": augment_arg, "duration": str}.get(meta["kind"], meta["kind"])
         choices = meta["choices"]
         extra = dict(metavar=field.name.upper()) if choices and len(choices) > 6 else {}
         help_text = meta["help"] + (f": {', '.join(map(str, choices))}" if extra else "") + default
@@ -79,7 +79,9 @@ def run(args):
     if settings.get("jit_compile") is not None:
         settings["jit_compile"] = JIT_CHOICES[settings["jit_compile"]]
     recipe = Recipe.from_sources(args.recipe or None, args.config, **settings)
-    result = train_from_config(recipe)
+    from keras_vit.training.budget import process_start_time
+
+    result = train_from_config(recipe, budget_start=process_start_time())  # a budget counts from the start
     if result.test_metrics:
         _print_table(f"Test metrics ({len(result.history)} epochs, run dir {result.run_dir})",
                      result.test_metrics)

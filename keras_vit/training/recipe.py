@@ -16,6 +16,7 @@ from pathlib import Path
 
 from keras_vit.models.classifier import POOLINGS
 from keras_vit.models.presets import PRESETS
+from keras_vit.training.budget import parse_duration
 from keras_vit.training.distribute import PRECISIONS, STRATEGIES
 from keras_vit.utils.validation import check_choice
 
@@ -109,12 +110,17 @@ class Recipe:
     64
     """
 
-    recipe: str = _field(DEFAULT_RECIPE, RUN, "named settings", str, tuple(RECIPES))
+    recipe: str = _field(DEFAULT_RECIPE, RUN, "named settings; 'auto' (the default for data other than digits) "
+                         "chooses them from the data and the time budget", str, (*RECIPES, "auto"))
     run_dir: str = _field(None, RUN, "run directory (default: runs/<dataset>-<recipe>)", str)
     resume: object = _field("auto", RUN, "'auto' resumes a matching run, True requires one, False restarts",
                             None, ("auto", True, False))
     seed: int = _field(0, RUN, "seed of the splits, shuffles and initial weights", int)
     verbose: object = _field("auto", RUN, "Keras progress output", int, ("auto", 0, 1, 2))
+    time_budget: object = _field(
+        None, RUN, "train the best model that fits in this time (seconds, or e.g. 90s, 10m, 2h): the step time is "
+        "measured and the steps planned so that training, evaluation and saving end in time; epochs become a cap",
+        "duration")
     dataset: str = _field("digits", DATA, "'digits' (default), a TFDS name, an image folder or an .npz file", str)
     data_dir: str = _field(None, DATA, "TFDS data directory", str)
     download: bool = _field(False, DATA, "let TFDS download a missing dataset (needs network)", bool)
@@ -136,7 +142,7 @@ class Recipe:
     drop_path_rate: float = _field(None, MODEL, "stochastic depth rate of the last block", float)
     num_registers: int = _field(None, MODEL, "register tokens", int)
     pos_embedding: str = _field(None, MODEL, "position embeddings", str, ("learned", "sincos", "none"))
-    epochs: int = _field(10, OPTIM, "total epochs", int)
+    epochs: int = _field(10, OPTIM, "total epochs (with a time budget: the most epochs)", int)
     learning_rate: float = _field(1e-3, OPTIM, "peak learning rate (AdamW)", float)
     weight_decay: float = _field(0.05, OPTIM, "AdamW weight decay (not on biases, norms, tokens)", float)
     warmup_epochs: float = _field(0, OPTIM, "epochs of linear warmup before cosine decay", float)
@@ -166,6 +172,8 @@ class Recipe:
             elif meta["kind"] is float and (isinstance(value, bool) or not isinstance(value, (int, float))
                                             or value < 0 or value != value):
                 raise ValueError(f"`{f.name}` must be a number >= 0. Received: {f.name}={value!r}")
+            elif meta["kind"] == "duration":
+                parse_duration(value, f.name)
             elif meta["kind"] in (str, bool) and not isinstance(value, meta["kind"]):
                 raise ValueError(f"`{f.name}` must be a {meta['kind'].__name__}. Received: {f.name}={value!r}")
         for name in ("validation_split", "test_split", "dropout", "drop_path_rate", "label_smoothing"):
@@ -189,8 +197,9 @@ class Recipe:
         `overrides` (None values are ignored); validated.
 
         Args:
-            recipe: a name from `RECIPES`; defaults to the config file's
-                "recipe" or "digits".
+            recipe: a name from `RECIPES` or "auto"; defaults to the config
+                file's "recipe", else "digits" for the digits data and
+                "auto" (`keras_vit.training.auto`) for any other.
             config_file: optional YAML/JSON path (see `read_config_file`).
             **overrides: `Recipe` fields.
         """
@@ -200,9 +209,19 @@ class Recipe:
         unknown = sorted((set(from_file) | set(overrides)) - set(names))
         if unknown:
             raise ValueError(f"Unknown setting(s): {', '.join(unknown)}. Accepted settings: {', '.join(names)}")
-        name = recipe or overrides.get("recipe") or from_file.get("recipe") or DEFAULT_RECIPE
-        check_choice(name, "recipe", tuple(RECIPES))
-        values = {**RECIPES[name], **from_file, **overrides, "recipe": name}
+        given = {**from_file, **overrides}
+        dataset = given.get("dataset", "digits")
+        name = recipe or given.get("recipe") or (DEFAULT_RECIPE if dataset == "digits" else "auto")
+        check_choice(name, "recipe", (*RECIPES, "auto"))
+        if name == "auto":
+            from keras_vit.training.auto import choose_recipe, describe_source
+
+            budget = given.get("time_budget")
+            base = choose_recipe(describe_source(dataset, given.get("data_dir")),
+                                 parse_duration(budget) if budget is not None else None)
+        else:
+            base = RECIPES[name]
+        values = {**base, **given, "recipe": name}
         epochs, warmup = values.get("epochs", 10), values.get("warmup_epochs", 0)
         if isinstance(epochs, int) and isinstance(warmup, (int, float)) and warmup >= epochs > 0:
             warnings.warn(

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import keras
 
+from keras_vit.training.budget import parse_duration, plan_record, start_budget
 from keras_vit.training.distribute import PRECISIONS, get_strategy, prepare_multi_worker, set_precision, worker_info
 from keras_vit.training.optim import compile_model
 from keras_vit.training.recipe import DATA, HARDWARE, MODEL, OPTIM, RUN
@@ -82,8 +83,10 @@ def train(
     model,
     data,
     *,
-    epochs,
+    epochs=None,
     run_dir,
+    time_budget=None,
+    budget_start=None,
     learning_rate=1e-3,
     weight_decay=0.05,
     warmup_epochs=0,
@@ -115,8 +118,18 @@ def train(
             to build the model under `precision` and `strategy`.
         data: `load_data`'s (train, validation, test, info), a tuple
             (train, validation[, test]) or a training dataset.
-        epochs: int, total epochs of the run (resumed epochs included).
+        epochs: int, total epochs of the run (resumed epochs included);
+            with `time_budget`, the most epochs to plan (optional).
         run_dir: path of the run directory.
+        time_budget: None, seconds, or a duration such as "10m" or "2h":
+            the step time is measured after compilation and the run plans
+            as many steps as fit, so that training, validation, the final
+            evaluation and saving end within the budget; the learning rate
+            follows warmup and a cosine over the planned steps (see
+            `keras_vit.training.budget`). The plan and the times are
+            recorded in `plan.json`.
+        budget_start: `time.time()` at which the budget began (default: the
+            call of `train`; the CLI passes its own start).
         learning_rate, weight_decay, min_learning_rate, label_smoothing,
         clipnorm, ema_momentum, gradient_accumulation_steps: the recipe, see
             `make_optimizer` and `compile_model`.
@@ -148,6 +161,11 @@ def train(
     ...                patch_size=4, hidden_dim=32, depth=2, num_heads=2, mlp_dim=64),
     ...                data, epochs=2, run_dir="runs/digits")
     """
+    budget_start = time.time() if budget_start is None else budget_start
+    if time_budget is not None:
+        time_budget = parse_duration(time_budget)
+    elif epochs is None:
+        raise ValueError("`epochs` is required unless a `time_budget` is given.")
     train_ds, val_ds, test_ds, info = _split_data(data)
     steps_per_epoch = _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds)
     if val_ds is None and monitor.startswith("val_"):
@@ -159,7 +177,7 @@ def train(
         gradient_accumulation_steps=gradient_accumulation_steps, precision=precision,
         jit_compile=jit_compile, steps_per_execution=steps_per_execution,
         strategy=strategy if isinstance(strategy, (str, type(None))) else type(strategy).__name__,
-        steps_per_epoch=steps_per_epoch, monitor=monitor, seed=seed,
+        steps_per_epoch=steps_per_epoch, monitor=monitor, seed=seed, time_budget=time_budget,
     )
     strategy = get_strategy(strategy) if strategy is not None else None
     worker, num_workers, is_chief = worker_info()
@@ -176,7 +194,9 @@ def train(
         _check_classes(model, info)
         compile_model(
             model, learning_rate=learning_rate, weight_decay=weight_decay,
-            total_steps=steps_per_epoch * epochs, warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
+            # budgeted runs keep a constant rate that `TimeBudget` sets each step
+            total_steps=None if time_budget else steps_per_epoch * epochs,
+            warmup_steps=0 if time_budget else int(round(warmup_epochs * steps_per_epoch)),
             min_learning_rate=min_learning_rate, label_smoothing=label_smoothing,
             clipnorm=clipnorm, ema_momentum=ema_momentum,
             gradient_accumulation_steps=gradient_accumulation_steps,
@@ -184,18 +204,29 @@ def train(
             steps_per_execution=steps_per_execution,
         )
     with exclusive_lock(run_dir, "run directory"):
+        budget = None
+        if time_budget is not None:
+            with scope():
+                budget, timer, epochs, previous = start_budget(
+                    model, run_dir, time_budget, budget_start, (train_ds, val_ds, test_ds),
+                    steps_per_epoch=steps_per_epoch, max_epochs=epochs, warmup_epochs=warmup_epochs,
+                    learning_rate=learning_rate, min_learning_rate=min_learning_rate, resume=resume,
+                    verbose=verbose != 0)
         for folder in (run_dir, run_dir / "checkpoints", run_dir / "backup"):
             remove_stale_temporaries(folder)
         prepare_run_dir(run_dir, {**(config or {}), **recipe, "data": info.to_dict() if info else None}, resume)
+        if budget is not None:
+            write_json(run_dir / "plan.json", plan_record(budget, timer, budget_start, False, previous))
         backup = RunBackup(run_dir, monitor=monitor, artifacts=True)
-        fit_callbacks = [backup, keras.callbacks.TerminateOnNaN(),
+        fit_callbacks = [*([timer] if budget else []), backup, keras.callbacks.TerminateOnNaN(),
                          keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")), *(callbacks or [])]
         start = time.time()
         with scope():
             if num_workers > 1 and strategy is not None:
                 prepare_multi_worker(model, train_ds)
             model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                      callbacks=fit_callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles
+                      callbacks=fit_callbacks, verbose=0 if budget else verbose,  # budgeted: one line an epoch
+                      shuffle=False)  # the dataset shuffles
             if backup.diverged_at is not None:
                 raise ValueError(
                     f"The loss became NaN or infinite in epoch {backup.diverged_at}; the run directory keeps "
@@ -210,6 +241,8 @@ def train(
             best={monitor: backup.best}, last_session_seconds=round(train_seconds, 2), num_workers=num_workers))
         with atomic_path(run_dir / "model.keras") as tmp:
             model.save(tmp)
+        if budget is not None:
+            write_json(run_dir / "plan.json", plan_record(budget, timer, budget_start, True, previous))
     return TrainResult(model=model, history=backup.history_rows, test_metrics=metrics.get("test"),
                        run_dir=str(run_dir), initial_epoch=backup.restored_epoch)
 
@@ -219,8 +252,10 @@ MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
 
 def _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds):
     """Checks `train`'s arguments; returns the steps per epoch."""
-    check_positive_int(epochs, "epochs")
-    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or not 0 <= warmup_epochs < epochs:
+    if epochs is not None:
+        check_positive_int(epochs, "epochs")
+    if (isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or warmup_epochs < 0
+            or (epochs is not None and warmup_epochs >= epochs)):
         raise ValueError(
             f"`warmup_epochs` must be in [0, epochs={epochs}). Received: warmup_epochs={warmup_epochs!r}")
     if precision is not None:
@@ -261,11 +296,13 @@ def _check_classes(model, info):
             f"({', '.join(map(str, info.class_names[:10]))}). Build it with num_classes={info.num_classes}.")
 
 
-def train_from_config(recipe):
+def train_from_config(recipe, budget_start=None):
     """Loads the data, builds a ViT and trains it as a `Recipe` says.
 
     Args:
         recipe: a `Recipe` (e.g. from `Recipe.from_sources`).
+        budget_start: `time.time()` at which a time budget began (default:
+            now).
 
     Returns:
         A `TrainResult`.
@@ -276,6 +313,7 @@ def train_from_config(recipe):
     from keras_vit.data import load_data
     from keras_vit.models import build_vit
 
+    budget_start = time.time() if budget_start is None else budget_start
     strategy = get_strategy(recipe.strategy)  # before any other TF work
     data = recipe.group(DATA)
     source, size, batch = data.pop("dataset"), data.pop("image_size"), data.pop("batch_size")
@@ -288,4 +326,5 @@ def train_from_config(recipe):
 
     run = {k: v for k, v in {**recipe.group(RUN), **recipe.group(OPTIM), **recipe.group(HARDWARE)}.items()
            if k not in ("recipe", "strategy")}
-    return train(build, (train_ds, val_ds, test_ds, info), **run, strategy=strategy, config=recipe.to_dict())
+    return train(build, (train_ds, val_ds, test_ds, info), **run, strategy=strategy, config=recipe.to_dict(),
+                 budget_start=budget_start)

@@ -149,7 +149,8 @@ def write_history_files(run_dir, rows):
 
 
 def _comparable(config):
-    ignored = {"epochs", "verbose", "resume", "run_dir", "config"}
+    # a resumed budgeted run keeps its plan, so its budget may be restated
+    ignored = {"epochs", "verbose", "resume", "run_dir", "config", "time_budget"}
     return json.loads(json.dumps({k: v for k, v in config.items() if k not in ignored}, default=str))
 
 
@@ -161,7 +162,7 @@ def prepare_run_dir(run_dir, config, resume):
     if resume is False:
         for name in ("backup", "checkpoints", "logs"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
-        for name in ("history.csv", "history.png", "metrics.json", "model.keras", "config.json"):
+        for name in ("history.csv", "history.png", "metrics.json", "model.keras", "config.json", "plan.json"):
             (run_dir / name).unlink(missing_ok=True)
         state = None
     elif resume is True and state is None:

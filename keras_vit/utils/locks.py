@@ -47,9 +47,11 @@ def exclusive_lock(directory, what="directory"):
     ...     pass
     """
     directory = Path(directory)
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    held = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -65,6 +67,12 @@ def exclusive_lock(directory, what="directory"):
                       command=" ".join(sys.argv)[:300])
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
+        held = True
         yield record
+    except BaseException:
+        if held and created and [p.name for p in directory.iterdir()] == [LOCK_NAME]:
+            path.unlink()  # a refused first run leaves no directory behind
+            directory.rmdir()
+        raise
     finally:
         os.close(fd)  # closing the descriptor releases the lock

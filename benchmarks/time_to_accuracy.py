@@ -1,0 +1,93 @@
+"""Time to accuracy: `keras-vit train --time-budget B` for a few budgets,
+each in a fresh process, then test accuracy against wall seconds (a table
+and a PNG plot).
+
+    python -m benchmarks.time_to_accuracy --dataset digits --budgets 60,120,180
+    python -m benchmarks.time_to_accuracy --dataset ../shared/data/mnist_train.npz --budgets 10m
+    python -m benchmarks.time_to_accuracy --dataset digits --budgets none   # the default recipe, no budget
+
+Each run's wall time is measured around the whole command (start-up,
+data loading, compilation, training, evaluation, saving). The accuracy is
+on the test split `keras-vit train` carves from the data (it never trains
+or validates on it). Extra arguments after `--` go to `keras-vit train`.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run_budget(dataset, budget, run_dir, extra=()):
+    """Runs one `keras-vit train`; returns a result row."""
+    args = [sys.executable, "-m", "keras_vit.cli", "train", "--dataset", dataset, "--run-dir", str(run_dir),
+            "--verbose", "0", *extra]
+    if budget != "none":
+        args += ["--time-budget", budget]
+    start = time.time()
+    proc = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    wall = time.time() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"keras-vit train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    plan_file = Path(run_dir) / "plan.json"
+    plan = json.loads(plan_file.read_text()) if plan_file.exists() else None
+    return dict(
+        dataset=dataset, budget=budget, wall_seconds=round(wall, 1), test_accuracy=metrics["test"]["accuracy"],
+        epochs=metrics["epochs"], recipe=config.get("recipe"),
+        model=f"{config.get('image_size')}px p{config.get('patch_size')} w{config.get('hidden_dim')} "
+              f"d{config.get('depth')}",
+        steps=plan["sessions"][-1]["last_step"] if plan else None)
+
+
+def plot(rows, path):
+    from keras_vit.utils.io import new_figure, save_figure
+
+    fig = new_figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
+    for dataset in sorted({r["dataset"] for r in rows}):
+        points = sorted((r["wall_seconds"], r["test_accuracy"]) for r in rows if r["dataset"] == dataset)
+        ax.plot(*zip(*points), marker="o", label=Path(dataset).name)
+    ax.set_xlabel("wall seconds (whole command)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.time_to_accuracy",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--budgets", default="60,120,180", help="comma-separated budgets, or 'none'")
+    parser.add_argument("--out", default=str(RESULTS / "time-to-accuracy"))
+    parser.add_argument("extra", nargs="*", help="arguments for keras-vit train (after --)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    rows = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, budget in enumerate(args.budgets.split(",")):
+            row = run_budget(args.dataset, budget, Path(tmp) / f"run{i}", args.extra)
+            print(json.dumps(row), flush=True)
+            rows = [r for r in rows if (r["dataset"], r["budget"]) != (row["dataset"], row["budget"])] + [row]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    lines = ["| data | budget | wall s | test accuracy | epochs | steps | recipe | model |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["wall_seconds"])):
+        lines.append(f"| {Path(r['dataset']).name} | {r['budget']} | {r['wall_seconds']} | {r['test_accuracy']:.4f} | "
+                     f"{r['epochs']} | {r['steps']} | {r['recipe']} | {r['model']} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    plot(rows, out.with_suffix(".png"))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The "auto" recipe: settings chosen from the data and the time budget.
+
+`describe_source` reads what matters about a data source without loading
+it (image size, channels, number of images and classes); `choose_recipe`
+turns that and the budget into `Recipe` fields:
+
+* image size and patch size: small images keep their size with 4x4
+  patches (a 7x7 or 8x8 grid: 28 px, 32 px); tiny ones are upsampled to
+  16 px with 2x2 patches; larger images are resized so that the grid stays
+  at 8x8 (64 px with 8 px patches; 128 px with 16 px patches).
+* model size: the widest and deepest rung of `MODEL_LADDER` that still
+  sees the data `TARGET_EPOCHS` times in the budget, estimated from the
+  model's matmul FLOPs and a sustained CPU rate (`SUSTAINED_FLOPS`).
+* batch size and learning rate: 128 and 2e-3 for 10,000 images or more,
+  smaller batches (and a square-root-scaled rate) below.
+* augmentation: translations and small rotations for one-channel images
+  (no flips: digits and letters must not be mirrored); flips and
+  translations for colour ones, with RandAugment and MixUp added only when
+  the run sees the data many times.
+* validation and test splits: about 2,500 and 5,000 images on large data,
+  10% and 20% on small.
+
+Every choice can be overridden by a flag, a config file or a named recipe.
+"""
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+# (width, depth, heads): the models the auto recipe chooses from, smallest first.
+MODEL_LADDER = ((32, 2, 2), (64, 4, 4), (96, 6, 4), (128, 6, 4), (192, 8, 3), (256, 8, 4), (384, 12, 6))
+# Passes over the data a run should make: small data sets need more.
+TARGET_EPOCHS = ((5_000, 60), (50_000, 20), (math.inf, 10))
+# Training matmul FLOP/s a ViT of width 128 or more sustains per CPU core
+# (float32, XLA): measured 2.0e11 on this project's 2-core machine with
+# width 128, depth 6 at 28 px; narrower models use the cores less well.
+SUSTAINED_FLOPS_PER_CORE = 1e11
+
+
+@dataclasses.dataclass
+class DataShape:
+    """What the auto recipe needs to know about a data source."""
+
+    height: int
+    width: int
+    channels: int
+    num_examples: int
+    num_classes: int
+
+
+def describe_source(source, data_dir=None):
+    """Reads the image size, channels, number of images and classes of a
+    data source (as `load_data` takes it) without loading all of it.
+
+    Example:
+    >>> describe_source("digits")
+    DataShape(height=8, width=8, channels=1, num_examples=1797, num_classes=10)
+    """
+    if isinstance(source, (tuple, list)) and len(source) == 2:
+        return _describe_arrays(np.asarray(source[0]), np.asarray(source[1]))
+    text = str(source)
+    if text == "digits":
+        return DataShape(8, 8, 1, 1797, 10)
+    if text.endswith(".npz"):
+        from keras_vit.sources import read_npz
+
+        if not os.path.isfile(text):
+            raise ValueError(f"The .npz file does not exist: {text}")
+
+        arrays, names = read_npz(text)
+        total = sum(len(x) for x, _ in arrays.values())
+        shape = _describe_arrays(*arrays["train"])
+        return dataclasses.replace(shape, num_examples=total,
+                                   num_classes=len(names) if names else shape.num_classes)
+    if not text.startswith("tfds:") and (os.sep in text or text.startswith(".") or os.path.isdir(text)):
+        if not os.path.isdir(text):
+            raise ValueError(f"The image folder does not exist: {text}")
+        return _describe_folder(Path(text))
+    return _describe_tfds(text.removeprefix("tfds:"), data_dir)
+
+
+def _describe_arrays(x, y):
+    channels = 1 if x.ndim == 3 else int(x.shape[-1])
+    return DataShape(int(x.shape[1]), int(x.shape[2]), channels, int(len(x)), int(len(np.unique(y))))
+
+
+def _describe_folder(root):
+    from PIL import Image
+
+    from keras_vit.preprocessing import IMAGE_EXTENSIONS
+
+    classes = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    files = [f for d in classes for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS]
+    sizes = []
+    for path in files[:: max(1, len(files) // 16)][:16]:  # a spread sample of the sizes
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except OSError:
+            continue
+    width, height = (int(np.median([s[i] for s in sizes])) for i in (0, 1)) if sizes else (224, 224)
+    return DataShape(height, width, 3, len(files), len(classes))
+
+
+def _describe_tfds(name, data_dir):
+    import tensorflow_datasets as tfds
+
+    try:
+        info = tfds.builder(name, data_dir=data_dir).info
+    except Exception as err:  # tfds raises several types for unknown names
+        raise ValueError(f"Cannot describe the data source {name!r} for the auto recipe: {err}") from None
+    height, width, channels = info.features["image"].shape
+    return DataShape(height or 224, width or 224, channels or 3,
+                     sum(split.num_examples for split in info.splits.values()), info.features["label"].num_classes)
+
+
+def image_and_patch(shape):
+    """(image_size, patch_size) for the data's smaller side."""
+    side = min(shape.height, shape.width)
+    if side <= 16:
+        return 16, 2
+    if side <= 40:
+        return 4 * math.ceil(side / 4), 4
+    if side <= 80:
+        return 64, 8
+    return 128, 16
+
+
+def training_flops(image_size, patch_size, width, depth, mlp_ratio=2):
+    """Matmul FLOPs of one training step on one image (3x the forward)."""
+    tokens = (image_size // patch_size) ** 2
+    per_block = 2 * tokens * (4 + 2 * mlp_ratio) * width**2 + 4 * tokens**2 * width
+    return 3 * depth * per_block
+
+
+def choose_recipe(shape, time_budget=None, cores=None):
+    """`Recipe` fields for data of this shape and a budget in seconds.
+
+    Args:
+        shape: a `DataShape`.
+        time_budget: seconds, or None (then the model follows the number of
+            images and `epochs` is set).
+        cores: CPU cores to plan for (default: this machine's).
+
+    Returns:
+        dict of `Recipe` fields.
+
+    Example:
+    >>> fields = choose_recipe(DataShape(28, 28, 1, 55000, 10), time_budget=600, cores=2)
+    >>> fields["image_size"], fields["patch_size"], fields["hidden_dim"], fields["batch_size"]
+    (28, 4, 64, 128)
+    """
+    image_size, patch_size = image_and_patch(shape)
+    n = shape.num_examples
+    test_split = round(min(0.2, max(0.05, 5000 / n)), 3)
+    validation_split = round(min(0.1, max(0.02, 2500 / (n * (1 - test_split)))), 3)
+    n_train = int(n * (1 - test_split) * (1 - validation_split))
+    epochs = next(e for limit, e in TARGET_EPOCHS if n < limit)
+    rung = MODEL_LADDER[1] if n < 5000 else MODEL_LADDER[3]
+    if time_budget is not None:
+        rate = SUSTAINED_FLOPS_PER_CORE * (cores or os.cpu_count() or 1)
+
+        def passes(r):  # passes over the data this rung makes in the budget
+            return time_budget * rate * min(1.0, r[0] / 128) / (n_train * training_flops(image_size, patch_size, *r[:2]))
+
+        fits = [r for r in MODEL_LADDER if passes(r) >= epochs]
+        rung = fits[-1] if fits else MODEL_LADDER[0]
+    width, depth, heads = rung
+    batch_size = 128 if n >= 10_000 else 64 if n >= 2_000 else 32
+    if shape.channels == 1:
+        augment = "digits"
+    else:
+        augment = "medium" if epochs >= 50 else "light"
+    return dict(
+        recipe="auto", image_size=image_size, patch_size=patch_size, hidden_dim=width, depth=depth,
+        num_heads=heads, mlp_dim=2 * width, pooling="gap", dropout=0.0,
+        drop_path_rate=0.1 if epochs >= 50 else 0.0, batch_size=batch_size,
+        learning_rate=round(1e-3 * math.sqrt(batch_size / 32), 5), weight_decay=0.05,
+        warmup_epochs=round(max(0.5, 0.05 * epochs), 2), label_smoothing=0.1, clipnorm=1.0,
+        augment=augment, validation_split=validation_split, test_split=test_split,
+        # with a budget, a cap the budget rarely reaches
+        epochs=epochs if time_budget is None else 10 * epochs,
+    )

@@ -1,0 +1,173 @@
+"""Training to a time budget and the recipe chosen from the data: the
+budget's arithmetic, a real 20-second `keras-vit train --time-budget`, a
+budgeted run killed and resumed, and the auto recipe for several data
+shapes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from keras_vit.training.auto import DataShape, choose_recipe, describe_source, training_flops
+from keras_vit.training.budget import BudgetPlan, Speed, learning_rate_at, parse_duration, plan_budget
+from keras_vit.training.recipe import Recipe
+from tests.test_cli_train import cli, env, read_state
+
+TINY = ["--image-size", "8", "--patch-size", "4", "--hidden-dim", "16", "--depth", "1",
+        "--num-heads", "2", "--mlp-dim", "32", "--jit-compile", "false"]
+
+
+@pytest.mark.parametrize("value, seconds", [(45, 45.0), ("90s", 90.0), ("10m", 600.0), ("2h", 7200.0),
+                                            ("1h30m", 5400.0), (" 2.5m ", 150.0), ("20", 20.0)])
+def test_durations_parse(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["ten minutes", "10x", "", "-5", 0, -1, True, None, float("inf"), "m"])
+def test_bad_durations_name_the_setting(value):
+    with pytest.raises(ValueError, match=r"`time_budget` must be"):
+        parse_duration(value)
+
+
+def test_the_plan_fills_the_time_left_and_no_more():
+    speed = Speed(train_step=0.05, eval_step=0.02)
+    kwargs = dict(steps_per_epoch=40, val_steps=4, test_steps=6)
+    plan = plan_budget(100, 90, speed, **kwargs)
+    ends = plan.epochs  # one validation pass (and saving) per epoch
+    assert plan.planned_steps * speed.train_step + ends * (4 * 0.02 + 0.3) <= 90 - plan.reserve_seconds
+    bigger = plan_budget(100, 90 + 2 * speed.train_step + 0.5, speed, **kwargs)
+    assert bigger.planned_steps > plan.planned_steps  # more time, more steps
+    capped = plan_budget(100, 90, speed, max_steps=120, **kwargs)
+    assert capped.planned_steps == 120 and capped.epochs == 3
+    resumed = plan_budget(100, 30, speed, done_steps=200, planned_steps=240, **kwargs)
+    assert resumed.planned_steps == 240  # the earlier plan, when it still fits
+
+
+def test_a_budget_too_small_to_train_is_refused_with_what_it_needs():
+    with pytest.raises(ValueError, match=r"`time_budget=10` s leaves no time to train.*at least \d+ s"):
+        plan_budget(10, 2, Speed(0.5, 0.2), steps_per_epoch=10, val_steps=3, test_steps=3)
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine_to_the_floor():
+    plan = BudgetPlan(60, 110, 3, 40, 10, 50.0, 5.0, 0.1, 0.03)
+    rates = [learning_rate_at(step, plan, 1e-3, 1e-5) for step in range(0, 111)]
+    assert rates[0] == 0 and rates[5] == pytest.approx(5e-4) and rates[10] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))  # decreasing after the warmup
+    assert rates[60] == pytest.approx((1e-3 + 1e-5) / 2) and rates[110] == pytest.approx(1e-5)
+
+
+def _wait_for(proc, condition, deadline_seconds):
+    deadline = time.time() + deadline_seconds
+    while not condition():
+        assert proc.poll() is None, f"the run ended first: {proc.communicate()}"
+        assert time.time() < deadline, "the condition never came"
+        time.sleep(0.05)
+
+
+def test_a_20_second_budget_ends_within_it_evaluated_and_saved(tmp_path):
+    run = tmp_path / "run"
+    start = time.time()
+    proc = subprocess.run([sys.executable, *cli("--time-budget", "20s", "--run-dir", str(run), *TINY)],
+                          capture_output=True, text=True, env=env(), timeout=120)
+    wall = time.time() - start
+    assert proc.returncode == 0, proc.stderr
+    # the budget ends with the saved model; the interpreter's exit after it takes ~1 s under load
+    assert wall <= 21, f"a 20 s budget took {wall:.1f} s from the process start to its exit"
+    record = json.loads((run / "plan.json").read_text())
+    assert record["finished"] and record["sessions"][0]["total_seconds"] <= 20  # start to saved model
+    out = proc.stdout
+    assert out.index("Time budget 20 s:") < out.index("epoch 1/")  # the plan is shown before training
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) - 1 >= 2 and "train_seconds" in history[0]
+    assert (run / "model.keras").exists() and "accuracy" in json.loads((run / "metrics.json").read_text())["test"]
+    last = dict(zip(history[0].split(","), history[-1].split(",")))
+    assert float(last["learning_rate"]) < 0.1 * 2e-3  # the cosine reached its end
+    assert record["plan"]["planned_steps"] == record["sessions"][0]["last_step"]
+
+
+def test_a_killed_budgeted_run_resumes_and_ends_where_planned(tmp_path):
+    run = tmp_path / "run"
+    args = cli("--time-budget", "5m", "--epochs", "4", "--batch-size", "8", "--run-dir", str(run), *TINY)
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env())
+    try:
+        _wait_for(proc, lambda: (read_state(run) or {}).get("epoch", 0) >= 1, 240)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = json.loads((run / "plan.json").read_text())
+    killed_at = read_state(run)["epoch"]
+    assert not first["finished"] and 1 <= killed_at < 4
+    rerun = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env(), timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    record = json.loads((run / "plan.json").read_text())
+    steps_per_epoch = record["plan"]["steps_per_epoch"]
+    planned = first["plan"]["planned_steps"]
+    assert planned == 4 * steps_per_epoch  # the epoch cap bounds the plan
+    assert f"Resuming at step {killed_at * steps_per_epoch}" in rerun.stdout
+    (session,) = record["sessions"]
+    assert session["last_step"] == planned and session["steps"] == planned - killed_at * steps_per_epoch
+    assert record["plan"]["spent_before"] > 0  # the first session's committed time counts
+    assert len((run / "history.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_too_small_a_budget_touches_nothing(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, *cli("--time-budget", "2s", "--run-dir", str(run), *TINY)],
+                          capture_output=True, text=True, env=env(), timeout=120)
+    assert proc.returncode == 2 and "leaves no time to train" in proc.stderr
+    assert "Traceback" not in proc.stderr and not run.exists()
+
+
+@pytest.mark.parametrize("shape, size, patch, augment", [
+    (DataShape(8, 8, 1, 1797, 10), 16, 2, "digits"),  # scikit-learn digits
+    (DataShape(28, 28, 1, 55000, 10), 28, 4, "digits"),  # MNIST
+    (DataShape(32, 32, 3, 50000, 10), 32, 4, "light"),  # CIFAR-10
+    (DataShape(64, 64, 3, 3000, 200), 64, 8, "medium"),  # Tiny-ImageNet-like, few images
+    (DataShape(375, 500, 3, 2000, 5), 128, 16, "medium"),  # photos in folders
+])
+def test_the_auto_recipe_follows_the_data(shape, size, patch, augment):
+    fields = choose_recipe(shape, time_budget=600, cores=2)
+    assert (fields["image_size"], fields["patch_size"], fields["augment"]) == (size, patch, augment)
+    assert fields["hidden_dim"] % fields["num_heads"] == 0 and fields["mlp_dim"] == 2 * fields["hidden_dim"]
+    Recipe(**{**fields, "dataset": "x"}).validate()  # every choice is a valid setting
+    test, val = fields["test_split"], fields["validation_split"]
+    held_out = shape.num_examples * (test + (1 - test) * val)  # validation is carved from what the test left
+    assert held_out <= 0.3 * shape.num_examples and held_out >= min(1000, 0.25 * shape.num_examples)
+
+
+def test_a_longer_budget_never_chooses_a_smaller_model():
+    shape = DataShape(28, 28, 1, 55000, 10)
+    costs = [training_flops(f["image_size"], f["patch_size"], f["hidden_dim"], f["depth"])
+             for f in (choose_recipe(shape, budget, cores=2) for budget in (30, 300, 3000, 30000))]
+    assert costs == sorted(costs) and costs[0] < costs[-1]
+
+
+def test_sources_are_described_without_loading_them(tmp_path):
+    from PIL import Image
+
+    x = np.zeros((30, 12, 10, 3), "uint8")
+    y = np.arange(30) % 3
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:6], y_test=y[:6])
+    assert describe_source(str(tmp_path / "d.npz")) == DataShape(12, 10, 3, 36, 3)
+    assert describe_source((x[..., 0], y)) == DataShape(12, 10, 1, 30, 3)
+    for label in ("cat", "dog"):
+        (tmp_path / "f" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 30)).save(tmp_path / "f" / label / f"{i}.png")
+    assert describe_source(str(tmp_path / "f")) == DataShape(30, 40, 3, 6, 2)
+
+
+def test_recipe_sources_choose_auto_for_data_other_than_digits(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((200, 28, 28), "uint8"), y=np.arange(200) % 10)
+    auto = Recipe.from_sources(dataset=str(tmp_path / "d.npz"), time_budget="1m", hidden_dim=32)
+    assert auto.recipe == "auto" and auto.image_size == 28 and auto.hidden_dim == 32  # flags win
+    assert Recipe.from_sources().recipe == "digits"
+    named = Recipe.from_sources("small", dataset=str(tmp_path / "d.npz"))
+    assert named.recipe == "small" and named.image_size == 32
