@@ -125,15 +125,17 @@ def test_too_small_a_budget_touches_nothing(tmp_path):
     assert "Traceback" not in proc.stderr and not run.exists()
 
 
-@pytest.mark.parametrize("shape, size, patch, augment", [
-    (DataShape(8, 8, 1, 1797, 10), 16, 2, "digits"),  # scikit-learn digits
-    (DataShape(28, 28, 1, 55000, 10), 28, 4, "digits"),  # MNIST
-    (DataShape(32, 32, 3, 50000, 10), 32, 4, "light"),  # CIFAR-10
-    (DataShape(64, 64, 3, 3000, 200), 64, 8, "medium"),  # Tiny-ImageNet-like, few images
-    (DataShape(375, 500, 3, 2000, 5), 128, 16, "medium"),  # photos in folders
+@pytest.mark.parametrize("shape, budget, size, patch, augment", [
+    (DataShape(8, 8, 1, 1797, 10), 600, 16, 2, "digits"),  # scikit-learn digits
+    (DataShape(28, 28, 1, 55000, 10), 600, 28, 7, "digits"),  # MNIST, 10 minutes: a 4x4 grid
+    (DataShape(28, 28, 1, 55000, 10), 3600, 28, 4, "digits"),  # MNIST, an hour: a 7x7 grid
+    (DataShape(32, 32, 3, 50000, 10), 7200, 32, 4, "light"),  # CIFAR-10
+    (DataShape(64, 64, 3, 3000, 200), 600, 64, 8, "medium"),  # Tiny-ImageNet-like, few images
+    (DataShape(375, 500, 3, 2000, 5), 600, 128, 16, "medium"),  # photos in folders
+    (DataShape(375, 500, 3, 2000, 5), None, 128, 16, "medium"),  # no budget
 ])
-def test_the_auto_recipe_follows_the_data(shape, size, patch, augment):
-    fields = choose_recipe(shape, time_budget=600, cores=2)
+def test_the_auto_recipe_follows_the_data(shape, budget, size, patch, augment):
+    fields = choose_recipe(shape, time_budget=budget, cores=2)
     assert (fields["image_size"], fields["patch_size"], fields["augment"]) == (size, patch, augment)
     assert fields["hidden_dim"] % fields["num_heads"] == 0 and fields["mlp_dim"] == 2 * fields["hidden_dim"]
     Recipe(**{**fields, "dataset": "x"}).validate()  # every choice is a valid setting
@@ -142,11 +144,14 @@ def test_the_auto_recipe_follows_the_data(shape, size, patch, augment):
     assert held_out <= 0.3 * shape.num_examples and held_out >= min(1000, 0.25 * shape.num_examples)
 
 
-def test_a_longer_budget_never_chooses_a_smaller_model():
-    shape = DataShape(28, 28, 1, 55000, 10)
+@pytest.mark.parametrize("shape", [DataShape(28, 28, 1, 55000, 10), DataShape(32, 32, 3, 1000, 3),
+                                   DataShape(200, 300, 3, 200_000, 100)])
+def test_a_longer_budget_never_chooses_a_smaller_model(shape):
     costs = [training_flops(f["image_size"], f["patch_size"], f["hidden_dim"], f["depth"])
-             for f in (choose_recipe(shape, budget, cores=2) for budget in (30, 300, 3000, 30000))]
+             for f in (choose_recipe(shape, budget, cores=2) for budget in (30, 300, 3000, 30000, 300000))]
     assert costs == sorted(costs) and costs[0] < costs[-1]
+    small = choose_recipe(DataShape(28, 28, 1, 1000, 10), 300000, cores=2)
+    assert small["hidden_dim"] <= 96  # few images never get a large model, however long the budget
 
 
 def test_sources_are_described_without_loading_them(tmp_path):

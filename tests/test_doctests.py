@@ -20,6 +20,7 @@ MODULES = (
     "keras_vit.utils.io",
     "keras_vit.utils.locks",
     "keras_vit.training.budget",
+    "keras_vit.training.auto",
     "keras_vit.hub",
     "keras_vit.convert.readers",
     "keras_vit.convert.rules",

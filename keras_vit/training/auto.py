@@ -7,10 +7,13 @@ turns that and the budget into `Recipe` fields:
 * image size and patch size: small images keep their size with 4x4
   patches (a 7x7 or 8x8 grid: 28 px, 32 px); tiny ones are upsampled to
   16 px with 2x2 patches; larger images are resized so that the grid stays
-  at 8x8 (64 px with 8 px patches; 128 px with 16 px patches).
+  at 8x8 (64 px with 8 px patches; 128 px with 16 px patches). When the
+  budget cannot train a width-128 model on that grid, the patches double
+  to a 4x4 grid (MNIST in 10 minutes on 2 cores: 7 px patches).
 * model size: the widest and deepest rung of `MODEL_LADDER` that still
   sees the data `TARGET_EPOCHS` times in the budget, estimated from the
-  model's matmul FLOPs and a sustained CPU rate (`SUSTAINED_FLOPS`).
+  model's matmul FLOPs and a sustained CPU rate
+  (`SUSTAINED_FLOPS_PER_CORE`).
 * batch size and learning rate: 128 and 2e-3 for 10,000 images or more,
   smaller batches (and a square-root-scaled rate) below.
 * augmentation: translations and small rotations for one-channel images
@@ -32,8 +35,10 @@ import numpy as np
 
 # (width, depth, heads): the models the auto recipe chooses from, smallest first.
 MODEL_LADDER = ((32, 2, 2), (64, 4, 4), (96, 6, 4), (128, 6, 4), (192, 8, 3), (256, 8, 4), (384, 12, 6))
+# The largest rung (index into MODEL_LADDER) for data sets of fewer images than each limit.
+LARGEST_RUNG = ((5_000, 2), (50_000, 4), (math.inf, len(MODEL_LADDER) - 1))
 # Passes over the data a run should make: small data sets need more.
-TARGET_EPOCHS = ((5_000, 60), (50_000, 20), (math.inf, 10))
+TARGET_EPOCHS = ((5_000, 100), (50_000, 40), (math.inf, 25))
 # Training matmul FLOP/s a ViT of width 128 or more sustains per CPU core
 # (float32, XLA): measured 2.0e11 on this project's 2-core machine with
 # width 128, depth 6 at 28 px; narrower models use the cores less well.
@@ -118,15 +123,18 @@ def _describe_tfds(name, data_dir):
 
 
 def image_and_patch(shape):
-    """(image_size, patch_size) for the data's smaller side."""
+    """(image_size, fine patch, coarse patch) for the data's smaller side:
+    the fine patch makes a 7x7 or 8x8 grid, the coarse one a 4x4 grid
+    (the coarse one is used when the budget is too short for the fine)."""
     side = min(shape.height, shape.width)
     if side <= 16:
-        return 16, 2
+        return 16, 2, 4
     if side <= 40:
-        return 4 * math.ceil(side / 4), 4
+        size = 4 * math.ceil(side / 4)
+        return size, 4, size // 4
     if side <= 80:
-        return 64, 8
-    return 128, 16
+        return 64, 8, 16
+    return 128, 16, 32
 
 
 def training_flops(image_size, patch_size, width, depth, mlp_ratio=2):
@@ -151,23 +159,28 @@ def choose_recipe(shape, time_budget=None, cores=None):
     Example:
     >>> fields = choose_recipe(DataShape(28, 28, 1, 55000, 10), time_budget=600, cores=2)
     >>> fields["image_size"], fields["patch_size"], fields["hidden_dim"], fields["batch_size"]
-    (28, 4, 64, 128)
+    (28, 7, 128, 128)
     """
-    image_size, patch_size = image_and_patch(shape)
+    image_size, fine, coarse = image_and_patch(shape)
     n = shape.num_examples
     test_split = round(min(0.2, max(0.05, 5000 / n)), 3)
     validation_split = round(min(0.1, max(0.02, 2500 / (n * (1 - test_split)))), 3)
     n_train = int(n * (1 - test_split) * (1 - validation_split))
     epochs = next(e for limit, e in TARGET_EPOCHS if n < limit)
-    rung = MODEL_LADDER[1] if n < 5000 else MODEL_LADDER[3]
+    patch_size, rung = fine, MODEL_LADDER[1] if n < 5000 else MODEL_LADDER[3]
     if time_budget is not None:
         rate = SUSTAINED_FLOPS_PER_CORE * (cores or os.cpu_count() or 1)
 
-        def passes(r):  # passes over the data this rung makes in the budget
-            return time_budget * rate * min(1.0, r[0] / 128) / (n_train * training_flops(image_size, patch_size, *r[:2]))
+        ladder = MODEL_LADDER[:next(i for limit, i in LARGEST_RUNG if n < limit) + 1]
 
-        fits = [r for r in MODEL_LADDER if passes(r) >= epochs]
-        rung = fits[-1] if fits else MODEL_LADDER[0]
+        def largest(patch):  # the largest rung that makes `epochs` passes over the data
+            fits = [r for r in ladder if time_budget * rate * min(1.0, r[0] / 128)
+                    >= epochs * n_train * training_flops(image_size, patch, *r[:2])]
+            return fits[-1] if fits else ladder[0]
+
+        rung = largest(fine)
+        if rung < ladder[min(3, len(ladder) - 1)]:  # too short for the fine grid: a coarser one
+            patch_size, rung = coarse, largest(coarse)
     width, depth, heads = rung
     batch_size = 128 if n >= 10_000 else 64 if n >= 2_000 else 32
     if shape.channels == 1:
