@@ -176,3 +176,17 @@ def test_recipe_sources_choose_auto_for_data_other_than_digits(tmp_path):
     assert Recipe.from_sources().recipe == "digits"
     named = Recipe.from_sources("small", dataset=str(tmp_path / "d.npz"))
     assert named.recipe == "small" and named.image_size == 32
+
+
+def test_the_cli_shows_the_recipe_it_chose_for_the_data(tmp_path, capsys):
+    from keras_vit.cli.main import main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 255, (120, 12, 12), dtype="uint8"), y=np.arange(120) % 3)
+    code = main(["train", "--dataset", str(tmp_path / "d.npz"), "--epochs", "1", "--hidden-dim", "16",
+                 "--depth", "1", "--num-heads", "2", "--run-dir", str(tmp_path / "run"), "--verbose", "0"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Recipe chosen from the data: 16 px, 2 px patches, width 16, depth 1" in out
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["recipe"] == "auto" and saved["image_size"] == 16 and saved["augment"] == "digits"

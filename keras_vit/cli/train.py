@@ -79,6 +79,11 @@ def run(args):
     if settings.get("jit_compile") is not None:
         settings["jit_compile"] = JIT_CHOICES[settings["jit_compile"]]
     recipe = Recipe.from_sources(args.recipe or None, args.config, **settings)
+    if recipe.recipe == "auto":
+        print(f"Recipe chosen from the data: {recipe.image_size} px, {recipe.patch_size} px patches, width "
+              f"{recipe.hidden_dim}, depth {recipe.depth}, {recipe.num_heads} heads, batch {recipe.batch_size}, "
+              f"learning rate {recipe.learning_rate:g}, augment {recipe.augment}, validation/test splits "
+              f"{recipe.validation_split:g}/{recipe.test_split:g} (any flag overrides a choice).", flush=True)
     from keras_vit.training.budget import process_start_time
 
     result = train_from_config(recipe, budget_start=process_start_time())  # a budget counts from the start
