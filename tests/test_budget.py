@@ -190,3 +190,17 @@ def test_the_cli_shows_the_recipe_it_chose_for_the_data(tmp_path, capsys):
     assert "Recipe chosen from the data: 16 px, 2 px patches, width 16, depth 1" in out
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["recipe"] == "auto" and saved["image_size"] == 16 and saved["augment"] == "digits"
+
+
+def test_budgeted_steps_count_real_optimizer_steps_with_steps_per_execution(tmp_path):
+    from keras_vit import build_vit
+    from keras_vit.data import load_data
+    from keras_vit.training import train
+
+    data = load_data("digits", 8, 32)
+    result = train(lambda: build_vit(image_size=8, num_classes=10, channels=1, patch_size=4, hidden_dim=16,
+                                     depth=1, num_heads=2, mlp_dim=32),
+                   data, time_budget=12, steps_per_execution=3, jit_compile=False, run_dir=tmp_path / "run",
+                   verbose=0)
+    record = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert int(result.model.optimizer.iterations) == record["sessions"][0]["last_step"] > 0

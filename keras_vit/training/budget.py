@@ -93,10 +93,10 @@ class _StepTimer(keras.callbacks.Callback):
         self.skip, self.min_steps, self.min_seconds = skip, min_steps, min_seconds
         self.ends = []
 
-    def _end(self, batch, logs=None):
-        self.ends.append(time.perf_counter())
+    def _end(self, batch, logs=None):  # `batch` is the last step of the call (steps_per_execution)
+        self.ends.append((time.perf_counter(), batch))
         timed = len(self.ends) - 1 - self.skip
-        if timed >= self.min_steps and self.ends[-1] - self.ends[self.skip] >= self.min_seconds:
+        if timed >= self.min_steps and self.ends[-1][0] - self.ends[self.skip][0] >= self.min_seconds:
             self.model.stop_training = True
 
     on_train_batch_end = on_test_batch_end = _end
@@ -105,7 +105,7 @@ class _StepTimer(keras.callbacks.Callback):
         timed = self.ends[self.skip:]
         if len(timed) < 2:
             return None
-        gaps = sorted(b - a for a, b in zip(timed, timed[1:]))
+        gaps = sorted((t1 - t0) / max(1, b1 - b0) for (t0, b0), (t1, b1) in zip(timed, timed[1:]))
         return gaps[len(gaps) // 2]  # the median: robust to a stray slow step
 
 
@@ -318,7 +318,8 @@ class TimeBudget(keras.callbacks.Callback):
         self._set_learning_rate(learning_rate_at(self.progress_step(), self.plan, self.peak, self.floor))
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
+        # `batch` is the call's last step (steps_per_execution), past the epoch's end in its last call
+        self.step = self.epoch_first_step + min(batch + 1, self.plan.steps_per_epoch)
         if self.progress_step() >= self.plan.planned_steps:
             self.stopped_by_time = self.step < self.plan.planned_steps
             self.model.stop_training = True
