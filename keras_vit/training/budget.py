@@ -286,6 +286,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.done_steps = self.step = done_steps
         self.start = self.epoch_start = None
         self.epoch_first_step = done_steps
+        self.paces = []  # (seconds per step, seconds outside the steps) of each epoch
         self.stopped_by_time = False
 
     def progress_step(self):
@@ -305,9 +306,10 @@ class TimeBudget(keras.callbacks.Callback):
         now = time.time()
         steps = self.step - self.epoch_first_step
         if self.epoch_start is not None and steps > 0:
-            # the pace of the last epoch, its validation and saving included
-            pace = (now - self.epoch_start) / steps
-            overhead = max(0.0, (now - self.epoch_start) - steps * self.plan.step_seconds)
+            # the pace of the last epochs (the median of five), their validation and saving included
+            self.paces.append(((now - self.epoch_start) / steps, max(0.0, (now - self.epoch_start) - steps *
+                                                                       self.plan.step_seconds)))
+            pace, overhead = (sorted(p[i] for p in self.paces[-5:])[len(self.paces[-5:]) // 2] for i in (0, 1))
             self.deadline = self.budget_end - self.plan.reserve_seconds - overhead
             fits = self.step + int((self.deadline - now) / pace)
             self.plan.planned_steps = max(self.step + 1, min(fits, self.max_steps or fits))

@@ -181,6 +181,9 @@ def train(
     )
     strategy = get_strategy(strategy) if strategy is not None else None
     worker, num_workers, is_chief = worker_info()
+    if time_budget is not None and num_workers > 1:
+        raise ValueError("`time_budget` does not work with multi-worker training yet: each worker would plan its "
+                         "own number of steps and the collective steps would not match. Give `epochs` instead.")
     # Non-chief workers keep their own state so that files never collide.
     run_dir = Path(run_dir) if is_chief else Path(run_dir) / "workers" / f"worker_{worker}"
     if run_dir.exists() and not run_dir.is_dir():
