@@ -151,3 +151,28 @@ def test_crop_settings_are_checked_and_travel():
         ImageSettings((16, 16), crop_pct=0.9, crop_mode="border")
     settings = ImageSettings((16, 16), crop_pct=0.9, crop_mode="squash")
     assert ImageSettings.from_dict(settings.to_dict()) == settings
+
+
+def test_exported_serving_applies_the_recorded_crop(tmp_path):
+    """A model that records timm's crop_pct: the SavedModel's serving_bytes
+    and the predictors of the SavedModel and the .keras file prepare an
+    image file with the same resize + centre crop as `load_image`."""
+    import tensorflow as tf
+
+    from keras_vit.export import export_saved_model, load_predictor, read_image, read_saved_model_metadata
+
+    Image.fromarray(textured_image(45, 61)).save(tmp_path / "x.png")
+    model = build_vit(image_size=16, num_classes=3, patch_size=4, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32,
+                      preprocessing=dict(interpolation="bicubic", crop_pct=0.875, crop_mode="center"))
+    expected = load_image(tmp_path / "x.png", ImageSettings((16, 16), 3, "bicubic", True, crop_pct=0.875))
+    probs = model.predict(expected[None], verbose=0)
+    probs = np.exp(probs) / np.exp(probs).sum(-1, keepdims=True)
+    export_saved_model(model, tmp_path / "sm")
+    assert read_saved_model_metadata(tmp_path / "sm")["preprocessing"]["crop_pct"] == 0.875
+    serve = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_bytes"]
+    served = serve(image_bytes=tf.constant([(tmp_path / "x.png").read_bytes()]))["probabilities"].numpy()
+    np.testing.assert_allclose(served, probs, atol=1e-5)
+    model.save(tmp_path / "m.keras")
+    for artifact in ("sm", "m.keras"):  # no --resize needed: the crop is the model's eval transform
+        np.testing.assert_allclose(read_image(tmp_path / "x.png", load_predictor(tmp_path / artifact)), expected,
+                                   atol=1e-4)
