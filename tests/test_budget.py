@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 
@@ -127,9 +128,10 @@ def test_too_small_a_budget_touches_nothing(tmp_path):
 
 @pytest.mark.parametrize("shape, budget, size, patch, augment", [
     (DataShape(8, 8, 1, 1797, 10), 600, 16, 2, "digits"),  # scikit-learn digits
-    (DataShape(28, 28, 1, 55000, 10), 600, 28, 7, "digits"),  # MNIST, 10 minutes: a 4x4 grid
-    (DataShape(28, 28, 1, 55000, 10), 3600, 28, 4, "digits"),  # MNIST, an hour: a 7x7 grid
-    (DataShape(32, 32, 3, 50000, 10), 7200, 32, 4, "light"),  # CIFAR-10
+    (DataShape(28, 28, 1, 55000, 10), 600, 28, 8, "digits"),  # MNIST, 10 minutes: overlapping 6x6 grid
+    (DataShape(28, 28, 1, 55000, 10), 120, 28, 7, "digits"),  # MNIST, 2 minutes: a coarse 4x4 grid
+    (DataShape(28, 28, 1, 55000, 10), 3600, 28, 8, "digits"),  # MNIST, an hour: a wider model
+    (DataShape(32, 32, 3, 50000, 10), 7200, 32, 8, "light"),  # CIFAR-10
     (DataShape(64, 64, 3, 3000, 200), 600, 64, 8, "medium"),  # Tiny-ImageNet-like, few images
     (DataShape(375, 500, 3, 2000, 5), 600, 128, 16, "medium"),  # photos in folders
     (DataShape(375, 500, 3, 2000, 5), None, 128, 16, "medium"),  # no budget
@@ -147,7 +149,7 @@ def test_the_auto_recipe_follows_the_data(shape, budget, size, patch, augment):
 @pytest.mark.parametrize("shape", [DataShape(28, 28, 1, 55000, 10), DataShape(32, 32, 3, 1000, 3),
                                    DataShape(200, 300, 3, 200_000, 100)])
 def test_a_longer_budget_never_chooses_a_smaller_model(shape):
-    costs = [training_flops(f["image_size"], f["patch_size"], f["hidden_dim"], f["depth"])
+    costs = [training_flops(f["image_size"], f["patch_size"], f["hidden_dim"], f["depth"], stride=f["stride"])
              for f in (choose_recipe(shape, budget, cores=2) for budget in (30, 300, 3000, 30000, 300000))]
     assert costs == sorted(costs) and costs[0] < costs[-1]
     small = choose_recipe(DataShape(28, 28, 1, 1000, 10), 300000, cores=2)
@@ -178,18 +180,24 @@ def test_recipe_sources_choose_auto_for_data_other_than_digits(tmp_path):
     assert named.recipe == "small" and named.image_size == 32
 
 
-def test_the_cli_shows_the_recipe_it_chose_for_the_data(tmp_path, capsys):
+@pytest.mark.parametrize("side, shown, stride", [
+    (12, "16 px, 2 px patches, width 16, depth 1", None),  # tiny images: upsampled, 2x2 patches
+    (20, "20 px, 8 px patches at stride 4, width 16, depth 1", 4),  # small images: overlapping patches
+])
+def test_the_cli_shows_the_recipe_it_chose_for_the_data(tmp_path, capsys, side, shown, stride):
     from keras_vit.cli.main import main
 
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x=rng.integers(0, 255, (120, 12, 12), dtype="uint8"), y=np.arange(120) % 3)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 255, (120, side, side), dtype="uint8"), y=np.arange(120) % 3)
     code = main(["train", "--dataset", str(tmp_path / "d.npz"), "--epochs", "1", "--hidden-dim", "16",
                  "--depth", "1", "--num-heads", "2", "--run-dir", str(tmp_path / "run"), "--verbose", "0"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "Recipe chosen from the data: 16 px, 2 px patches, width 16, depth 1" in out
+    assert f"Recipe chosen from the data: {shown}" in out
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["recipe"] == "auto" and saved["image_size"] == 16 and saved["augment"] == "digits"
+    assert saved["recipe"] == "auto" and saved["augment"] == "digits" and saved["stride"] == stride
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    assert model.backbone.patch_encoder.stride == (stride or 2, stride or 2)
 
 
 def test_budgeted_steps_count_real_optimizer_steps_with_steps_per_execution(tmp_path):

@@ -80,7 +80,8 @@ def run(args):
         settings["jit_compile"] = JIT_CHOICES[settings["jit_compile"]]
     recipe = Recipe.from_sources(args.recipe or None, args.config, **settings)
     if recipe.recipe == "auto":
-        print(f"Recipe chosen from the data: {recipe.image_size} px, {recipe.patch_size} px patches, width "
+        stride = f" at stride {recipe.stride}" if recipe.stride else ""
+        print(f"Recipe chosen from the data: {recipe.image_size} px, {recipe.patch_size} px patches{stride}, width "
               f"{recipe.hidden_dim}, depth {recipe.depth}, {recipe.num_heads} heads, batch {recipe.batch_size}, "
               f"learning rate {recipe.learning_rate:g}, augment {recipe.augment}, validation/test splits "
               f"{recipe.validation_split:g}/{recipe.test_split:g} (any flag overrides a choice).", flush=True)

@@ -133,6 +133,7 @@ class Recipe:
     channels: int = _field(None, DATA, "convert images to 1 or 3 channels", int, (1, 3))
     preset: str = _field(None, MODEL, "ViT preset", str, tuple(PRESETS))
     patch_size: int = _field(None, MODEL, "patch size", int)
+    stride: int = _field(None, MODEL, "patch stride (default: the patch size; smaller overlaps the patches)", int)
     hidden_dim: int = _field(None, MODEL, "token width", int)
     depth: int = _field(None, MODEL, "number of transformer blocks", int)
     num_heads: int = _field(None, MODEL, "attention heads", int)
