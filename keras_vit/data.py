@@ -74,6 +74,21 @@ class DataInfo:
         return dataclasses.asdict(self)
 
 
+def _check_cache(cache):
+    """`cache` is a bool or a file prefix in a folder that exists and can be written."""
+    if isinstance(cache, bool):
+        return
+    if not isinstance(cache, (str, os.PathLike)) or not os.fspath(cache):
+        raise ValueError(f"`cache` must be True, False or a file path prefix. Received: cache={cache!r}")
+    folder = os.path.dirname(os.path.abspath(cache))
+    if not os.path.isdir(folder):
+        raise ValueError(f"The folder of `cache` does not exist: {folder} (cache={os.fspath(cache)!r}).")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"The folder of `cache` cannot be written: {folder} (cache={os.fspath(cache)!r}).")
+    if os.path.isdir(cache):
+        raise ValueError(f"`cache` is a file prefix, not a directory: {os.fspath(cache)!r} (try {os.path.join(os.fspath(cache), 'cache')!r}).")
+
+
 # --------------------------------------------------------------------------
 # load_data
 # --------------------------------------------------------------------------
@@ -161,6 +176,8 @@ def load_data(
         if not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
 
+    _check_cache(cache)
+
     if isinstance(source, (tuple, list)) and len(source) == 2:
         x, y = source
         datasets, class_names, source_channels, num_classes = array_splits(
@@ -176,8 +193,6 @@ def load_data(
             {"train": (x, y)}, 10, test_split, validation_split, seed)
         class_names, description = names, "digits (scikit-learn, 8x8)"
     elif str(source).endswith(".npz"):
-        if not os.path.isfile(source):
-            raise ValueError(f"The .npz file does not exist: {source}")
         arrays, names = read_npz(source)
         if names is not None and num_classes is None:
             num_classes = len(names)

@@ -17,6 +17,7 @@ from keras_vit.export.saved_model import read_saved_model_metadata
 from keras_vit.export.tflite import tflite_metadata
 from keras_vit.layers import grid_size
 from keras_vit.preprocessing import IMAGE_EXTENSIONS, ImageSettings
+from keras_vit.utils.io import load_keras_file
 from keras_vit.utils.validation import pair
 
 
@@ -110,7 +111,7 @@ class KerasPredictor(Predictor):
     kind = "keras"
 
     def __init__(self, path, class_names=None):
-        self.model = keras.saving.load_model(path)
+        self.model = load_keras_file(path)
         geo = model_geometry(self.model)
         names = class_names or getattr(self.model, "class_names", None)
         super().__init__(

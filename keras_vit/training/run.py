@@ -27,7 +27,7 @@ from keras_vit.training.budget import parse_duration, plan_record, start_budget
 from keras_vit.training.distribute import PRECISIONS, get_strategy, prepare_multi_worker, set_precision, worker_info
 from keras_vit.training.optim import compile_model
 from keras_vit.training.recipe import DATA, HARDWARE, MODEL, OPTIM, RUN
-from keras_vit.training.rundir import RunBackup, prepare_run_dir, to_float, write_history_files
+from keras_vit.training.rundir import RunBackup, model_settings, prepare_run_dir, to_float, write_history_files
 from keras_vit.utils.io import atomic_path, remove_stale_temporaries, write_json
 from keras_vit.utils.locks import exclusive_lock
 from keras_vit.utils.validation import check_choice, check_positive_int
@@ -217,7 +217,8 @@ def train(
                     verbose=verbose != 0)
         for folder in (run_dir, run_dir / "checkpoints", run_dir / "backup"):
             remove_stale_temporaries(folder)
-        prepare_run_dir(run_dir, {**(config or {}), **recipe, "data": info.to_dict() if info else None}, resume)
+        prepare_run_dir(run_dir, {**(config or {}), **recipe, "data": info.to_dict() if info else None,
+                                  "model": model_settings(model)}, resume)
         if budget is not None:
             write_json(run_dir / "plan.json", plan_record(budget, timer, budget_start, False, previous))
         backup = RunBackup(run_dir, monitor=monitor, artifacts=True)

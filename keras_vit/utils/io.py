@@ -1,5 +1,6 @@
 """Files and directories written atomically, and the small formats built on
-that: JSON, CSV and PNG figures.
+that: JSON, CSV and PNG figures; and `load_keras_file`, which checks a
+``.keras`` archive before Keras reads it.
 
 `atomic_path` is the package's one writer: whatever the block writes at the
 temporary path (a file or a directory) replaces the target only when the
@@ -70,9 +71,12 @@ def atomic_path(path):
             tmp.unlink()
 
 
-def remove_stale_temporaries(folder):
-    """Deletes temporary entries that killed atomic writes left in `folder`
-    (not recursively); returns their names.
+def remove_stale_temporaries(folder, name=None):
+    """Cleans up after killed atomic writes in `folder` (not recursively):
+    temporaries (``.NAME.tmp-*``) are deleted; a replaced directory left at
+    ``.NAME.old-*`` is moved back to NAME when the kill came between the two
+    renames (NAME missing), else deleted. With `name`, only the leftovers
+    of writes to that name are touched. Returns the names handled.
 
     Example:
     >>> remove_stale_temporaries("/nonexistent")
@@ -83,12 +87,21 @@ def remove_stale_temporaries(folder):
         return []
     removed = []
     for entry in folder.iterdir():
-        if entry.name.startswith(".") and (TMP_TAG in entry.name or OLD_TAG in entry.name):
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry.name)
+        if not entry.name.startswith("."):
+            continue
+        tag = TMP_TAG if TMP_TAG in entry.name else OLD_TAG if OLD_TAG in entry.name else None
+        if tag is None:
+            continue
+        target = folder / entry.name[1:entry.name.index(tag)]
+        if name is not None and target.name != name:
+            continue
+        if tag == OLD_TAG and not target.exists():
+            os.replace(entry, target)  # the only copy: the new one never arrived
+        elif entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry.name)
     return sorted(removed)
 
 
@@ -150,3 +163,34 @@ def write_png(path, pixels):
     array = np.asarray(pixels, dtype="uint8")
     Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array).save(buffer, "PNG")
     return write_bytes(path, buffer.getvalue())
+
+
+def load_keras_file(path, **kwargs):
+    """Loads a ``.keras`` model file with `keras.saving.load_model`, after
+    checking the archive, so that a truncated file or a malformed
+    ``config.json`` inside is a `ValueError` naming the file.
+
+    Example: `load_keras_file("model.keras")`.
+    """
+    import zipfile
+
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"No .keras model file at {str(path)!r}" + (" (a directory)" if path.is_dir() else "") + ".")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            config = archive.read("config.json") if "config.json" in names else None
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"The model file {path} is not a readable .keras archive ({err}); it may be "
+                         "truncated or not a Keras 3 model file.") from None
+    if config is None:
+        raise ValueError(f"The model file {path} holds no config.json; it is not a Keras 3 .keras file.")
+    try:
+        json.loads(config)
+    except ValueError as err:
+        raise ValueError(f"The config.json inside the model file {path} is not valid JSON ({err}); the file "
+                         "is corrupt. Save the model again.") from None
+    return keras.saving.load_model(path, **kwargs)
