@@ -2,7 +2,6 @@
 builtin ops only, with class names and geometry in the file's metadata."""
 
 import json
-import tempfile
 from pathlib import Path
 
 import keras
@@ -11,7 +10,7 @@ import numpy as np
 from keras_vit.export.geometry import (
     METADATA_NAME, QUANTIZATIONS, check_backend, check_class_names, check_target, class_probabilities,
     image_settings, model_geometry, warn_if_not_pixels)
-from keras_vit.utils.io import atomic_path
+from keras_vit.utils.io import atomic_path, scratch_dir
 from keras_vit.utils.locks import destination_lock
 from keras_vit.utils.validation import check_choice
 
@@ -160,9 +159,9 @@ def export_tflite(
             lambda images: {"probabilities": class_probabilities(model, images)},
             input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="images")],
         )
-        with tempfile.TemporaryDirectory() as workdir:
-            archive.write_out(workdir, verbose=False)
-            converter = tf.lite.TFLiteConverter.from_saved_model(workdir)
+        with scratch_dir(path) as workdir:  # beside the target: a killed export's is cleaned up
+            archive.write_out(str(workdir), verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(workdir))
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
             if quantization != "float32":
                 converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -18,6 +18,7 @@ file where a good one was.
 
 import contextlib
 import dataclasses
+import errno
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from keras_vit.training.distribute import PRECISIONS, get_strategy, prepare_mult
 from keras_vit.training.optim import compile_model
 from keras_vit.training.recipe import DATA, HARDWARE, MODEL, OPTIM, RUN
 from keras_vit.training.rundir import RunBackup, model_settings, prepare_run_dir, to_float, write_history_files
-from keras_vit.utils.io import atomic_path, remove_stale_temporaries, write_json
+from keras_vit.utils.io import DiskFullError, atomic_path, is_disk_full, remove_stale_temporaries, write_json
 from keras_vit.utils.locks import exclusive_lock
 from keras_vit.utils.validation import check_choice, check_positive_int
 
@@ -206,7 +207,7 @@ def train(
             sparse_labels=_is_sparse(train_ds), jit_compile=jit_compile,
             steps_per_execution=steps_per_execution,
         )
-    with exclusive_lock(run_dir, "run directory"):
+    with exclusive_lock(run_dir, "run directory"), _disk_full_is_named(run_dir):
         budget = None
         if time_budget is not None:
             with scope():
@@ -252,6 +253,23 @@ def train(
 
 
 MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
+
+
+@contextlib.contextmanager
+def _disk_full_is_named(run_dir):
+    """Turns a full disk, however deep it was reported, into a `DiskFullError`
+    that says what is kept and how to go on."""
+    try:
+        yield
+    except Exception as err:  # h5py, TensorFlow and zipfile report a full disk in their own types
+        if not is_disk_full(err):
+            raise
+        state = RunBackup.read_state(run_dir)
+        kept = f"its last committed epoch ({state['epoch']})" if state else "no finished epoch"
+        raise DiskFullError(
+            errno.ENOSPC, f"The disk is full: no space left while writing the run directory {run_dir} "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Every file there is whole; it keeps "
+            f"{kept}. Free some space and re-run the same command to resume.") from err
 
 
 def _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds):

@@ -35,10 +35,22 @@ class _ResumableTuner:
         trial_dir = self.get_trial_dir(trial.trial_id)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if self.executions_per_trial == 1:
+            state = RunBackup.read_state(trial_dir)
+            if state and kwargs.get("epochs") and state["epoch"] >= kwargs["epochs"]:
+                # killed after its last epoch was backed up: the trial is done, report it
+                shutil.rmtree(os.path.join(trial_dir, "backup"), ignore_errors=True)
+                return self._best_row(state["history"])
             callbacks.append(RunBackup(trial_dir, monitor=self.oracle.objective.name, artifacts=False))
         results = super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
         shutil.rmtree(os.path.join(trial_dir, "backup"), ignore_errors=True)
         return results
+
+    def _best_row(self, rows):
+        """The metrics of the best backed-up epoch, as KerasTuner takes them."""
+        name = self.oracle.objective.name
+        pick = min if self.oracle.objective.direction == "min" else max
+        best = pick((r for r in rows if r.get(name) is not None), key=lambda r: r[name])
+        return {k: v for k, v in best.items() if k not in ("epoch", "learning_rate")}
 
 
 def make_tuner(kind, hypermodel, *, objective, max_trials, executions_per_trial=1,

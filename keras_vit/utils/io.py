@@ -11,6 +11,7 @@ artifact where a good one was. Temporary names start with a dot and carry
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -71,6 +72,26 @@ def atomic_path(path):
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def scratch_dir(path):
+    """A temporary folder beside `path`, named as `atomic_path`'s
+    temporaries are (so a killed process's one is removed by
+    `remove_stale_temporaries` at the next start), deleted after the block.
+
+    Example:
+    >>> import tempfile
+    >>> with scratch_dir(Path(tempfile.mkdtemp()) / "m.tflite") as work:
+    ...     work.is_dir()
+    True
+    """
+    work = _sibling(Path(path), TMP_TAG).with_suffix(".work")
+    work.mkdir(parents=True)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def remove_stale_temporaries(folder, name=None):
     """Cleans up after killed atomic writes in `folder` (not recursively):
     temporaries (``.NAME.tmp-*``) are deleted; a replaced directory left at
@@ -103,6 +124,29 @@ def remove_stale_temporaries(folder, name=None):
             entry.unlink(missing_ok=True)
         removed.append(entry.name)
     return sorted(removed)
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk (or the quota) is full."""
+
+
+def is_disk_full(err):
+    """Whether `err` (or an exception it was raised from) reports a full
+    disk: ENOSPC or EDQUOT, also as the text that h5py and TensorFlow put in
+    their own errors.
+
+    Example:
+    >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    True
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+                text in str(err) for text in ("No space left on device", "Disk quota exceeded", "errno = 28")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def write_bytes(path, data):
