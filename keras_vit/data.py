@@ -30,7 +30,7 @@ from keras_vit import preprocessing
 from keras_vit.augment import AUGMENTATIONS, augmentation_options, build_augmentation  # noqa: F401 (public here too)
 from keras_vit.preprocessing import INTERPOLATIONS, RESIZE_MODES, ImageSettings
 from keras_vit.sources import SPLIT_FOLDERS, array_splits, digits, folder_splits, read_npz, tfds_splits
-from keras_vit.utils.validation import check_choice, pair
+from keras_vit.utils.validation import check_choice, check_positive_int, pair
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABEL_MODES = ("categorical", "int")
@@ -172,6 +172,9 @@ def load_data(
         check_choice(channels, "channels", (1, 3))
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
         raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+    check_positive_int(shuffle_buffer, "shuffle_buffer")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"`seed` must be an int. Received: seed={seed!r}")
     for name, value in (("validation_split", validation_split), ("test_split", test_split)):
         if not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")

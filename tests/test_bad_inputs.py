@@ -197,3 +197,21 @@ def test_predict_top_k_zero_is_a_usage_error(capsys):
         cli_main(["predict", "m.keras", "x.png", "--top-k", "0"])
     assert exit_.value.code == 2 and "--top-k: expected an int >= 1, got 0" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(shuffle_buffer=0), "`shuffle_buffer` must be an int >= 1. Received: shuffle_buffer=0"),
+    (dict(seed="a"), "`seed` must be an int. Received: seed='a'"),
+])
+def test_load_data_names_bad_shuffle_and_seed(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        load_data((np.zeros((20, 8, 8)), np.arange(20) % 2), 8, 4, **kwargs)
+    assert message in str(info.value)
+
+
+def test_a_file_named_tflite_that_is_not_one_is_named(tmp_path):
+    from keras_vit.export import load_predictor
+
+    (tmp_path / "notes.tflite").write_text("not a flatbuffer")
+    with pytest.raises(ValueError, match=r"notes.tflite is not a TFLite model \(no 'TFL3'"):
+        load_predictor(tmp_path / "notes.tflite")

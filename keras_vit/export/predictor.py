@@ -181,6 +181,9 @@ class TFLitePredictor(Predictor):
         from ai_edge_litert.interpreter import Interpreter
 
         data = Path(path).read_bytes()
+        if len(data) < 8 or data[4:8] != b"TFL3":
+            raise ValueError(f"{path} is not a TFLite model (no 'TFL3' flatbuffer identifier); it may be "
+                             "truncated, or another kind of file named .tflite.")
         meta = tflite_metadata(data) or {}
         try:
             self.interpreter = Interpreter(model_content=data, num_threads=num_threads)
