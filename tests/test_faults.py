@@ -239,7 +239,9 @@ def test_export_killed_at_random_points_leaves_a_loadable_artifact_and_no_tempor
 def test_two_trainings_on_one_run_directory_one_runs_the_other_is_told_who(tmp_path):
     run_dir = tmp_path / "run"
     widths = (8, 16)
-    procs = [subprocess.Popen(cli("train", "--run-dir", run_dir, "--epochs", 2, *TINY, "--hidden-dim", width),
+    # batch 16: epochs long enough that the later of two processes started together finds the lock held
+    procs = [subprocess.Popen(cli("train", "--run-dir", run_dir, "--epochs", 2, *TINY, "--hidden-dim", width,
+                                  "--batch-size", 16),
                               env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for width in widths]
     outputs = [proc.communicate(timeout=600) for proc in procs]

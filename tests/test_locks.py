@@ -115,3 +115,24 @@ def test_a_tuning_project_in_use_is_refused_with_the_holder_named(tmp_path):
         holder.kill()
         holder.wait()
     assert [p.name for p in project.iterdir()] == [".keras_vit.lock"]  # overwrite deleted nothing
+
+
+def test_a_run_never_cleans_the_temporaries_of_an_export_in_progress_beside_it(tmp_path):
+    from keras_vit.utils.io import remove_stale_temporaries
+
+    target = tmp_path / "model_savedmodel"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_DESTINATION, str(target)], stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        live = tmp_path / ".model_savedmodel.tmp-1-abcdef01"
+        live.mkdir()
+        stale = tmp_path / ".history.csv.tmp-1-abcdef02"
+        stale.write_text("")
+        assert remove_stale_temporaries(tmp_path) == [stale.name]
+        assert live.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert remove_stale_temporaries(tmp_path) == [live.name]

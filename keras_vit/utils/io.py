@@ -92,12 +92,33 @@ def scratch_dir(path):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def remove_stale_temporaries(folder, name=None):
+def _being_written(lock_file):
+    """Whether another process holds the destination lock `lock_file`
+    (`keras_vit.utils.locks.destination_lock`): its temporaries are live."""
+    import fcntl
+
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder, name=None, skip_locked=True):
     """Cleans up after killed atomic writes in `folder` (not recursively):
     temporaries (``.NAME.tmp-*``) are deleted; a replaced directory left at
     ``.NAME.old-*`` is moved back to NAME when the kill came between the two
     renames (NAME missing), else deleted. With `name`, only the leftovers
-    of writes to that name are touched. Returns the names handled.
+    of writes to that name are touched; those of a destination whose lock
+    another process holds (an export in progress) never are, unless
+    `skip_locked=False` (for the holder of that lock). Returns the names
+    handled.
 
     Example:
     >>> remove_stale_temporaries("/nonexistent")
@@ -114,7 +135,8 @@ def remove_stale_temporaries(folder, name=None):
         if tag is None:
             continue
         target = folder / entry.name[1:entry.name.index(tag)]
-        if name is not None and target.name != name:
+        if (name is not None and target.name != name) or (
+                skip_locked and _being_written(folder / f".{target.name}.lock")):
             continue
         if tag == OLD_TAG and not target.exists():
             os.replace(entry, target)  # the only copy: the new one never arrived

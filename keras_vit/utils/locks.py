@@ -119,5 +119,5 @@ def destination_lock(path, what="export destination"):
 
     path = Path(path)
     with exclusive_lock(path.parent, what, lock_name=f".{path.name}.lock", target=path, remove=True) as record:
-        remove_stale_temporaries(path.parent, name=path.name)
+        remove_stale_temporaries(path.parent, name=path.name, skip_locked=False)  # ours
         yield record
