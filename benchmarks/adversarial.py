@@ -158,6 +158,8 @@ def api_cases(f):
         ("load_data(labels of another length)", lambda: load_data((x, y[:-1]), 8, 4), ["lengths"]),
         ("load_data(source=123)", lambda: load_data(123, 8, 4), ["source"]),
         ("load_data(missing folder)", lambda: load_data(str(root / "nowhere"), 8, 4), ["nowhere"]),
+        ("load_data(unknown TFDS name)", lambda: load_data("tfds:no_such_dataset_xyz", 8, 4), ["no_such_dataset_xyz"]),
+        ("load_data(2-D images)", lambda: load_data((x[:, 0], y), 8, 4), ["shape"]),
     ]
     cases += [(f"load_data({k}={v!r})", (lambda k=k, v=v: load_data((x, y), 8, 4, **{k: v})), [k]) for k, v in [
         ("validation_split", 1.0), ("test_split", -0.1), ("channels", 2), ("label_mode", "onehot"),
@@ -182,6 +184,16 @@ def api_cases(f):
         ("train(time_budget='soon')", lambda: fit(time_budget="soon"), ["time_budget"]),
         ("train(model with 3 classes)", lambda: fit(model=model(num_classes=3)), ["classes"]),
         ("train(a wider model in a finished run dir)", wider_in_finished_run, ["hidden_dim"]),
+        ("train(model=5)", lambda: fit(model=5), ["model"]),
+        ("train(data=None)", lambda: train(model(), None, epochs=1, run_dir=tempfile.mkdtemp(dir=root)), ["data"]),
+        ("train(gradient_accumulation_steps=0)", lambda: fit(gradient_accumulation_steps=0),
+         ["gradient_accumulation_steps"]),
+        ("train(ema_momentum=1.5)", lambda: fit(ema_momentum=1.5), ["ema_momentum"]),
+        ("train(steps_per_execution=0)", lambda: fit(steps_per_execution=0), ["steps_per_execution"]),
+        ("train(min_learning_rate > learning_rate)", lambda: fit(min_learning_rate=1.0, learning_rate=1e-3),
+         ["min_learning_rate"]),
+        ("train(strategy='tpu-please')", lambda: fit(strategy="tpu-please"), ["strategy"]),
+        ("train(seed='a')", lambda: fit(seed="a"), ["seed"]),
         ("tune(tuner='grid')", lambda: tune((data()), tuner="grid", directory=root / "t1"), ["tuner"]),
         ("tune(max_trials=0)", lambda: tune(data(), max_trials=0, directory=root / "t2"), ["max_trials"]),
         ("tune(objective='val_f1')", lambda: tune(data(), objective="val_f1", directory=root / "t3"), ["objective"]),
@@ -205,6 +217,9 @@ def api_cases(f):
         ("load_predictor(text .tflite)", lambda: load_predictor(f["text_tflite"]), ["notes.tflite"]),
         ("load_predictor(malformed .keras)", lambda: load_predictor(f["bad_keras"]), ["bad.keras"]),
         ("load_predictor(a folder)", lambda: load_predictor(root), [str(root)]),
+        ("load_predictor(missing file)", lambda: load_predictor(root / "none.keras"), ["none.keras"]),
+        ("export_tflite(image_size=0)", lambda: export_tflite(build_vit(**{**tiny, "image_size": None}),
+                                                              root / "d.tflite", image_size=0), ["image_size"]),
     ]
     return cases
 
@@ -245,6 +260,17 @@ def cli_cases(f):
         ("tune --tuner grid", ["tune", "--tuner", "grid", "--directory", str(root / "ct")], ["--tuner"]),
         ("tune --fix novalue", ["tune", "--fix", "depth", "--directory", str(root / "ct")], ["--fix"]),
         ("benchmark missing file", ["benchmark", str(root / "none.tflite")], ["none.tflite"]),
+        ("benchmark --batch-size 0", ["benchmark", f["good_keras"], "--batch-size", "0"], ["--batch-size"]),
+        ("predict missing image", ["predict", f["good_keras"], str(root / "none.png")], ["none.png"]),
+        ("train --dataset tfds:unknown", train + ["--dataset", "tfds:no_such_dataset_xyz"], ["no_such_dataset_xyz"]),
+        ("train --steps-per-execution 0", train + ["--steps-per-execution", "0"], ["steps_per_execution"]),
+        ("train --augment 2.0", train + ["--augment", "2.0"], ["augment"]),
+        ("train --channels 2", train + ["--channels", "2"], ["channels"]),
+        ("train --time-budget -5", train + ["--time-budget", "-5"], ["time_budget"]),
+        ("train --warmup-epochs -1", train + ["--warmup-epochs", "-1"], ["warmup_epochs"]),
+        ("export --image-size 0", ["export", f["good_keras"], "--image-size", "0"], ["--image-size"]),
+        ("tune --space learning_rate=0.1:abc", ["tune", "--space", "learning_rate=0.1:abc", "--directory",
+                                                str(root / "ct")], ["learning_rate"]),
         ("explain missing image", ["explain", str(root / "none.png"), "--model", f["good_keras"]], ["none.png"]),
         ("explain --alpha 5", ["explain", f["image"], "--model", f["good_keras"], "--alpha", "5"], ["alpha"]),
     ]

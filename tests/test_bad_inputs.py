@@ -208,10 +208,3 @@ def test_load_data_names_bad_shuffle_and_seed(kwargs, message):
         load_data((np.zeros((20, 8, 8)), np.arange(20) % 2), 8, 4, **kwargs)
     assert message in str(info.value)
 
-
-def test_a_file_named_tflite_that_is_not_one_is_named(tmp_path):
-    from keras_vit.export import load_predictor
-
-    (tmp_path / "notes.tflite").write_text("not a flatbuffer")
-    with pytest.raises(ValueError, match=r"notes.tflite is not a TFLite model \(no 'TFL3'"):
-        load_predictor(tmp_path / "notes.tflite")
