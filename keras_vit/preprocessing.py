@@ -7,12 +7,17 @@ are TensorFlow ops: they run inside `tf.data`, inside a SavedModel and
 eagerly (`load_image` returns numpy). Pixels come out as float32 in
 [0, 255]; the models rescale them themselves.
 
-The settings that matter — size, channels, interpolation, antialias and
-resize mode — travel together as an `ImageSettings`, recorded in
-`DataInfo`, in exported artifacts and in a model's ``preprocessing``.
+The settings that matter — size, channels, interpolation, antialias,
+resize mode and crop — travel together as an `ImageSettings`, recorded in
+`DataInfo`, in exported artifacts and in a model's ``preprocessing``. A
+``crop_pct`` (timm's evaluation transform, recorded from a pretrained
+preset) resizes so that a centred crop of the model's size keeps that
+fraction of the image, then crops: what `predict`, `explain` and the
+exported serving signatures do; training data are resized without it.
 """
 
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -22,6 +27,7 @@ from keras_vit.utils.validation import check_choice, pair
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 RESIZE_MODES = ("resize", "pad")
+CROP_MODES = ("center", "squash")
 
 
 @dataclasses.dataclass
@@ -34,7 +40,14 @@ class ImageSettings:
         interpolation: "bilinear", "bicubic", "nearest" or "area".
         antialias: bool, low-pass filter when shrinking.
         resize_mode: "resize" (stretch) or "pad" (keep the aspect ratio and
-            pad with black).
+            pad with black); not used when `crop_pct` is set.
+        crop_pct: None, or a float in (0, 1]: timm's evaluation crop. The
+            image is resized so that the crop, of size `image_size`, is
+            `crop_pct` of the resized image, then centre-cropped.
+        crop_mode: how the image is resized before the crop, as timm's
+            `crop_mode`: "center" (keep the aspect ratio: the shorter side
+            becomes ``floor(size / crop_pct)``) or "squash" (each side
+            becomes ``floor(size / crop_pct)``).
 
     Example:
     >>> ImageSettings((16, 16), 1).to_dict()["interpolation"]
@@ -46,6 +59,8 @@ class ImageSettings:
     interpolation: str = "bilinear"
     antialias: bool = True
     resize_mode: str = "resize"
+    crop_pct: float = None
+    crop_mode: str = "center"
 
     def __post_init__(self):
         if self.image_size is not None:
@@ -54,6 +69,12 @@ class ImageSettings:
         check_choice(self.interpolation, "interpolation", INTERPOLATIONS)
         check_choice(self.antialias, "antialias", (True, False))
         check_choice(self.resize_mode, "resize", RESIZE_MODES)
+        check_choice(self.crop_mode, "crop_mode", CROP_MODES)
+        if self.crop_pct is not None:
+            if isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, (int, float)) or not (
+                    0 < self.crop_pct <= 1):
+                raise ValueError(f"`crop_pct` must be None or a number in (0, 1]. Received: crop_pct={self.crop_pct!r}")
+            self.crop_pct = float(self.crop_pct)
 
     def to_dict(self):
         out = dataclasses.asdict(self)
@@ -106,18 +127,63 @@ def decode_image(data, channels):
 
 def resize_image(image, settings):
     """Resizes a float (H, W, C) or (B, H, W, C) tensor as `settings` says
-    (nothing when `settings.image_size` is None); clipped to [0, 255]."""
+    (nothing when `settings.image_size` is None; with `crop_pct`, resize
+    then centre crop); clipped to [0, 255]."""
     import tensorflow as tf
 
     if settings.image_size is None:
         return image
-    if settings.resize_mode == "pad":
+    if settings.crop_pct is not None:
+        image = _resize_and_crop(image, settings)
+    elif settings.resize_mode == "pad":
         image = tf.image.resize_with_pad(image, *settings.image_size, method=settings.interpolation,
                                          antialias=settings.antialias)
     else:
         image = tf.image.resize(image, settings.image_size, method=settings.interpolation,
                                 antialias=settings.antialias)
     return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def crop_scale_size(image_size, crop_pct):
+    """The size timm resizes to before its centre crop: each side of
+    `image_size` divided by `crop_pct`, rounded down.
+
+    Example:
+    >>> crop_scale_size((224, 224), 0.875)
+    (256, 256)
+    """
+    return tuple(math.floor(side / crop_pct) for side in image_size)
+
+
+def _resized_shape(height, width, settings):
+    """The (h, w) an image of (height, width) is resized to before the
+    crop, as timm's eval transform computes it (tensors, float64 math)."""
+    import tensorflow as tf
+
+    scale_h, scale_w = crop_scale_size(settings.image_size, settings.crop_pct)
+    if settings.crop_mode == "squash":
+        return tf.constant(scale_h), tf.constant(scale_w)
+    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    if scale_h == scale_w:  # torchvision's Resize(int): the shorter side, the longer one truncated
+        short, long = tf.minimum(h, w), tf.maximum(h, w)
+        new_long = tf.cast(tf.floor(scale_h * long / short), tf.int32)
+        return tf.where(h <= w, scale_h, new_long), tf.where(h <= w, new_long, scale_w)
+    ratio = tf.minimum(h / scale_h, w / scale_w)  # timm's ResizeKeepRatio: rounded to nearest
+    return tf.cast(tf.round(h / ratio), tf.int32), tf.cast(tf.round(w / ratio), tf.int32)
+
+
+def _resize_and_crop(image, settings):
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+    new_h, new_w = _resized_shape(shape[-3], shape[-2], settings)
+    image = tf.image.resize(image, tf.stack([new_h, new_w]), method=settings.interpolation,
+                            antialias=settings.antialias)
+    crop_h, crop_w = settings.image_size
+    # torchvision's CenterCrop: offsets rounded half to even, as tf.round does
+    top = tf.cast(tf.round(tf.cast(new_h - crop_h, tf.float64) / 2), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_w - crop_w, tf.float64) / 2), tf.int32)
+    return tf.image.crop_to_bounding_box(image, top, left, crop_h, crop_w)
 
 
 def prepare(image, settings):

@@ -23,6 +23,7 @@ from tests.conftest import run_python
 
 
 TOL = 1e-4
+LOGIT_TOL = 1e-5  # float32 logits against timm's
 
 
 def import_timm_vit():
@@ -146,6 +147,28 @@ TIMM_CONFIGS = {
         dict(norm_epsilon=1e-5, activation="quick_gelu"),
         ".pth",
     ),
+    "cls_token_with_fc_norm": (  # timm's fc_norm=True with global_pool="token": no final norm
+        dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2, fc_norm=True),
+        dict(pooling="cls"),
+        ".safetensors",
+    ),
+    "non_square_3x5_rows_are_a_square": (  # 3x5 patches + class token = 16 = 4**2 rows
+        dict(img_size=(12, 20), patch_size=4, num_classes=3, embed_dim=16, depth=1, num_heads=2),
+        dict(image_size=(12, 20)),
+        ".safetensors",
+    ),
+    "non_square_7x2_portrait_avg": (
+        dict(img_size=(28, 8), patch_size=4, num_classes=3, embed_dim=16, depth=1, num_heads=2,
+             global_pool="avg"),
+        dict(image_size=(28, 8)),
+        ".safetensors",
+    ),
+    "registers_class_token_avg_fc_norm": (
+        dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2, reg_tokens=4,
+             no_embed_class=True, global_pool="avg"),
+        dict(),
+        ".safetensors",
+    ),
     "layer_scale_qk_norm_registers": (
         dict(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2,
              init_values=0.5, qk_norm=True, reg_tokens=2, no_embed_class=True),
@@ -167,7 +190,7 @@ def test_timm_state_dict_gives_timm_logits(timm_vit, tmp_path, name):
     images = pixels(h, w)
     diff = np.abs(model.predict(images, verbose=0) - timm_logits(reference, images)).max()
     print(f"{name}: max |logit difference| = {diff:.2e}")
-    assert diff < TOL
+    assert diff <= LOGIT_TOL
     assert model.output_shape == (None, timm_kwargs["num_classes"])
 
 
@@ -311,6 +334,39 @@ def test_resolution_change_resamples_positions_like_timm(timm_vit, tmp_path):
     np.testing.assert_allclose(table[:, 1:], np.asarray(expected), atol=1e-6)
     images = pixels(24, 24)
     assert model.predict(images, verbose=0).shape == (2, 3)
+
+
+# name: (timm kwargs, checkpoint image size, new image size)
+RESAMPLED = {
+    "enlarged_4x4_to_6x6": (dict(), 16, 24),
+    "shrunk_6x6_to_4x4_antialiased": (dict(), 24, 16),
+    "non_square_4x6_to_5x3": (dict(), (16, 24), (20, 12)),
+    "no_embed_class_registers_4x4_to_7x5": (dict(reg_tokens=2, no_embed_class=True), 16, (28, 20)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESAMPLED))
+def test_resampled_checkpoint_matches_timms_own_resampling(timm_vit, tmp_path, name):
+    """A checkpoint saved at one size and loaded at another: timm resamples
+    the positions itself (`checkpoint_filter_fn`, bicubic with antialias),
+    and our model loaded at the new size gives timm's logits."""
+    import timm
+
+    kwargs, old_size, new_size = RESAMPLED[name]
+    arch = dict(patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=3, **kwargs)
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=old_size, **arch)
+    VisionTransformer, _ = timm_vit
+    source.load_state_dict(random_timm(VisionTransformer, img_size=old_size, **arch).state_dict())
+    path = save_state_dict(source.state_dict(), tmp_path / "vit.safetensors")
+    old_h, old_w = pair(old_size, "old_size")
+    reference = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=True, img_size=new_size, **arch,
+        pretrained_cfg_overlay=dict(file=str(path), input_size=(3, old_h, old_w), num_classes=3)).eval()
+    model = convert.from_checkpoint(path, image_size=new_size, checkpoint_image_size=old_size, num_heads=2)
+    images = pixels(*pair(new_size, "new_size"))
+    diff = np.abs(model.predict(images, verbose=0) - timm_logits(reference, images)).max()
+    print(f"resampled {name}: max |logit difference| = {diff:.2e}")
+    assert diff <= LOGIT_TOL
 
 
 def test_resampled_positions_follow_the_grid():

@@ -137,3 +137,157 @@ print("RESULT" + json.dumps(dict(
     assert out["size"] == [16, 24] and out["pooling"] == "gap" and out["fc_norm"]
     assert out["mean"] == list(mean) and out["interpolation"] == config["pretrained_cfg"]["interpolation"]
     assert out["new_head"] == 7 and out["backbone"] == "ViTBackbone"
+
+
+# --------------------------------------------------------------------------
+# The commands on pretrained presets, offline from a local Hugging Face cache.
+# --------------------------------------------------------------------------
+
+KNOWN = "vit_small_patch16_224.augreg_in21k_ft_in1k"
+LABELS = ["cat", "dog", "fox", "owl"]
+
+
+@pytest.fixture
+def hub_preset(tmp_path):
+    """A tiny random timm ViT saved by timm's own `save_for_hf` as the cached
+    snapshot of the known name's repository (timm/KNOWN), with class names,
+    bicubic interpolation and crop_pct 0.875; returns (env, timm model, config)."""
+    import torch
+
+    from tests.test_convert import import_timm_vit
+
+    import_timm_vit()
+    import timm
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=16,
+                              depth=1, num_heads=2, num_classes=4).eval()
+    model.pretrained_cfg = dict(model.pretrained_cfg, crop_pct=0.875, crop_mode="center", interpolation="bicubic")
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    snapshot = make_hub_cache(tmp_path / "hub", PRETRAINED[KNOWN], {})
+    save_for_hf(model, snapshot, model_config=dict(label_names=LABELS), safe_serialization=True)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "home")}
+    return env, model, json.loads((snapshot / "config.json").read_text())
+
+
+def photo(path, height=45, width=61):
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_preprocessing import textured_image
+
+    Image.fromarray(textured_image(height, width)).save(path)
+    return path
+
+
+def parse_predictions(stdout):
+    """{class name: probability} of the first image row of `keras-vit predict`."""
+    import re
+
+    row = [line for line in stdout.splitlines() if line.endswith(")")][0]
+    return {name: float(p) for name, p in re.findall(r"(\w+) \(([0-9.]+)\)", row)}
+
+
+def test_predict_command_on_a_known_name_matches_timm(tmp_path, hub_preset):
+    """`keras-vit predict NAME cat.png` loads the cached preset offline,
+    prepares the image with timm's eval transform (resize, centre crop) and
+    prints class names with timm's probabilities."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    env, model, config = hub_preset
+    image = photo(tmp_path / "cat.png")
+    transform = create_transform(**resolve_data_config(pretrained_cfg=config["pretrained_cfg"]))
+    with torch.no_grad():
+        expected = torch.softmax(model(transform(Image.open(image).convert("RGB"))[None]), -1)[0].numpy()
+    for handle in (KNOWN, f"hf://{PRETRAINED[KNOWN]}@main"):
+        proc = run_python(["-m", "keras_vit.cli", "predict", handle, str(image), "--top-k", "4"], env=env)
+        printed = parse_predictions(proc.stdout)
+        assert sorted(printed) == LABELS  # the preset's class names
+        diff = max(abs(p - expected[LABELS.index(name)]) for name, p in printed.items())
+        print(f"predict {handle}: max |probability difference| vs timm = {diff:.4f}")
+        assert diff < 0.01
+        assert list(printed.values()) == sorted(printed.values(), reverse=True)
+
+
+def test_commands_refuse_an_uncached_preset_offline(tmp_path, hub_preset):
+    env, _, _ = hub_preset
+    image = photo(tmp_path / "cat.png")
+    for args in (["predict", "hf://timm/not_cached", str(image)],
+                 ["finetune", "vit_base_patch16_224.augreg2_in21k_ft_in1k", str(tmp_path), "--run-dir",
+                  str(tmp_path / "run")]):
+        proc = run_python(["-m", "keras_vit.cli", *args], env=env, check=False)
+        assert proc.returncode == 2, proc.stderr
+        handle = args[1]
+        assert f"keras-vit {args[0]}: error: The preset {handle!r}" in proc.stderr
+        assert "not in the local Hugging Face cache" in proc.stderr and "unset HF_HUB_OFFLINE" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_finetune_command_from_a_hub_preset_with_a_time_budget(tmp_path, hub_preset):
+    """`keras-vit finetune hf://... DATA --time-budget`: loads the preset
+    offline with a new head for the data's classes, trains within the budget
+    (planned, plan.json), and the saved model keeps the preset's
+    preprocessing and records the data's class names."""
+    from PIL import Image
+
+    from tests.test_preprocessing import textured_image
+
+    env, _, config = hub_preset
+    for label, seed in (("bright", 1), ("dark", 2)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(10):
+            pixels = textured_image(32, 32, seed=seed * 100 + i) // (1 if label == "bright" else 4)
+            Image.fromarray(pixels).save(tmp_path / "data" / label / f"{i}.png")
+    run_dir = tmp_path / "run"
+    proc = run_python(["-m", "keras_vit.cli", "finetune", f"hf://{PRETRAINED[KNOWN]}", str(tmp_path / "data"),
+                       "--run-dir", str(run_dir), "--time-budget", "120s", "--epochs", "2", "--frozen-epochs", "1",
+                       "--batch-size", "2", "--test-split", "0.2"], env=env)
+    assert f"Saved {run_dir / 'model.keras'} (2 classes" in proc.stdout
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan and (run_dir / "head" / "plan.json").exists()
+    code = f"""
+import json, keras, keras_vit
+m = keras.models.load_model({str(run_dir / 'model.keras')!r})
+print("RESULT" + json.dumps(dict(names=m.class_names, pre=m.preprocessing, mean=m.backbone.pixel_mean)))
+"""
+    out = json.loads(run_python(code).stdout.split("RESULT", 1)[1])
+    assert out["names"] == ["bright", "dark"]
+    assert out["pre"]["crop_pct"] == 0.875 and out["pre"]["interpolation"] == "bicubic"
+    assert out["mean"] == list(config["pretrained_cfg"]["mean"])
+
+
+def test_saved_preset_reloads_in_a_fresh_process_identically(tmp_path, hub_preset):
+    """save_to_preset in one process, from_preset in another: the same
+    outputs, class names and preprocessing (crop included)."""
+    env, _, _ = hub_preset
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32"))
+    save = f"""
+import numpy as np
+from keras_vit.models import ViTClassifier
+m = ViTClassifier.from_preset({KNOWN!r})
+np.save({str(tmp_path / 'y.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
+m.save_to_preset({str(tmp_path / 'mine')!r})
+"""
+    run_python(save, env=env)
+    load = f"""
+import json, numpy as np
+from keras_vit.models import ViTClassifier
+m = ViTClassifier.from_preset({str(tmp_path / 'mine')!r})
+y = m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0)
+print("RESULT" + json.dumps(dict(diff=float(np.abs(y - np.load({str(tmp_path / 'y.npy')!r})).max()),
+                                 names=m.class_names, pre=m.preprocessing)))
+"""
+    out = json.loads(run_python(load, env={"HF_HUB_OFFLINE": "1"}).stdout.split("RESULT", 1)[1])
+    assert out["diff"] == 0.0
+    assert out["names"] == LABELS and out["pre"]["crop_pct"] == 0.875
+    saved = json.loads((tmp_path / "mine" / "preprocessing.json").read_text())
+    assert saved["class_names"] == LABELS and saved["crop_pct"] == 0.875

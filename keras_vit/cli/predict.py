@@ -5,12 +5,14 @@ from keras_vit.cli.common import format_table, positive_int, read_class_names
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
-        "predict", help="Print the top-k classes of images with a .keras, SavedModel or .tflite model.")
-    parser.add_argument("model", help="a .keras file, a SavedModel directory or a .tflite file")
+        "predict", help="Print the top-k classes of images with a .keras, SavedModel, .tflite model or a preset.")
+    parser.add_argument("model", help="a .keras file, a SavedModel directory, a .tflite file, or a preset: a known "
+                        "pretrained name, hf://owner/repo[@rev], a preset directory or a checkpoint file")
     parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--top-k", type=positive_int, default=3, help="classes per image (>= 1)")
     parser.add_argument("--resize", action="store_true",
-                        help="resize images to the model's size (with its recorded interpolation)")
+                        help="resize images to the model's size (with its recorded interpolation); models "
+                        "that record timm's crop_pct always resize and centre-crop")
     parser.add_argument("--class-names", help="a text file with one name per line, or 'a,b,c'")
     parser.set_defaults(run=run)
     return parser

@@ -14,13 +14,13 @@ are atomic (`keras_vit.utils.io.atomic_path`).
 from keras_vit.export.geometry import (
     BYTES_SIGNATURE, FORMATS, METADATA_NAME, QUANTIZATIONS, artifact_kind, model_geometry)
 from keras_vit.export.predictor import (
-    KerasPredictor, Predictor, SavedModelPredictor, TFLitePredictor, benchmark, find_images,
+    KerasPredictor, Predictor, PresetPredictor, SavedModelPredictor, TFLitePredictor, benchmark, find_images,
     load_predictor, predict_files, read_image)
 from keras_vit.export.saved_model import export_saved_model, read_saved_model_metadata
 from keras_vit.export.tflite import calibration_samples, export_tflite, tflite_metadata, tflite_op_names
 
 __all__ = [
-    "BYTES_SIGNATURE", "FORMATS", "METADATA_NAME", "QUANTIZATIONS", "KerasPredictor", "Predictor",
+    "BYTES_SIGNATURE", "FORMATS", "METADATA_NAME", "QUANTIZATIONS", "KerasPredictor", "Predictor", "PresetPredictor",
     "SavedModelPredictor", "TFLitePredictor", "artifact_kind", "benchmark", "calibration_samples",
     "export_saved_model", "export_tflite", "find_images", "load_predictor", "model_geometry",
     "predict_files", "read_image", "read_saved_model_metadata", "tflite_metadata", "tflite_op_names",

@@ -18,6 +18,7 @@ QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 # buffer) holding class names, geometry and image settings.
 METADATA_NAME = "keras_vit"
 BYTES_SIGNATURE = "serving_bytes"
+CHECKPOINT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin")
 
 
 def check_target(path, kind):
@@ -150,27 +151,41 @@ def image_settings(model, geo):
     return ImageSettings.from_dict(recorded)
 
 
-def artifact_kind(path):
+def artifact_kind(path, presets=False):
     """Tells which kind of model artifact `path` is.
 
     Args:
         path: a ``.keras`` file, a SavedModel directory or a ``.tflite`` file.
+        presets: bool, also accept what `ViTClassifier.from_preset` loads
+            (a known pretrained name, ``hf://owner/repo``, a directory with
+            a ``config.json``, a checkpoint file: `CHECKPOINT_SUFFIXES`) as
+            "preset".
 
     Returns:
-        "keras", "savedmodel" or "tflite"; raises a `ValueError` otherwise.
+        "keras", "savedmodel", "tflite" (or "preset"); raises a `ValueError`
+        otherwise.
 
     Example:
     >>> artifact_kind("digits_savedmodel")
     'savedmodel'
     """
+    from keras_vit.hub import HF_PREFIX, PRETRAINED
+
+    text = str(path)
+    if presets and (text in PRETRAINED or text.startswith(HF_PREFIX)):
+        return "preset"
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"No such model artifact: {str(path)!r}")
+        raise ValueError(f"No such model artifact{' or preset' if presets else ''}: {text!r}")
     if path.is_dir() and (path / "saved_model.pb").exists():
         return "savedmodel"
     if path.is_file() and path.suffix in (".keras", ".tflite"):
         return path.suffix[1:]
+    if presets and ((path.is_dir() and (path / "config.json").is_file())
+                    or (path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES)):
+        return "preset"
     raise ValueError(
-        f"Unknown model artifact {str(path)!r}. Accepted: a .keras file, a SavedModel directory "
-        "(with saved_model.pb) or a .tflite file."
-    )
+        f"Unknown model artifact {text!r}. Accepted: a .keras file, a SavedModel directory "
+        "(with saved_model.pb) or a .tflite file"
+        + (", a known pretrained name, hf://owner/repo[@rev], a preset directory (with config.json) "
+           f"or a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})." if presets else "."))

@@ -7,7 +7,6 @@ import glob
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from keras_vit import preprocessing
@@ -100,8 +99,9 @@ class KerasPredictor(Predictor):
     Args:
         path: the ``.keras`` file (its layers must be registered, as
             keras_vit's are).
-        class_names: optional list of names; a ``.keras`` file holds none,
-            so they default to "0", "1", ...
+        class_names: optional list of names; by default the model's own
+            (`ViTClassifier.class_names`), else "0", "1", ...
+        model: an already loaded model (then `path` only names it).
 
     Example:
     >>> KerasPredictor("digits.keras").predict(images).shape
@@ -110,8 +110,8 @@ class KerasPredictor(Predictor):
 
     kind = "keras"
 
-    def __init__(self, path, class_names=None):
-        self.model = load_keras_file(path)
+    def __init__(self, path, class_names=None, model=None):
+        self.model = load_keras_file(path) if model is None else model
         geo = model_geometry(self.model)
         names = class_names or getattr(self.model, "class_names", None)
         super().__init__(
@@ -125,6 +125,30 @@ class KerasPredictor(Predictor):
             return outputs
         outputs = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
         return outputs / outputs.sum(axis=-1, keepdims=True)
+
+
+class PresetPredictor(KerasPredictor):
+    """A pretrained or saved preset (`ViTClassifier.from_preset`: a known
+    name, ``hf://owner/repo[@rev]``, a preset directory or a checkpoint
+    file) behind the `Predictor` interface. Its class names and image
+    preparation (interpolation, timm's crop) come from the preset.
+
+    Args:
+        handle: the preset handle.
+        class_names: optional names overriding the preset's.
+
+    Example:
+    >>> PresetPredictor("hf://timm/vit_base_patch16_224.augreg2_in21k_ft_in1k").size
+    (224, 224)
+    """
+
+    kind = "preset"
+
+    def __init__(self, handle, class_names=None):
+        from keras_vit.models import ViTClassifier
+
+        super().__init__(handle, class_names, model=ViTClassifier.from_preset(handle))
+        self.path = handle  # a handle, not necessarily a local path
 
 
 class SavedModelPredictor(Predictor):
@@ -215,9 +239,11 @@ def load_predictor(path, *, class_names=None, num_threads=None):
 
     Args:
         path: a ``.keras`` file, a SavedModel directory written by
-            `export_saved_model`, or a ``.tflite`` file.
-        class_names: optional list of class names (a ``.keras`` file holds
-            none; exported artifacts carry theirs).
+            `export_saved_model`, a ``.tflite`` file, or a preset: a known
+            pretrained name, ``hf://owner/repo[@rev]``, a preset directory
+            (`save_to_preset` or timm's layout) or a checkpoint file.
+        class_names: optional list of class names overriding the
+            artifact's or preset's own.
         num_threads: optional int, CPU threads for LiteRT.
 
     Returns:
@@ -226,7 +252,9 @@ def load_predictor(path, *, class_names=None, num_threads=None):
     Example:
     >>> load_predictor("vit_savedmodel").predict(images).argmax(-1)
     """
-    kind = artifact_kind(path)
+    kind = artifact_kind(path, presets=True)
+    if kind == "preset":
+        return PresetPredictor(path, class_names)
     if kind == "keras":
         return KerasPredictor(path, class_names)
     if kind == "savedmodel":
@@ -267,13 +295,16 @@ def find_images(inputs):
 
 def read_image(path, predictor, resize=False):
     """An image file prepared for `predictor` through `keras_vit.preprocessing`
-    (resized to `predictor.size` when `resize`), as float32 (H, W, C).
+    (resized to `predictor.size` when `resize`, or always when the
+    predictor's settings carry timm's evaluation crop, `crop_pct`: that
+    resize and centre crop is the model's own evaluation transform), as
+    float32 (H, W, C).
 
     Example:
     >>> read_image("digit.png", load_predictor("digits.tflite")).shape
     (16, 16, 1)
     """
-    size = predictor.size if resize else None
+    size = predictor.size if resize or predictor.settings.crop_pct is not None else None
     return preprocessing.load_image(path, dataclasses.replace(predictor.settings, image_size=size))
 
 
@@ -283,7 +314,9 @@ def predict_files(predictor, inputs, *, top_k=5, resize=False, batch_size=32):
     Images are batched by size. Without `resize`, an image whose size the
     artifact cannot take raises a `ValueError` naming the file; with it,
     images are resized to `predictor.size` with the artifact's recorded
-    interpolation (the path the model was trained with).
+    interpolation (the path the model was trained with). An artifact or
+    preset that records timm's `crop_pct` always resizes and centre-crops
+    (see `read_image`).
 
     Args:
         predictor: a `Predictor`.

@@ -59,19 +59,18 @@ def sincos_posemb_2d(grid_h, grid_w, dim, temperature=10000.0, layout="big_visio
     return ops.reshape(ops.concatenate([rows, cols], axis=-1), (-1, dim))
 
 
-def _interpolation_matrix(in_size, out_size, method):
+def _interpolation_matrix(in_size, out_size, method, antialias=True):
     """(out_size, in_size) matrix that resamples one axis.
 
     Half-pixel centres; taps that fall outside the input are dropped and the
-    rest renormalised, as `keras.ops.image.resize` does on TensorFlow and
-    JAX. Bicubic uses Keys' kernel with a = -0.5.
+    rest renormalised. Bicubic uses Keys' kernel with a = -0.5. With
+    `antialias`, shrinking widens the kernel by the scale (a low-pass
+    filter), as PyTorch's ``interpolate(..., antialias=True)`` and PIL do;
+    enlarging is the same either way.
     """
-    in_f = ops.cast(in_size, "float32")
-    centres = (ops.arange(out_size, dtype="float32") + 0.5) * in_f / ops.cast(
-        out_size, "float32"
-    ) - 0.5
-    base = ops.floor(centres)
-    t = centres - base
+    in_f, out_f = ops.cast(in_size, "float32"), ops.cast(out_size, "float32")
+    scale = in_f / out_f
+    centres = (ops.arange(out_size, dtype="float32") + 0.5) * scale - 0.5
     if method == "bicubic":
 
         def kernel(d):
@@ -80,20 +79,15 @@ def _interpolation_matrix(in_size, out_size, method):
             far = ((-0.5 * d + 2.5) * d - 4.0) * d + 2.0
             return ops.where(d <= 1.0, near, ops.where(d < 2.0, far, 0.0))
 
-        offsets = (-1, 0, 1, 2)
     else:
         kernel = lambda d: ops.maximum(1.0 - ops.abs(d), 0.0)  # noqa: E731
-        offsets = (0, 1)
+    width = ops.maximum(scale, 1.0) if antialias else 1.0
     source = ops.arange(in_size, dtype="float32")[None, :]
-    matrix = 0.0
-    for offset in offsets:
-        index = base + offset
-        weight = kernel(t - offset)
-        matrix = matrix + weight[:, None] * ops.cast(ops.equal(index[:, None], source), "float32")
+    matrix = kernel((source - centres[:, None]) / width)
     return matrix / ops.sum(matrix, axis=1, keepdims=True)
 
 
-def resample_posemb(posemb, new_grid, old_grid=None, method="bicubic"):
+def resample_posemb(posemb, new_grid, old_grid=None, method="bicubic", antialias=True):
     """Resamples patch position embeddings on their 2-D grid.
 
     Args:
@@ -102,6 +96,9 @@ def resample_posemb(posemb, new_grid, old_grid=None, method="bicubic"):
         new_grid: (h, w) target grid; entries may be symbolic.
         old_grid: (h, w) source grid; defaults to a square grid of N.
         method: "bicubic" or "bilinear".
+        antialias: bool, widen the kernel when shrinking the grid (timm's
+            `resample_abs_pos_embed` does, with PyTorch's antialiased
+            interpolation); enlarging is the same either way.
 
     Returns:
         The embeddings on the new grid, with the input's rank.
@@ -113,8 +110,9 @@ def resample_posemb(posemb, new_grid, old_grid=None, method="bicubic"):
         side = int(round(math.sqrt(table.shape[0])))
         old_grid = (side, side)
     table = ops.reshape(ops.cast(table, "float32"), (old_grid[0], old_grid[1], -1))
-    rows = _interpolation_matrix(old_grid[0], new_grid[0], method)
-    cols = _interpolation_matrix(old_grid[1], new_grid[1], method)
+    check_choice(antialias, "antialias", (True, False))
+    rows = _interpolation_matrix(old_grid[0], new_grid[0], method, antialias)
+    cols = _interpolation_matrix(old_grid[1], new_grid[1], method, antialias)
     table = ops.einsum("ih,hwd,jw->ijd", rows, table, cols)
     table = ops.reshape(table, (-1, posemb.shape[-1]))
     return table[None] if rank == 3 else table

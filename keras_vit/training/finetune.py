@@ -1,16 +1,24 @@
 """`fine_tune`: a pretrained checkpoint, a new head, a new data set.
 
-Loads the checkpoint with a new head (`keras_vit.convert.from_checkpoint`),
-trains the head alone with what the checkpoint provides frozen, then the
-whole network, both with `keras_vit.training.train`; the data come from
-`load_data`. `keras_vit.convert` is imported when called: conversion sits
-after training in the package's layering.
+Loads the checkpoint or preset with a new head
+(`keras_vit.convert.from_checkpoint`, `ViTClassifier.from_preset`), trains
+the head alone with what the checkpoint provides frozen, then the whole
+network, both with `keras_vit.training.train` (to a time budget if asked);
+the data come from `load_data`. `keras_vit.convert` is imported when
+called: conversion sits after training in the package's layering.
 """
 
 import os
+import time
 
+from keras_vit.training.budget import parse_duration
 from keras_vit.training.run import TrainResult, train
 from keras_vit.utils.validation import check_positive_int, pair
+
+DEFAULT_EPOCHS = 3  # of full fine-tuning, without a time budget
+# With a time budget, the head-only stage may use this share of what is
+# left of the budget when it starts (and at most `frozen_epochs`).
+HEAD_BUDGET_SHARE = 0.2
 
 
 def set_backbone_trainable(model, trainable):
@@ -42,23 +50,67 @@ def _load_splits(data, size, channels, *, batch_size, validation_split, test_spl
         label_mode="categorical" if label_smoothing else "int")
 
 
-def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, epochs=3,
-              frozen_epochs=1, batch_size=32, learning_rate=1e-4, head_learning_rate=1e-3,
-              weight_decay=0.05, warmup_epochs=0, label_smoothing=0.1, augment=None,
+class _Pretrained:
+    """A checkpoint file or a preset handle: its native size and channels,
+    and `build(num_classes, image_size, **kwargs)` for the model to train."""
+
+    def __init__(self, checkpoint, num_heads, keep_pre_logits):
+        from keras_vit.convert import convert_file, infer_config
+
+        self.checkpoint, self.num_heads, self.keep_pre_logits = checkpoint, num_heads, keep_pre_logits
+        text = os.fspath(checkpoint)
+        self.is_file = os.path.isfile(text) and not os.path.isdir(text)
+        if self.is_file:
+            self.converted = convert_file(checkpoint)
+            config = infer_config(self.converted, num_heads)
+            self.image_size, self.channels = config["image_size"], config["channels"]
+            self.source = os.path.abspath(text)
+        else:
+            from keras_vit.models import ViTClassifier
+
+            native = ViTClassifier.from_preset(text, **self._heads())
+            self.image_size, self.channels = native.image_size, native.channels
+            self.source = os.path.abspath(text) if os.path.isdir(text) else text
+            del native
+
+    def _heads(self):
+        return {} if self.num_heads is None else dict(num_heads=self.num_heads)
+
+    def build(self, num_classes, image_size, **build_kwargs):
+        if self.is_file:
+            from keras_vit.convert import from_checkpoint
+
+            return from_checkpoint(self.converted, num_classes=num_classes, image_size=image_size,
+                                   num_heads=self.num_heads, keep_pre_logits=self.keep_pre_logits, **build_kwargs)
+        from keras_vit.models import ViTClassifier
+
+        if not self.keep_pre_logits:
+            build_kwargs["representation_size"] = None
+        return ViTClassifier.from_preset(os.fspath(self.checkpoint), num_classes=num_classes, image_size=image_size,
+                                         **self._heads(), **build_kwargs)
+
+
+def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, epochs=None,
+              frozen_epochs=1, time_budget=None, budget_start=None, batch_size=32, learning_rate=1e-4,
+              head_learning_rate=1e-3, weight_decay=0.05, warmup_epochs=0, label_smoothing=0.1, augment=None,
               validation_split=0.1, test_split=0.2, data_dir=None, num_heads=None,
               keep_pre_logits=True, seed=0, resume="auto", verbose="auto", **build_kwargs):
-    """Fine-tunes a pretrained checkpoint on a new data set.
+    """Fine-tunes a pretrained checkpoint or preset on a new data set.
 
-    Loads the checkpoint with a new head (`keras_vit.convert.from_checkpoint`;
-    positions are resampled when `image_size` differs), trains the head alone
-    for `frozen_epochs` with the backbone frozen (`set_backbone_trainable`),
+    Loads the checkpoint with a new head (`keras_vit.convert.from_checkpoint`
+    for files, `ViTClassifier.from_preset` for presets; positions are
+    resampled when `image_size` differs), trains the head alone for
+    `frozen_epochs` with the backbone frozen (`set_backbone_trainable`),
     then the whole network for `epochs`, both with `keras_vit.training.train`
     (AdamW, warmup + cosine, label smoothing, gradient clipping, resumable
     run directories). Data come from `keras_vit.data.load_data`; the model
-    records the data's class names and preprocessing.
+    records the data's class names and the preset's preprocessing.
 
     Args:
-        checkpoint: `.npz`, `.safetensors` or PyTorch checkpoint file.
+        checkpoint: a `.npz`, `.safetensors` or PyTorch checkpoint file, or
+            a preset: a known pretrained name (`keras_vit.hub.PRETRAINED`),
+            ``"hf://owner/repo[@revision]"`` or a preset directory
+            (`save_to_preset`'s or timm's ``config.json`` + weights).
         data: an image folder (`root/<class>/*.png`, or with train/val/test
             sub-folders), a TFDS name read from `data_dir` (nothing is
             downloaded), "digits", or `load_data`'s tuple.
@@ -66,8 +118,16 @@ def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, e
             The final model is `run_dir/model.keras`.
         num_classes: classes of the new head; None takes the data's.
         image_size: int or (h, w); None keeps the checkpoint's.
-        epochs: int >= 0, epochs of full fine-tuning.
+        epochs: int >= 0, epochs of full fine-tuning; None means 3, or with
+            a `time_budget` as many as fit (an int is then a cap).
         frozen_epochs: int >= 0, head-only epochs first (0: none).
+        time_budget: None, seconds, or a duration such as "30m": the whole
+            call (loading included, counted from `budget_start`) ends
+            within it. The head-only stage gets at most
+            `HEAD_BUDGET_SHARE` of what is left when it starts; the full
+            stage plans its steps in the rest (see `train`).
+        budget_start: `time.time()` at which the budget began (default: the
+            call of `fine_tune`; the CLI passes its process start).
         batch_size: int.
         learning_rate: peak learning rate of the full fine-tuning.
         head_learning_rate: learning rate of the head-only stage.
@@ -87,21 +147,25 @@ def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, e
         `history` lists the head-only epochs first (each row has a "stage").
 
     Example:
-    >>> result = fine_tune("ViT-B_16.npz", "flowers", run_dir="runs/flowers", image_size=384)  # doctest: +SKIP
+    >>> result = fine_tune("vit_small_patch16_224.augreg_in21k_ft_in1k", "flowers", run_dir="runs/flowers",
+    ...                    time_budget="30m")  # doctest: +SKIP
     >>> result.test_metrics["accuracy"]  # doctest: +SKIP
     """
     import keras
 
-    from keras_vit.convert import convert_file, from_checkpoint, infer_config
-
-    check_positive_int(epochs, "epochs", minimum=0)
+    budget_start = time.time() if budget_start is None else budget_start
+    if time_budget is not None:
+        time_budget = parse_duration(time_budget)
+    elif epochs is None:
+        epochs = DEFAULT_EPOCHS
+    if epochs is not None:
+        check_positive_int(epochs, "epochs", minimum=0)
     check_positive_int(frozen_epochs, "frozen_epochs", minimum=0)
-    if epochs + frozen_epochs == 0:
+    if epochs == 0 and frozen_epochs == 0:
         raise ValueError("Nothing to train: `epochs` and `frozen_epochs` are both 0.")
-    converted = convert_file(checkpoint)
-    ckpt_config = infer_config(converted, num_heads)
-    size = ckpt_config["image_size"] if image_size is None else pair(image_size, "image_size")
-    splits = _load_splits(data, size, ckpt_config["channels"], batch_size=batch_size,
+    pretrained = _Pretrained(checkpoint, num_heads, keep_pre_logits)
+    size = pretrained.image_size if image_size is None else pair(image_size, "image_size")
+    splits = _load_splits(data, size, pretrained.channels, batch_size=batch_size,
                           validation_split=validation_split, test_split=test_split, seed=seed,
                           augment=augment, data_dir=data_dir, label_smoothing=label_smoothing)
     info = splits[3]
@@ -109,21 +173,24 @@ def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, e
     if num_classes == info.num_classes and info.class_names:
         build_kwargs.setdefault("class_names", list(info.class_names))
     keras.utils.set_random_seed(seed)
-    model = from_checkpoint(converted, num_classes=num_classes, image_size=size, num_heads=num_heads,
-                            keep_pre_logits=keep_pre_logits, **build_kwargs)
+    model = pretrained.build(num_classes, size, **build_kwargs)
     common = dict(weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed, resume=resume,
-                  verbose=verbose, config=dict(checkpoint=os.path.abspath(os.fspath(checkpoint)),
-                                               num_classes=num_classes, image_size=list(size)))
+                  verbose=verbose, budget_start=budget_start,
+                  config=dict(checkpoint=pretrained.source, num_classes=num_classes, image_size=list(size)))
     history, result = [], None
     if frozen_epochs:
+        head_budget = None
+        if time_budget is not None:
+            elapsed = time.time() - budget_start
+            head_budget = elapsed + HEAD_BUDGET_SHARE * max(time_budget - elapsed, 0.0)
         set_backbone_trainable(model, False)
-        result = train(model, splits, epochs=frozen_epochs, run_dir=os.path.join(run_dir, "head"),
-                       learning_rate=head_learning_rate, **common)
+        result = train(model, splits, epochs=frozen_epochs, time_budget=head_budget,
+                       run_dir=os.path.join(run_dir, "head"), learning_rate=head_learning_rate, **common)
         history += [dict(row, stage="head") for row in result.history]
         set_backbone_trainable(model, True)
-    if epochs:
-        result = train(model, splits, epochs=epochs, run_dir=run_dir, learning_rate=learning_rate,
-                       warmup_epochs=warmup_epochs, **common)
+    if epochs != 0:
+        result = train(model, splits, epochs=epochs, time_budget=time_budget, run_dir=run_dir,
+                       learning_rate=learning_rate, warmup_epochs=warmup_epochs, **common)
         history += [dict(row, stage="full") for row in result.history]
     return TrainResult(model=result.model, history=history, test_metrics=result.test_metrics,
                        run_dir=result.run_dir, initial_epoch=result.initial_epoch)
