@@ -208,3 +208,18 @@ def test_load_data_names_bad_shuffle_and_seed(kwargs, message):
         load_data((np.zeros((20, 8, 8)), np.arange(20) % 2), 8, 4, **kwargs)
     assert message in str(info.value)
 
+
+
+def test_train_names_a_model_or_data_of_the_wrong_kind_and_a_floor_above_the_peak(tmp_path):
+    data = digits_arrays()
+    with pytest.raises(ValueError, match="`model` must be a keras.Model or a function returning one. Received: int"):
+        train(5, data, epochs=1, run_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match="`model` is a function that returned str, not a keras.Model"):
+        train(lambda: "model", data, epochs=1, run_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match="`data` must be .* its training part is a NoneType"):
+        train(small, None, epochs=1, run_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match="its training part is a ndarray. For arrays, pass load_data"):
+        train(small, (np.zeros((4, 8, 8, 1)), np.zeros(4)), epochs=1, run_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match=r"`min_learning_rate` must be a number in \[0, learning_rate=0.001\]"):
+        train(small, data, epochs=1, run_dir=tmp_path / "a", learning_rate=1e-3, min_learning_rate=1.0)
+    assert not (tmp_path / "a").exists()

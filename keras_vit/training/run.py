@@ -63,14 +63,19 @@ def _split_data(data):
     """(train, validation, test, info) from `load_data`'s tuple, a tuple of
     datasets or a single training dataset."""
     if isinstance(data, (tuple, list)):
-        if len(data) == 4:
-            return tuple(data)
-        if len(data) in (2, 3):
-            return (*data, *[None] * (4 - len(data)))
+        if len(data) not in (2, 3, 4):
+            raise ValueError(
+                "`data` must be load_data's (train, validation, test, info), a tuple "
+                f"(train, validation[, test]) or a training dataset. Received a tuple of {len(data)}.")
+        splits = (*data, *[None] * (4 - len(data)))
+    else:
+        splits = (data, None, None, None)
+    if not hasattr(splits[0], "cardinality"):
         raise ValueError(
-            "`data` must be load_data's (train, validation, test, info), a tuple "
-            f"(train, validation[, test]) or a training dataset. Received a tuple of {len(data)}.")
-    return data, None, None, None
+            "`data` must be load_data's (train, validation, test, info), a tuple (train, validation[, test]) "
+            f"of tf.data.Datasets or a training dataset; its training part is a {type(splits[0]).__name__}. "
+            "For arrays, pass load_data((x, y), image_size, batch_size).")
+    return splits
 
 
 def _is_sparse(dataset):
@@ -300,9 +305,15 @@ def _build(model, precision):
         if precision:
             set_precision(precision)
         try:
-            return model()
+            built = model()
         finally:
             keras.mixed_precision.set_global_policy(previous)
+        if not isinstance(built, keras.Model):
+            raise ValueError(f"`model` is a function that returned {type(built).__name__}, not a keras.Model.")
+        return built
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`model` must be a keras.Model or a function returning one. Received: {type(model).__name__}")
     if precision and model.dtype_policy.name != precision:
         raise ValueError(
             f"`precision={precision!r}` but the model was built with the {model.dtype_policy.name!r} "
