@@ -30,7 +30,7 @@ from keras_vit import preprocessing
 from keras_vit.augment import AUGMENTATIONS, augmentation_options, build_augmentation  # noqa: F401 (public here too)
 from keras_vit.preprocessing import INTERPOLATIONS, RESIZE_MODES, ImageSettings
 from keras_vit.sources import SPLIT_FOLDERS, array_splits, digits, folder_splits, read_npz, tfds_splits
-from keras_vit.utils.validation import check_choice, pair
+from keras_vit.utils.validation import check_choice, check_positive_int, pair
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABEL_MODES = ("categorical", "int")
@@ -72,6 +72,21 @@ class DataInfo:
     def to_dict(self):
         """Returns the info as a JSON-serialisable dict."""
         return dataclasses.asdict(self)
+
+
+def _check_cache(cache):
+    """`cache` is a bool or a file prefix in a folder that exists and can be written."""
+    if isinstance(cache, bool):
+        return
+    if not isinstance(cache, (str, os.PathLike)) or not os.fspath(cache):
+        raise ValueError(f"`cache` must be True, False or a file path prefix. Received: cache={cache!r}")
+    folder = os.path.dirname(os.path.abspath(cache))
+    if not os.path.isdir(folder):
+        raise ValueError(f"The folder of `cache` does not exist: {folder} (cache={os.fspath(cache)!r}).")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"The folder of `cache` cannot be written: {folder} (cache={os.fspath(cache)!r}).")
+    if os.path.isdir(cache):
+        raise ValueError(f"`cache` is a file prefix, not a directory: {os.fspath(cache)!r} (try {os.path.join(os.fspath(cache), 'cache')!r}).")
 
 
 # --------------------------------------------------------------------------
@@ -157,9 +172,14 @@ def load_data(
         check_choice(channels, "channels", (1, 3))
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
         raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+    check_positive_int(shuffle_buffer, "shuffle_buffer")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"`seed` must be an int. Received: seed={seed!r}")
     for name, value in (("validation_split", validation_split), ("test_split", test_split)):
         if not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
+
+    _check_cache(cache)
 
     if isinstance(source, (tuple, list)) and len(source) == 2:
         x, y = source
@@ -176,8 +196,6 @@ def load_data(
             {"train": (x, y)}, 10, test_split, validation_split, seed)
         class_names, description = names, "digits (scikit-learn, 8x8)"
     elif str(source).endswith(".npz"):
-        if not os.path.isfile(source):
-            raise ValueError(f"The .npz file does not exist: {source}")
         arrays, names = read_npz(source)
         if names is not None and num_classes is None:
             num_classes = len(names)

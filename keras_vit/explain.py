@@ -15,7 +15,7 @@ import numpy as np
 
 from keras_vit import preprocessing
 from keras_vit.layers import grid_size
-from keras_vit.utils.io import write_png
+from keras_vit.utils.io import load_keras_file, write_png
 from keras_vit.utils.validation import check_choice
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -250,7 +250,7 @@ def load_any_model(path):
     from keras_vit.models import ViTClassifier
 
     if os.fspath(path).endswith(".keras"):
-        return keras.models.load_model(path, safe_mode=True)
+        return load_keras_file(path, safe_mode=True)
     if os.path.isfile(path):
         from keras_vit.convert import from_checkpoint
 

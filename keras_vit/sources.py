@@ -4,6 +4,7 @@ bundled digits, image folders (checked file by file) and TFDS datasets;
 and the seeded, stratified carving of test and validation splits (the test
 split first, so it never depends on the validation fraction)."""
 
+import os
 import warnings
 from pathlib import Path
 
@@ -43,6 +44,11 @@ def carve_splits(splits, test_split, validation_split, seed):
     x, y = splits["train"]
     for name, fraction, split_seed in (("test", test_split, seed), ("validation", validation_split, seed + 1)):
         if name not in splits:
+            if fraction and (len(x) - int(np.ceil(fraction * len(x))) < 1 or fraction * len(x) < 1e-9):
+                raise ValueError(
+                    f"`{name}_split={fraction}` of the {len(x)} training image(s) left "
+                    f"{'after the test split ' if name == 'validation' else ''}leaves no image for training; "
+                    f"the data are too few ({len(x)} images). Give more images, or {name}_split=0.")
             rest, held = split_indices(len(x), fraction, split_seed, y)
             splits[name] = (x[held], y[held])
             x, y = x[rest], y[rest]
@@ -111,21 +117,42 @@ def digits():
 
 
 def read_npz(path):
-    with np.load(path) as data:
-        keys = set(data.files)
-        if {"x", "y"} <= keys:
-            arrays = {"train": (data["x"], data["y"])}
-        elif {"x_train", "y_train"} <= keys:
-            arrays = {"train": (data["x_train"], data["y_train"])}
-            for split, suffix in (("validation", "val"), ("test", "test")):
-                if {f"x_{suffix}", f"y_{suffix}"} <= keys:
-                    arrays[split] = (data[f"x_{suffix}"], data[f"y_{suffix}"])
-        else:
-            raise ValueError(
-                f"The .npz file {path} must hold arrays 'x' and 'y', or 'x_train', "
-                f"'y_train' (and optionally 'x_val', 'y_val', 'x_test', 'y_test'). "
-                f"It holds: {sorted(keys)}.")
-        class_names = [str(c) for c in data["class_names"]] if "class_names" in keys else None
+    import zipfile
+
+    if os.path.isdir(path):
+        raise ValueError(f"The .npz path {path} is a directory, not an .npz file.")
+    if not os.path.isfile(path):
+        raise ValueError(f"The .npz file does not exist: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"The .npz file {path} holds a single array, not named arrays; write it with "
+                             "numpy.savez(path, x=images, y=labels).")
+        with data:
+            return _npz_arrays(path, data)
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as err:
+        if isinstance(err, ValueError) and str(err).startswith("The .npz file"):
+            raise
+        raise ValueError(
+            f"The .npz file {path} cannot be read ({type(err).__name__}: {err}); it is truncated, corrupt "
+            "or not an .npz file (write it with numpy.savez).") from None
+
+
+def _npz_arrays(path, data):
+    keys = set(data.files)
+    if {"x", "y"} <= keys:
+        arrays = {"train": (data["x"], data["y"])}
+    elif {"x_train", "y_train"} <= keys:
+        arrays = {"train": (data["x_train"], data["y_train"])}
+        for split, suffix in (("validation", "val"), ("test", "test")):
+            if {f"x_{suffix}", f"y_{suffix}"} <= keys:
+                arrays[split] = (data[f"x_{suffix}"], data[f"y_{suffix}"])
+    else:
+        raise ValueError(
+            f"The .npz file {path} must hold arrays 'x' and 'y', or 'x_train', "
+            f"'y_train' (and optionally 'x_val', 'y_val', 'x_test', 'y_test'). "
+            f"It holds: {sorted(keys)}.")
+    class_names = [str(c) for c in data["class_names"]] if "class_names" in keys else None
     return arrays, class_names
 
 
@@ -140,8 +167,17 @@ def check_image_file(path):
     try:
         with Image.open(path) as image:
             image.load()
+            kind = image.format
     except Exception as err:  # PIL raises many kinds of errors for bad files
         return f"cannot be decoded ({type(err).__name__})"
+    # Training and serving decode with TensorFlow, which reads fewer formats
+    # than Pillow (no TIFF, no 1-bit BMP): check with the decoder that will run.
+    try:
+        tf.io.decode_image(path.read_bytes(), channels=0, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
+        reason = err.message.split("}} ")[-1].split(" [Op:")[0].strip()
+        return (f"{kind} data that TensorFlow's image decoder cannot read ({reason}); accepted: "
+                f"PNG, JPEG, GIF, BMP of 8, 24 or 32 bits, WebP")
     return None
 
 

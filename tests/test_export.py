@@ -395,7 +395,7 @@ def test_load_predictor_rejects_unknown_files(tmp_path):
     with pytest.raises(ValueError, match=r"\.keras file, a SavedModel directory.*\.tflite"):
         E.load_predictor(tmp_path / "model.onnx")
     (tmp_path / "broken.tflite").write_bytes(b"not a flatbuffer")
-    with pytest.raises(ValueError, match="Not a TFLite flatbuffer"):
+    with pytest.raises(ValueError, match=r"broken.tflite is not a TFLite model \(no 'TFL3'"):
         E.load_predictor(tmp_path / "broken.tflite")
     with pytest.raises(ValueError, match="No such model artifact"):
         E.load_predictor(tmp_path / "missing.keras")

@@ -49,15 +49,14 @@ def _representative(items, model, geo):
 
 
 def run(args):
-    import keras
-
     from keras_vit.export import export_saved_model, export_tflite, model_geometry
+    from keras_vit.utils.io import load_keras_file
 
     if not args.model.endswith(".keras") or not Path(args.model).is_file():
         raise ValueError(f"`model` must be an existing .keras file. Received: {args.model!r}")
     if len(args.image_size or ()) > 2:
         raise ValueError(f"--image-size takes H or H W. Received: {args.image_size}")
-    model = keras.saving.load_model(args.model)
+    model = load_keras_file(args.model)
     names = read_class_names(args.class_names)
     image_size = tuple(args.image_size) * (2 if len(args.image_size) == 1 else 1) if args.image_size else None
     stem = Path(args.model).with_suffix("")

@@ -4,9 +4,9 @@ Every command lives in its own module under `keras_vit.cli` with two
 functions: ``add_parser(subparsers)`` and ``run(args)``. Errors follow one
 rule: a `ValueError` (or a missing file) raised by keras_vit's own checks is
 a usage or input error, printed as ``keras-vit COMMAND: error: ...`` with
-exit code 2 and no traceback, like argparse's own usage errors. Anything
-else is a bug: the traceback is printed with a line asking to report it,
-exit code 1.
+exit code 2 and no traceback, like argparse's own usage errors. A full
+disk is said as such, exit code 1 and no traceback. Anything else is a
+bug: the traceback is printed with a line asking to report it, exit code 1.
 """
 
 import argparse
@@ -65,6 +65,14 @@ def run_command(args):
             return _bug(args)
         print(f"keras-vit {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        from keras_vit.utils.io import DiskFullError, is_disk_full
+
+        if not is_disk_full(err):
+            raise
+        message = err.strerror if isinstance(err, DiskFullError) else f"the disk is full ({err}); free some space"
+        print(f"keras-vit {args.command}: error: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"keras-vit {args.command}: interrupted", file=sys.stderr)
         return 130

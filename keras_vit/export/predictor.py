@@ -7,7 +7,6 @@ import glob
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from keras_vit import preprocessing
@@ -17,6 +16,7 @@ from keras_vit.export.saved_model import read_saved_model_metadata
 from keras_vit.export.tflite import tflite_metadata
 from keras_vit.layers import grid_size
 from keras_vit.preprocessing import IMAGE_EXTENSIONS, ImageSettings
+from keras_vit.utils.io import load_keras_file
 from keras_vit.utils.validation import pair
 
 
@@ -111,7 +111,7 @@ class KerasPredictor(Predictor):
     kind = "keras"
 
     def __init__(self, path, class_names=None, model=None):
-        self.model = keras.saving.load_model(path) if model is None else model
+        self.model = load_keras_file(path) if model is None else model
         geo = model_geometry(self.model)
         names = class_names or getattr(self.model, "class_names", None)
         super().__init__(
@@ -205,6 +205,9 @@ class TFLitePredictor(Predictor):
         from ai_edge_litert.interpreter import Interpreter
 
         data = Path(path).read_bytes()
+        if len(data) < 8 or data[4:8] != b"TFL3":
+            raise ValueError(f"{path} is not a TFLite model (no 'TFL3' flatbuffer identifier); it may be "
+                             "truncated, or another kind of file named .tflite.")
         meta = tflite_metadata(data) or {}
         try:
             self.interpreter = Interpreter(model_content=data, num_threads=num_threads)

@@ -15,6 +15,7 @@ from keras_vit.export.geometry import (
     BYTES_SIGNATURE, METADATA_NAME, check_backend, check_class_names, check_target, class_probabilities,
     image_settings, model_geometry, warn_if_not_pixels)
 from keras_vit.utils.io import atomic_path
+from keras_vit.utils.locks import destination_lock
 
 
 def export_saved_model(model, path, *, class_names=None, image_size=None, top_k=5):
@@ -72,44 +73,45 @@ def export_saved_model(model, path, *, class_names=None, image_size=None, top_k=
         raise ValueError("The model has a dynamic image size; pass `image_size` for the bytes signature.")
     warn_if_not_pixels(model)
     path = check_target(path, "savedmodel")
-    k = min(top_k, geo["num_classes"])
-    height, width = geo["image_size"] or (None, None)
-    channels = geo["channels"]
-    name_table = tf.constant(names)
+    with destination_lock(path):  # one writer; leftovers of a killed export removed
+        k = min(top_k, geo["num_classes"])
+        height, width = geo["image_size"] or (None, None)
+        channels = geo["channels"]
+        name_table = tf.constant(names)
 
-    def answer(images):
-        probs = class_probabilities(model, images)
-        top = tf.math.top_k(probs, k=k)
-        return {
-            "probabilities": probs,
-            "top_k_indices": top.indices,
-            "top_k_probabilities": top.values,
-            "top_k_class_names": tf.gather(name_table, top.indices),
-        }
+        def answer(images):
+            probs = class_probabilities(model, images)
+            top = tf.math.top_k(probs, k=k)
+            return {
+                "probabilities": probs,
+                "top_k_indices": top.indices,
+                "top_k_probabilities": top.values,
+                "top_k_class_names": tf.gather(name_table, top.indices),
+            }
 
-    settings = image_settings(model, geo)
+        settings = image_settings(model, geo)
 
-    def from_bytes(image_bytes):
-        spec = tf.TensorSpec((*geo["size"], channels), tf.float32)
-        prepare = lambda data: preprocessing.prepare_bytes(data, settings)  # noqa: E731
-        return answer(tf.map_fn(prepare, image_bytes, fn_output_signature=spec))
+        def from_bytes(image_bytes):
+            spec = tf.TensorSpec((*geo["size"], channels), tf.float32)
+            prepare = lambda data: preprocessing.prepare_bytes(data, settings)  # noqa: E731
+            return answer(tf.map_fn(prepare, image_bytes, fn_output_signature=spec))
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "serving_default", answer,
-        input_signature=[tf.TensorSpec((None, height, width, channels), tf.uint8, name="images")],
-    )
-    archive.add_endpoint(
-        BYTES_SIGNATURE, from_bytes, input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")]
-    )
-    metadata = dict(class_names=names, image_size=geo["image_size"] and list(geo["image_size"]),
-                    size=list(geo["size"]), channels=channels, patch_size=geo["patch_size"],
-                    stride=geo["stride"], preprocessing=settings.to_dict())
-    with atomic_path(path) as tmp:
-        archive.write_out(str(tmp), verbose=False)
-        (tmp / "assets").mkdir(exist_ok=True)
-        (tmp / "assets" / f"{METADATA_NAME}.json").write_text(json.dumps(metadata, indent=2))
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            "serving_default", answer,
+            input_signature=[tf.TensorSpec((None, height, width, channels), tf.uint8, name="images")],
+        )
+        archive.add_endpoint(
+            BYTES_SIGNATURE, from_bytes, input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")]
+        )
+        metadata = dict(class_names=names, image_size=geo["image_size"] and list(geo["image_size"]),
+                        size=list(geo["size"]), channels=channels, patch_size=geo["patch_size"],
+                        stride=geo["stride"], preprocessing=settings.to_dict())
+        with atomic_path(path) as tmp:
+            archive.write_out(str(tmp), verbose=False)
+            (tmp / "assets").mkdir(exist_ok=True)
+            (tmp / "assets" / f"{METADATA_NAME}.json").write_text(json.dumps(metadata, indent=2))
     return path
 
 
@@ -123,4 +125,7 @@ def read_saved_model_metadata(path):
         raise ValueError(
             f"{path} is not a SavedModel from keras_vit's export_saved_model (no assets/{file.name}); "
             f"re-export it with keras_vit.export.export_saved_model.")
-    return json.loads(file.read_text())
+    try:
+        return json.loads(file.read_text())
+    except ValueError as err:
+        raise ValueError(f"The metadata file {file} is not valid JSON ({err}); re-export the model.") from None

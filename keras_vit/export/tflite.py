@@ -2,7 +2,6 @@
 builtin ops only, with class names and geometry in the file's metadata."""
 
 import json
-import tempfile
 from pathlib import Path
 
 import keras
@@ -11,7 +10,8 @@ import numpy as np
 from keras_vit.export.geometry import (
     METADATA_NAME, QUANTIZATIONS, check_backend, check_class_names, check_target, class_probabilities,
     image_settings, model_geometry, warn_if_not_pixels)
-from keras_vit.utils.io import atomic_path
+from keras_vit.utils.io import atomic_path, scratch_dir
+from keras_vit.utils.locks import destination_lock
 from keras_vit.utils.validation import check_choice
 
 
@@ -150,45 +150,46 @@ def export_tflite(
         samples = calibration_samples(representative_data, shape, num_calibration_samples)
     warn_if_not_pixels(model)
     path = check_target(path, "tflite")
+    with destination_lock(path):  # one writer; leftovers of a killed export removed
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "serving_default",
-        lambda images: {"probabilities": class_probabilities(model, images)},
-        input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="images")],
-    )
-    with tempfile.TemporaryDirectory() as workdir:
-        archive.write_out(workdir, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(workdir)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantization != "float32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantization == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        if quantization == "int8":
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.representative_dataset = lambda: ([s[None]] for s in samples)
-        try:
-            flatbuffer = converter.convert()
-        except Exception as err:  # the converter raises its own ConverterError
-            if type(err).__name__ != "ConverterError":
-                raise
-            lines = str(err).splitlines()
-            flex = [line.strip() for line in lines if line.strip().startswith("TF Select ops:")]
-            detail = flex[0] if flex else "\n".join(lines[:12])
-            raise ValueError(
-                f"TFLite conversion with quantization={quantization!r} failed: the exported file may use "
-                f"TFLite builtin ops only (no Select TF / Flex ops). Converter: {detail}"
-            ) from err
-    metadata = dict(
-        class_names=names, quantization=quantization, image_size=list(geo["size"]),
-        channels=geo["channels"], patch_size=geo["patch_size"], stride=geo["stride"],
-        preprocessing=image_settings(model, geo).to_dict(),
-    )
-    flatbuffer = _with_metadata(flatbuffer, metadata)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(flatbuffer)
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            "serving_default",
+            lambda images: {"probabilities": class_probabilities(model, images)},
+            input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="images")],
+        )
+        with scratch_dir(path) as workdir:  # beside the target: a killed export's is cleaned up
+            archive.write_out(str(workdir), verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(workdir))
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            if quantization != "float32":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            if quantization == "float16":
+                converter.target_spec.supported_types = [tf.float16]
+            if quantization == "int8":
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                converter.representative_dataset = lambda: ([s[None]] for s in samples)
+            try:
+                flatbuffer = converter.convert()
+            except Exception as err:  # the converter raises its own ConverterError
+                if type(err).__name__ != "ConverterError":
+                    raise
+                lines = str(err).splitlines()
+                flex = [line.strip() for line in lines if line.strip().startswith("TF Select ops:")]
+                detail = flex[0] if flex else "\n".join(lines[:12])
+                raise ValueError(
+                    f"TFLite conversion with quantization={quantization!r} failed: the exported file may use "
+                    f"TFLite builtin ops only (no Select TF / Flex ops). Converter: {detail}"
+                ) from err
+        metadata = dict(
+            class_names=names, quantization=quantization, image_size=list(geo["size"]),
+            channels=geo["channels"], patch_size=geo["patch_size"], stride=geo["stride"],
+            preprocessing=image_settings(model, geo).to_dict(),
+        )
+        flatbuffer = _with_metadata(flatbuffer, metadata)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(flatbuffer)
     return path
 
 

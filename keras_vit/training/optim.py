@@ -33,6 +33,11 @@ def make_schedule(learning_rate, total_steps=None, warmup_steps=0, min_learning_
     """
     if not isinstance(learning_rate, (int, float)) or learning_rate <= 0:
         raise ValueError(f"`learning_rate` must be a positive number. Received: learning_rate={learning_rate!r}")
+    if (isinstance(min_learning_rate, bool) or not isinstance(min_learning_rate, (int, float))
+            or not 0 <= min_learning_rate <= learning_rate):
+        raise ValueError(
+            f"`min_learning_rate` must be a number in [0, learning_rate={learning_rate}]. "
+            f"Received: min_learning_rate={min_learning_rate!r}")
     if total_steps is None:
         return float(learning_rate)
     if not isinstance(warmup_steps, int) or not 0 <= warmup_steps < total_steps:

@@ -18,6 +18,7 @@ file where a good one was.
 
 import contextlib
 import dataclasses
+import errno
 import time
 from pathlib import Path
 
@@ -27,8 +28,8 @@ from keras_vit.training.budget import parse_duration, plan_record, start_budget
 from keras_vit.training.distribute import PRECISIONS, get_strategy, prepare_multi_worker, set_precision, worker_info
 from keras_vit.training.optim import compile_model
 from keras_vit.training.recipe import DATA, HARDWARE, MODEL, OPTIM, RUN
-from keras_vit.training.rundir import RunBackup, prepare_run_dir, to_float, write_history_files
-from keras_vit.utils.io import atomic_path, remove_stale_temporaries, write_json
+from keras_vit.training.rundir import RunBackup, model_settings, prepare_run_dir, to_float, write_history_files
+from keras_vit.utils.io import DiskFullError, atomic_path, is_disk_full, remove_stale_temporaries, write_json
 from keras_vit.utils.locks import exclusive_lock
 from keras_vit.utils.validation import check_choice, check_positive_int
 
@@ -62,14 +63,19 @@ def _split_data(data):
     """(train, validation, test, info) from `load_data`'s tuple, a tuple of
     datasets or a single training dataset."""
     if isinstance(data, (tuple, list)):
-        if len(data) == 4:
-            return tuple(data)
-        if len(data) in (2, 3):
-            return (*data, *[None] * (4 - len(data)))
+        if len(data) not in (2, 3, 4):
+            raise ValueError(
+                "`data` must be load_data's (train, validation, test, info), a tuple "
+                f"(train, validation[, test]) or a training dataset. Received a tuple of {len(data)}.")
+        splits = (*data, *[None] * (4 - len(data)))
+    else:
+        splits = (data, None, None, None)
+    if not hasattr(splits[0], "cardinality"):
         raise ValueError(
-            "`data` must be load_data's (train, validation, test, info), a tuple "
-            f"(train, validation[, test]) or a training dataset. Received a tuple of {len(data)}.")
-    return data, None, None, None
+            "`data` must be load_data's (train, validation, test, info), a tuple (train, validation[, test]) "
+            f"of tf.data.Datasets or a training dataset; its training part is a {type(splits[0]).__name__}. "
+            "For arrays, pass load_data((x, y), image_size, batch_size).")
+    return splits
 
 
 def _is_sparse(dataset):
@@ -206,7 +212,7 @@ def train(
             sparse_labels=_is_sparse(train_ds), jit_compile=jit_compile,
             steps_per_execution=steps_per_execution,
         )
-    with exclusive_lock(run_dir, "run directory"):
+    with exclusive_lock(run_dir, "run directory"), _disk_full_is_named(run_dir):
         budget = None
         if time_budget is not None:
             with scope():
@@ -217,7 +223,8 @@ def train(
                     verbose=verbose != 0)
         for folder in (run_dir, run_dir / "checkpoints", run_dir / "backup"):
             remove_stale_temporaries(folder)
-        prepare_run_dir(run_dir, {**(config or {}), **recipe, "data": info.to_dict() if info else None}, resume)
+        prepare_run_dir(run_dir, {**(config or {}), **recipe, "data": info.to_dict() if info else None,
+                                  "model": model_settings(model)}, resume)
         if budget is not None:
             write_json(run_dir / "plan.json", plan_record(budget, timer, budget_start, False, previous))
         backup = RunBackup(run_dir, monitor=monitor, artifacts=True)
@@ -253,6 +260,23 @@ def train(
 MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
 
 
+@contextlib.contextmanager
+def _disk_full_is_named(run_dir):
+    """Turns a full disk, however deep it was reported, into a `DiskFullError`
+    that says what is kept and how to go on."""
+    try:
+        yield
+    except Exception as err:  # h5py, TensorFlow and zipfile report a full disk in their own types
+        if not is_disk_full(err):
+            raise
+        state = RunBackup.read_state(run_dir)
+        kept = f"its last committed epoch ({state['epoch']})" if state else "no finished epoch"
+        raise DiskFullError(
+            errno.ENOSPC, f"The disk is full: no space left while writing the run directory {run_dir} "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Every file there is whole; it keeps "
+            f"{kept}. Free some space and re-run the same command to resume.") from err
+
+
 def _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds):
     """Checks `train`'s arguments; returns the steps per epoch."""
     if epochs is not None:
@@ -281,9 +305,15 @@ def _build(model, precision):
         if precision:
             set_precision(precision)
         try:
-            return model()
+            built = model()
         finally:
             keras.mixed_precision.set_global_policy(previous)
+        if not isinstance(built, keras.Model):
+            raise ValueError(f"`model` is a function that returned {type(built).__name__}, not a keras.Model.")
+        return built
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`model` must be a keras.Model or a function returning one. Received: {type(model).__name__}")
     if precision and model.dtype_policy.name != precision:
         raise ValueError(
             f"`precision={precision!r}` but the model was built with the {model.dtype_policy.name!r} "

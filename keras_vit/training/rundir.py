@@ -148,10 +148,45 @@ def write_history_files(run_dir, rows):
 # --------------------------------------------------------------------------
 
 
+_NOISE = {"name", "trainable", "module", "class_name", "registered_name", "build_config", "compile_config",
+          "dtype"}
+
+
+def _flatten(prefix, value, out):
+    if isinstance(value, dict) and isinstance(value.get("config"), dict):
+        value = value["config"]  # a nested layer or model: its settings, not its wrapper
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key not in _NOISE:
+                _flatten(f"{prefix}.{key}", item, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def model_settings(model):
+    """What a run directory records of its model, to refuse resuming it with
+    another one: a keras_vit model's settings from its config, else the
+    shape of every weight.
+
+    Example: `model_settings(build_vit("Mu/4"))["backbone.hidden_dim"]` is 64.
+    """
+    try:
+        config = model.get_config()
+    except NotImplementedError:
+        config = None
+    if isinstance(config, dict) and "backbone" in config:
+        flat = _flatten("", config, {})
+        return json.loads(json.dumps({k[1:]: v for k, v in flat.items()}, default=str))
+    return {f"weights.{w.path}": list(w.shape) for w in model.weights}
+
+
 def _comparable(config):
     # a resumed budgeted run keeps its plan, so its budget may be restated
     ignored = {"epochs", "verbose", "resume", "run_dir", "config", "time_budget"}
-    return json.loads(json.dumps({k: v for k, v in config.items() if k not in ignored}, default=str))
+    flat = {k: v for k, v in config.items() if k not in ignored and k != "model"}
+    flat.update({f"model.{k}": v for k, v in (config.get("model") or {}).items()})
+    return json.loads(json.dumps(flat, default=str))
 
 
 def prepare_run_dir(run_dir, config, resume):
@@ -172,12 +207,16 @@ def prepare_run_dir(run_dir, config, resume):
     if state is not None and (run_dir / "config.json").exists():
         saved = _comparable(json.loads((run_dir / "config.json").read_text()))
         current = _comparable(config)
-        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        keys = set(saved) | set(current)
+        if not any(k.startswith("model.") for k in saved):  # written before runs recorded their model
+            keys = {k for k in keys if not k.startswith("model.")}
+        changed = sorted(k for k in keys if saved.get(k) != current.get(k))
         if changed:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:12])
             raise ValueError(
                 f"The run directory {run_dir} holds a run with a different configuration "
-                f"(changed: {', '.join(changed)}). Use another run directory, the same "
-                "settings, or resume=False to start over there.")
+                f"(changed: {details}{' ...' if len(changed) > 12 else ''}). Use another run directory, "
+                "the same settings, or resume=False to start over there.")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", config)
     return state is not None

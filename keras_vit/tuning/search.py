@@ -17,7 +17,8 @@ import keras_tuner
 import numpy as np
 
 from keras_vit.tuning.hypermodel import OBJECTIVES, TUNERS, ViTHyperModel, heads_name
-from keras_vit.utils.io import atomic_path, new_figure, save_figure, write_csv, write_json
+from keras_vit.utils.io import atomic_path, new_figure, remove_stale_temporaries, save_figure, write_csv, write_json
+from keras_vit.utils.locks import LOCK_NAME, exclusive_lock
 from keras_vit.utils.validation import check_choice
 
 
@@ -34,10 +35,22 @@ class _ResumableTuner:
         trial_dir = self.get_trial_dir(trial.trial_id)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if self.executions_per_trial == 1:
+            state = RunBackup.read_state(trial_dir)
+            if state and kwargs.get("epochs") and state["epoch"] >= kwargs["epochs"]:
+                # killed after its last epoch was backed up: the trial is done, report it
+                shutil.rmtree(os.path.join(trial_dir, "backup"), ignore_errors=True)
+                return self._best_row(state["history"])
             callbacks.append(RunBackup(trial_dir, monitor=self.oracle.objective.name, artifacts=False))
         results = super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
         shutil.rmtree(os.path.join(trial_dir, "backup"), ignore_errors=True)
         return results
+
+    def _best_row(self, rows):
+        """The metrics of the best backed-up epoch, as KerasTuner takes them."""
+        name = self.oracle.objective.name
+        pick = min if self.oracle.objective.direction == "min" else max
+        best = pick((r for r in rows if r.get(name) is not None), key=lambda r: r[name])
+        return {k: v for k, v in best.items() if k not in ("epoch", "learning_rate")}
 
 
 def make_tuner(kind, hypermodel, *, objective, max_trials, executions_per_trial=1,
@@ -203,29 +216,54 @@ def tune(
         from keras_vit.training import get_strategy
 
         strategy = get_strategy(strategy)
-    search = make_tuner(
-        tuner, hypermodel, objective=objective, max_trials=max_trials,
-        executions_per_trial=executions_per_trial, directory=directory,
-        project_name=project_name, overwrite=overwrite, seed=seed,
-        distribution_strategy=strategy, max_epochs=epochs, hyperparameters=hyperparameters,
-    )
     out_dir = os.path.join(str(directory), project_name)
-    callbacks = []
-    if tensorboard and keras.backend.backend() == "tensorflow":
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "logs")))
-    search.search(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
-                  verbose=verbose)
-    if _is_distributed_worker():
-        return None, None
-    rows = trial_rows(search)
-    write_results(rows, out_dir, objective)
-    if not any(r["score"] is not None for r in rows):
-        raise RuntimeError(f"Every trial failed; see {os.path.join(out_dir, 'results.csv')}.")
-    best_hp = search.get_best_hyperparameters(1)[0]
-    best_model = search.get_best_models(1)[0]
-    with atomic_path(os.path.join(out_dir, "best_model.keras")) as tmp:
-        best_model.save(tmp)
+    with _project_lock(out_dir):
+        _prepare_project(out_dir, overwrite)
+        search = make_tuner(
+            tuner, hypermodel, objective=objective, max_trials=max_trials,
+            executions_per_trial=executions_per_trial, directory=directory,
+            project_name=project_name, overwrite=False, seed=seed,
+            distribution_strategy=strategy, max_epochs=epochs, hyperparameters=hyperparameters,
+        )
+        callbacks = []
+        if tensorboard and keras.backend.backend() == "tensorflow":
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "logs")))
+        search.search(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
+                      verbose=verbose)
+        if _is_distributed_worker():
+            return None, None
+        rows = trial_rows(search)
+        write_results(rows, out_dir, objective)
+        if not any(r["score"] is not None for r in rows):
+            raise RuntimeError(f"Every trial failed; see {os.path.join(out_dir, 'results.csv')}.")
+        best_hp = search.get_best_hyperparameters(1)[0]
+        best_model = search.get_best_models(1)[0]
+        with atomic_path(os.path.join(out_dir, "best_model.keras")) as tmp:
+            best_model.save(tmp)
     return best_model, best_hp
+
+
+def _project_lock(out_dir):
+    """The tuning project's exclusive lock; in KerasTuner's chief/worker
+    mode every tuner process shares the folder, so each locks its own id."""
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID")
+    name = LOCK_NAME if "KERASTUNER_ORACLE_IP" not in os.environ else f".keras_vit.{tuner_id}.lock"
+    return exclusive_lock(out_dir, "tuning project", lock_name=name)
+
+
+def _prepare_project(out_dir, overwrite):
+    """Under the lock: deletes an earlier search for `overwrite` (keeping the
+    lock file; KerasTuner's own overwrite would delete it) and the
+    temporaries of killed writes."""
+    for entry in os.scandir(out_dir):
+        if overwrite and not entry.name.startswith(".keras_vit."):
+            if entry.is_dir():
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+    for folder in [out_dir] + [e.path for e in os.scandir(out_dir) if e.is_dir() and e.name.startswith("trial_")]:
+        remove_stale_temporaries(folder)
+        remove_stale_temporaries(os.path.join(folder, "backup"))
 
 
 def _is_distributed_worker():

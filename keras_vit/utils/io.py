@@ -1,5 +1,6 @@
 """Files and directories written atomically, and the small formats built on
-that: JSON, CSV and PNG figures.
+that: JSON, CSV and PNG figures; and `load_keras_file`, which checks a
+``.keras`` archive before Keras reads it.
 
 `atomic_path` is the package's one writer: whatever the block writes at the
 temporary path (a file or a directory) replaces the target only when the
@@ -10,6 +11,7 @@ artifact where a good one was. Temporary names start with a dot and carry
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -70,9 +72,53 @@ def atomic_path(path):
             tmp.unlink()
 
 
-def remove_stale_temporaries(folder):
-    """Deletes temporary entries that killed atomic writes left in `folder`
-    (not recursively); returns their names.
+@contextlib.contextmanager
+def scratch_dir(path):
+    """A temporary folder beside `path`, named as `atomic_path`'s
+    temporaries are (so a killed process's one is removed by
+    `remove_stale_temporaries` at the next start), deleted after the block.
+
+    Example:
+    >>> import tempfile
+    >>> with scratch_dir(Path(tempfile.mkdtemp()) / "m.tflite") as work:
+    ...     work.is_dir()
+    True
+    """
+    work = _sibling(Path(path), TMP_TAG).with_suffix(".work")
+    work.mkdir(parents=True)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _being_written(lock_file):
+    """Whether another process holds the destination lock `lock_file`
+    (`keras_vit.utils.locks.destination_lock`): its temporaries are live."""
+    import fcntl
+
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder, name=None, skip_locked=True):
+    """Cleans up after killed atomic writes in `folder` (not recursively):
+    temporaries (``.NAME.tmp-*``) are deleted; a replaced directory left at
+    ``.NAME.old-*`` is moved back to NAME when the kill came between the two
+    renames (NAME missing), else deleted. With `name`, only the leftovers
+    of writes to that name are touched; those of a destination whose lock
+    another process holds (an export in progress) never are, unless
+    `skip_locked=False` (for the holder of that lock). Returns the names
+    handled.
 
     Example:
     >>> remove_stale_temporaries("/nonexistent")
@@ -83,13 +129,46 @@ def remove_stale_temporaries(folder):
         return []
     removed = []
     for entry in folder.iterdir():
-        if entry.name.startswith(".") and (TMP_TAG in entry.name or OLD_TAG in entry.name):
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry.name)
+        if not entry.name.startswith("."):
+            continue
+        tag = TMP_TAG if TMP_TAG in entry.name else OLD_TAG if OLD_TAG in entry.name else None
+        if tag is None:
+            continue
+        target = folder / entry.name[1:entry.name.index(tag)]
+        if (name is not None and target.name != name) or (
+                skip_locked and _being_written(folder / f".{target.name}.lock")):
+            continue
+        if tag == OLD_TAG and not target.exists():
+            os.replace(entry, target)  # the only copy: the new one never arrived
+        elif entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry.name)
     return sorted(removed)
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk (or the quota) is full."""
+
+
+def is_disk_full(err):
+    """Whether `err` (or an exception it was raised from) reports a full
+    disk: ENOSPC or EDQUOT, also as the text that h5py and TensorFlow put in
+    their own errors.
+
+    Example:
+    >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    True
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+                text in str(err) for text in ("No space left on device", "Disk quota exceeded", "errno = 28")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def write_bytes(path, data):
@@ -150,3 +229,34 @@ def write_png(path, pixels):
     array = np.asarray(pixels, dtype="uint8")
     Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array).save(buffer, "PNG")
     return write_bytes(path, buffer.getvalue())
+
+
+def load_keras_file(path, **kwargs):
+    """Loads a ``.keras`` model file with `keras.saving.load_model`, after
+    checking the archive, so that a truncated file or a malformed
+    ``config.json`` inside is a `ValueError` naming the file.
+
+    Example: `load_keras_file("model.keras")`.
+    """
+    import zipfile
+
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"No .keras model file at {str(path)!r}" + (" (a directory)" if path.is_dir() else "") + ".")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            config = archive.read("config.json") if "config.json" in names else None
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"The model file {path} is not a readable .keras archive ({err}); it may be "
+                         "truncated or not a Keras 3 model file.") from None
+    if config is None:
+        raise ValueError(f"The model file {path} holds no config.json; it is not a Keras 3 .keras file.")
+    try:
+        json.loads(config)
+    except ValueError as err:
+        raise ValueError(f"The config.json inside the model file {path} is not valid JSON ({err}); the file "
+                         "is corrupt. Save the model again.") from None
+    return keras.saving.load_model(path, **kwargs)

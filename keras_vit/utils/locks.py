@@ -32,14 +32,39 @@ def _describe(holder):
             f"{holder.get('command', '?')})")
 
 
+def _lock_fd(path):
+    """Opens `path` and takes an exclusive flock on it (non-blocking); returns
+    the descriptor, or None when another process holds it. Retries when the
+    file was removed or replaced between the open and the lock, so a lock
+    file that its holder removes on release is still one lock."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def exclusive_lock(directory, what="directory"):
+def exclusive_lock(directory, what="directory", *, lock_name=LOCK_NAME, target=None, remove=False):
     """Holds an exclusive lock on `directory` (created if missing) for the
     block; raises `LockedError` naming the holder when another process has it.
 
     Args:
-        directory: the folder to lock.
+        directory: the folder that holds the lock file.
         what: how to name it in the error ("run directory", ...).
+        lock_name: the lock file's name inside `directory`.
+        target: what the error names as locked (default: `directory`).
+        remove: delete the lock file on release (for locks beside a
+            destination, which should leave nothing behind).
 
     Example:
     >>> import tempfile
@@ -49,20 +74,18 @@ def exclusive_lock(directory, what="directory"):
     directory = Path(directory)
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    path = directory / lock_name
+    fd = _lock_fd(path)
+    if fd is None:
+        try:
+            holder = json.loads(path.read_text() or "{}")
+        except (OSError, ValueError):
+            holder = None
+        raise LockedError(
+            f"The {what} {target or directory} is in use by {_describe(holder)}. Wait for it to finish, "
+            f"stop it, or use another {what}.")
     held = False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = json.loads(path.read_text() or "{}")
-            except (OSError, ValueError):
-                holder = None
-            raise LockedError(
-                f"The {what} {directory} is in use by {_describe(holder)}. Wait for it to finish, "
-                f"stop it, or use another {what}.") from None
         record = dict(pid=os.getpid(), host=socket.gethostname(), started=time.time(),
                       command=" ".join(sys.argv)[:300])
         os.ftruncate(fd, 0)
@@ -70,9 +93,31 @@ def exclusive_lock(directory, what="directory"):
         held = True
         yield record
     except BaseException:
-        if held and created and [p.name for p in directory.iterdir()] == [LOCK_NAME]:
+        if held and created and [p.name for p in directory.iterdir()] == [lock_name]:
             path.unlink()  # a refused first run leaves no directory behind
             directory.rmdir()
         raise
     finally:
+        if remove and path.exists():
+            path.unlink(missing_ok=True)  # while still held: `_lock_fd` retries on a replaced file
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def destination_lock(path, what="export destination"):
+    """Holds an exclusive lock on the artifact `path` (a file or a directory
+    written atomically) through a hidden lock file beside it, removed on
+    release; at the start it cleans the temporaries that killed writes of
+    `path` left (`keras_vit.utils.io.remove_stale_temporaries`).
+
+    Example:
+    >>> import tempfile
+    >>> with destination_lock(Path(tempfile.mkdtemp()) / "model.tflite"):
+    ...     pass
+    """
+    from keras_vit.utils.io import remove_stale_temporaries
+
+    path = Path(path)
+    with exclusive_lock(path.parent, what, lock_name=f".{path.name}.lock", target=path, remove=True) as record:
+        remove_stale_temporaries(path.parent, name=path.name, skip_locked=False)  # ours
+        yield record
