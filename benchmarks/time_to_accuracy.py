@@ -42,7 +42,8 @@ def run_budget(dataset, budget, run_dir, extra=()):
     return dict(
         dataset=dataset, budget=budget, wall_seconds=round(wall, 1), test_accuracy=metrics["test"]["accuracy"],
         epochs=metrics["epochs"], recipe=config.get("recipe"),
-        model=f"{config.get('image_size')}px p{config.get('patch_size')} w{config.get('hidden_dim')} "
+        model=f"{config.get('image_size')}px p{config.get('patch_size')}"
+              f"{'s' + str(config['stride']) if config.get('stride') else ''} w{config.get('hidden_dim')} "
               f"d{config.get('depth')}",
         steps=plan["sessions"][-1]["last_step"] if plan else None)
 
