@@ -230,6 +230,18 @@ def test_dynamic_size_model_exports(tiny_vit, tmp_path):
     assert [r[0].name for r in results] == ["a_small.png", "b_large.png"]
     for (_, top), images in zip(results, (small, large)):
         assert top[0][0] == str(int(np.argmax(model(images[:1].astype("float32"))[0])))
+    # The SavedModel's own signature (what TF Serving calls) refuses a size
+    # the patches do not tile instead of silently cropping it.
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    key = next(iter(signature.structured_input_signature[1]))
+    def serving(images):
+        return signature(**{key: tf.constant(images.astype("uint8"))})["probabilities"]
+
+    np.testing.assert_allclose(serving(large), predictor.predict(large), atol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not tiled exactly by patches of 4"):
+        serving(rng.integers(0, 256, (1, 18, 16, 3)))
     with pytest.raises(ValueError, match="image_size"):
         E.export_tflite(model, tmp_path / "m.tflite")
     E.export_tflite(model, tmp_path / "m.tflite", image_size=(24, 32))
