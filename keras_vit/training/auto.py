@@ -4,17 +4,17 @@
 it (image size, channels, number of images and classes); `choose_recipe`
 turns that and the budget into `Recipe` fields:
 
-* image size and patch size: small images keep their size with
-  overlapping 8x8 patches at stride 4 (a 6x6 grid at 28 px, 7x7 at 32 px:
-  on MNIST in 10 minutes this beat both 4x4 and 7x7 patches at the same
-  cost); tiny ones are upsampled to 16 px with 2x2 patches; larger images
-  are resized so that the grid stays at 8x8 (64 px with 8 px patches;
-  128 px with 16 px patches). When the budget cannot train even a
-  width-64, depth-4 model on that grid, the patches grow to a 4x4 grid.
+* image size and patch grid: small images keep their size with
+  overlapping 8x8 patches at stride 4 (a 6x6 grid at 28 px, 7x7 at 32 px;
+  on MNIST this beat 4x4, 7x7 and 12x12-at-stride-4 patches for the same
+  training time). Tiny images are upsampled to 16 px with 2x2 patches;
+  larger images are resized so that the grid stays at 8x8 (64 px with
+  8 px patches; 128 px with 16 px patches). The finest grid that can train at least `MIN_RUNG` is used,
+  down to a coarse 4x4 grid for the shortest budgets.
 * model size: the widest and deepest rung of `MODEL_LADDER` that still
   sees the data `TARGET_EPOCHS` times in the budget, estimated from the
   model's matmul FLOPs and a sustained CPU rate
-  (`SUSTAINED_FLOPS_PER_CORE`).
+  (`SUSTAINED_FLOPS_PER_CORE` times `cpu_efficiency` of the width).
 * batch size and learning rate: 128 and 2e-3 for 10,000 images or more,
   smaller batches (and a square-root-scaled rate) below.
 * augmentation: translations and small rotations for one-channel images
@@ -39,11 +39,14 @@ MODEL_LADDER = ((32, 2, 2), (64, 4, 4), (64, 6, 4), (96, 6, 4), (128, 6, 4), (19
 # The largest rung (index into MODEL_LADDER) for data sets of fewer images than each limit.
 LARGEST_RUNG = ((5_000, 3), (50_000, 5), (math.inf, len(MODEL_LADDER) - 1))
 # Passes over the data a run should make: small data sets need more.
-TARGET_EPOCHS = ((5_000, 100), (50_000, 40), (math.inf, 25))
-# Training matmul FLOP/s a ViT of width 128 or more sustains per CPU core
-# (float32, XLA): measured 2.0e11 on this project's 2-core machine with
-# width 128, depth 6 at 28 px; narrower models use the cores less well.
-SUSTAINED_FLOPS_PER_CORE = 1e11
+TARGET_EPOCHS = ((5_000, 100), (50_000, 40), (math.inf, 15))
+# Training matmul FLOP/s a ViT of width 128 sustains per CPU core (float32,
+# no XLA, batch 128): measured 5.9e10 on this project's 2-core machine
+# (width 128, depth 6, 25 tokens). Narrower models use the cores less well
+# (width 96: 0.89 of it, width 64: 0.57-0.68), hence `cpu_efficiency`.
+SUSTAINED_FLOPS_PER_CORE = 6e10
+# The smallest model worth a finer grid: below it, a coarser grid is used.
+MIN_RUNG = (64, 6, 4)
 
 
 @dataclasses.dataclass
@@ -124,32 +127,43 @@ def _describe_tfds(name, data_dir):
 
 
 def image_and_patch(shape):
-    """(image_size, patch, stride, coarse patch) for the data's smaller
-    side: the patch and stride make the fine grid (stride None: patches
-    side by side), the coarse patch a 4x4 grid, used when the budget is too
-    short for the fine one.
+    """The image size and the patch grids to choose from for data of this
+    shape, finest first: (image_size, [(patch, stride), ...]), stride None
+    for patches side by side. The last grid is a coarse 4x4 one, used when
+    the budget is too short for the others.
 
     Example:
     >>> image_and_patch(DataShape(28, 28, 1, 100, 10))
-    (28, 8, 4, 7)
+    (28, [(8, 4), (7, None)])
     """
     side = min(shape.height, shape.width)
     if side <= 16:
-        return 16, 2, None, 4
+        return 16, [(2, None), (4, None)]
     if side <= 40:
         size = 4 * math.ceil(side / 4)
-        return size, 8, 4, size // 4
+        return size, [(8, 4), (size // 4, None)]
     if side <= 80:
-        return 64, 8, None, 16
-    return 128, 16, None, 32
+        return 64, [(8, None), (16, None)]
+    return 128, [(16, None), (32, None)]
+
+
+def cpu_efficiency(width):
+    """The fraction of `SUSTAINED_FLOPS_PER_CORE` a ViT of this width
+    reaches in training (narrow matmuls leave the vector units idle).
+
+    Example:
+    >>> round(cpu_efficiency(64), 2), cpu_efficiency(192)
+    (0.59, 1.0)
+    """
+    return min(1.0, (width / 128) ** 0.75)
 
 
 def training_flops(image_size, patch_size, width, depth, mlp_ratio=2, stride=None):
     """Matmul FLOPs of one training step on one image (3x the forward).
 
     Example:
-    >>> training_flops(28, 8, 64, 6, stride=4) / 1e6   # a 6x6 grid
-    48.4416
+    >>> round(training_flops(28, 8, 64, 6, stride=4) / 1e6, 1)   # a 6x6 grid
+    48.4
     """
     tokens = ((image_size - patch_size) // (stride or patch_size) + 1) ** 2
     per_block = 2 * tokens * (4 + 2 * mlp_ratio) * width**2 + 4 * tokens**2 * width
@@ -173,28 +187,22 @@ def choose_recipe(shape, time_budget=None, cores=None):
     >>> fields["image_size"], fields["patch_size"], fields["hidden_dim"], fields["batch_size"]
     (28, 8, 64, 128)
     """
-    image_size, fine, fine_stride, coarse = image_and_patch(shape)
+    image_size, grids = image_and_patch(shape)
     n = shape.num_examples
     test_split = round(min(0.2, max(0.05, 5000 / n)), 3)
     validation_split = round(min(0.1, max(0.02, 2500 / (n * (1 - test_split)))), 3)
     n_train = int(n * (1 - test_split) * (1 - validation_split))
     epochs = next(e for limit, e in TARGET_EPOCHS if n < limit)
-    patch_size, stride = fine, fine_stride
-    rung = MODEL_LADDER[1] if n < 5000 else MODEL_LADDER[4]
+    (patch_size, stride), rung = grids[0], MODEL_LADDER[1] if n < 5000 else MODEL_LADDER[4]
     if time_budget is not None:
-        rate = SUSTAINED_FLOPS_PER_CORE * (cores or os.cpu_count() or 1)
-
+        flops_per_second = SUSTAINED_FLOPS_PER_CORE * (cores or os.cpu_count() or 1) * time_budget
         ladder = MODEL_LADDER[:next(i for limit, i in LARGEST_RUNG if n < limit) + 1]
-
-        def largest(patch, stride):  # the largest rung that makes `epochs` passes over the data
-            fits = [r for r in ladder if time_budget * rate * min(1.0, r[0] / 128)
-                    >= epochs * n_train * training_flops(image_size, patch, *r[:2], stride=stride)]
-            return fits[-1] if fits else None
-
-        rung = largest(fine, fine_stride)
-        if rung is None or rung < MODEL_LADDER[1]:  # too short for the fine grid: a coarser one
-            patch_size, stride = coarse, None
-            rung = largest(coarse, None) or ladder[0]
+        for patch_size, stride in grids:  # the finest grid that trains at least MIN_RUNG `epochs` times
+            fits = [r for r in ladder if flops_per_second * cpu_efficiency(r[0])
+                    >= epochs * n_train * training_flops(image_size, patch_size, *r[:2], stride=stride)]
+            rung = fits[-1] if fits else ladder[0]
+            if rung >= min(MIN_RUNG, ladder[-1]):
+                break
     width, depth, heads = rung
     batch_size = 128 if n >= 10_000 else 64 if n >= 2_000 else 32
     if shape.channels == 1:
