@@ -27,7 +27,7 @@ RECIPES = {
     "digits": dict(
         dataset="digits", image_size=16, patch_size=2, hidden_dim=64, depth=4, num_heads=4,
         mlp_dim=128, pooling="gap", dropout=0.1, drop_path_rate=0.1, batch_size=64,
-        augment="digits", epochs=100, learning_rate=2e-3, weight_decay=0.05, warmup_epochs=3,
+        augment="digits", epochs=60, learning_rate=2e-3, weight_decay=0.05, warmup_epochs=3,
         label_smoothing=0.1, clipnorm=1.0,
     ),
     # Small images (28 to 64 px) and small data: a micro ViT with 4x4
