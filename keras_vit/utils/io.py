@@ -19,6 +19,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from keras_vit.utils.locks import destination_locked
+
 TMP_TAG = ".tmp-"
 OLD_TAG = ".old-"
 
@@ -92,24 +94,6 @@ def scratch_dir(path):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _being_written(lock_file):
-    """Whether another process holds the destination lock `lock_file`
-    (`keras_vit.utils.locks.destination_lock`): its temporaries are live."""
-    import fcntl
-
-    try:
-        fd = os.open(lock_file, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def remove_stale_temporaries(folder, name=None, skip_locked=True):
     """Cleans up after killed atomic writes in `folder` (not recursively):
     temporaries (``.NAME.tmp-*``) are deleted; a replaced directory left at
@@ -135,8 +119,7 @@ def remove_stale_temporaries(folder, name=None, skip_locked=True):
         if tag is None:
             continue
         target = folder / entry.name[1:entry.name.index(tag)]
-        if (name is not None and target.name != name) or (
-                skip_locked and _being_written(folder / f".{target.name}.lock")):
+        if (name is not None and target.name != name) or (skip_locked and destination_locked(target)):
             continue
         if tag == OLD_TAG and not target.exists():
             os.replace(entry, target)  # the only copy: the new one never arrived

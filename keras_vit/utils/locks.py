@@ -103,6 +103,35 @@ def exclusive_lock(directory, what="directory", *, lock_name=LOCK_NAME, target=N
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def destination_lock_file(path):
+    """The hidden lock file beside the artifact `path` that
+    `destination_lock` holds: ``.NAME.lock`` in the same folder."""
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+def destination_locked(path):
+    """Whether another process holds `destination_lock(path)` now (its
+    writes to `path` are in progress, so their temporaries are live).
+
+    Example:
+    >>> import tempfile
+    >>> destination_locked(Path(tempfile.mkdtemp()) / "model.tflite")
+    False
+    """
+    try:
+        fd = os.open(destination_lock_file(path), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def destination_lock(path, what="export destination"):
     """Holds an exclusive lock on the artifact `path` (a file or a directory
@@ -118,6 +147,7 @@ def destination_lock(path, what="export destination"):
     from keras_vit.utils.io import remove_stale_temporaries
 
     path = Path(path)
-    with exclusive_lock(path.parent, what, lock_name=f".{path.name}.lock", target=path, remove=True) as record:
+    lock_file = destination_lock_file(path)
+    with exclusive_lock(path.parent, what, lock_name=lock_file.name, target=path, remove=True) as record:
         remove_stale_temporaries(path.parent, name=path.name, skip_locked=False)  # ours
         yield record
