@@ -33,6 +33,8 @@ def run_budget(dataset, budget, run_dir, extra=()):
     start = time.time()
     proc = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     wall = time.time() - start
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / "console.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"keras-vit train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
@@ -43,9 +45,13 @@ def run_budget(dataset, budget, run_dir, extra=()):
         dataset=dataset, budget=budget, wall_seconds=round(wall, 1), test_accuracy=metrics["test"]["accuracy"],
         epochs=metrics["epochs"], recipe=config.get("recipe"),
         model=f"{config.get('image_size')}px p{config.get('patch_size')}"
-              f"{'s' + str(config['stride']) if config.get('stride') else ''} w{config.get('hidden_dim')} "
+              f"{'s' + str(config['stride']) if config.get('stride') else ''}"
+              f"{' stem ' + ','.join(map(str, config['conv_stem'])) if config.get('conv_stem') else ''} "
+              f"w{config.get('hidden_dim')} "
               f"d{config.get('depth')}",
-        steps=plan["sessions"][-1]["last_step"] if plan else None)
+        steps=plan["sessions"][-1]["last_step"] if plan else None,
+        # from the process start to the saved model, as the run measured it (the rest of `wall` is the exit)
+        run_seconds=plan["sessions"][-1]["total_seconds"] if plan else None)
 
 
 def plot(rows, path):
@@ -70,13 +76,15 @@ def main(argv=None):
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--budgets", default="60,120,180", help="comma-separated budgets, or 'none'")
     parser.add_argument("--out", default=str(RESULTS / "time-to-accuracy"))
+    parser.add_argument("--runs-dir", help="keep each run directory (with its console.log) here (default: deleted)")
     parser.add_argument("extra", nargs="*", help="arguments for keras-vit train (after --)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     rows = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
     with tempfile.TemporaryDirectory() as tmp:
         for i, budget in enumerate(args.budgets.split(",")):
-            row = run_budget(args.dataset, budget, Path(tmp) / f"run{i}", args.extra)
+            name = f"{Path(args.dataset).stem}-{budget}"
+            row = run_budget(args.dataset, budget, Path(args.runs_dir or tmp) / name, args.extra)
             print(json.dumps(row), flush=True)
             rows = [r for r in rows if (r["dataset"], r["budget"]) != (row["dataset"], row["budget"])] + [row]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ quiet_startup()  # only in the keras-vit command: TensorFlow's native start-up l
 
 from keras_vit.layers import (  # noqa: E402,F401
     AttentionPooling,
+    ConvStem,
     DropPath,
     LayerScale,
     MultiHeadSelfAttention,

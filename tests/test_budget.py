@@ -128,9 +128,9 @@ def test_too_small_a_budget_touches_nothing(tmp_path):
 
 @pytest.mark.parametrize("shape, budget, size, patch, augment", [
     (DataShape(8, 8, 1, 1797, 10), 600, 16, 2, "digits"),  # scikit-learn digits
-    (DataShape(28, 28, 1, 55000, 10), 600, 28, 8, "digits"),  # MNIST, 10 minutes: overlapping 6x6 grid
-    (DataShape(28, 28, 1, 55000, 10), 120, 28, 7, "digits"),  # MNIST, 2 minutes: a coarse 4x4 grid
-    (DataShape(28, 28, 1, 55000, 10), 3600, 28, 8, "digits"),  # MNIST, an hour: a wider model
+    (DataShape(28, 28, 1, 55000, 10), 600, 32, 8, "digits"),  # MNIST, 10 minutes: a conv stem's 4x4 grid
+    (DataShape(28, 28, 1, 55000, 10), 120, 32, 8, "digits"),  # MNIST, 2 minutes: a smaller model
+    (DataShape(28, 28, 1, 55000, 10), 3600, 32, 8, "digits"),  # MNIST, an hour: a wider model
     (DataShape(32, 32, 3, 50000, 10), 7200, 32, 8, "light"),  # CIFAR-10
     (DataShape(64, 64, 3, 3000, 200), 600, 64, 8, "medium"),  # Tiny-ImageNet-like, few images
     (DataShape(375, 500, 3, 2000, 5), 600, 128, 16, "medium"),  # photos in folders
@@ -140,6 +140,9 @@ def test_the_auto_recipe_follows_the_data(shape, budget, size, patch, augment):
     fields = choose_recipe(shape, time_budget=budget, cores=2)
     assert (fields["image_size"], fields["patch_size"], fields["augment"]) == (size, patch, augment)
     assert fields["hidden_dim"] % fields["num_heads"] == 0 and fields["mlp_dim"] == 2 * fields["hidden_dim"]
+    small = 16 < min(shape.height, shape.width) <= 40  # small images get a stem of 3 convolutions
+    assert fields["conv_stem"] == ([fields["hidden_dim"] // 4, fields["hidden_dim"] // 2, fields["hidden_dim"]]
+                                   if small else None)
     Recipe(**{**fields, "dataset": "x"}).validate()  # every choice is a valid setting
     test, val = fields["test_split"], fields["validation_split"]
     held_out = shape.num_examples * (test + (1 - test) * val)  # validation is carved from what the test left
@@ -149,7 +152,8 @@ def test_the_auto_recipe_follows_the_data(shape, budget, size, patch, augment):
 @pytest.mark.parametrize("shape", [DataShape(28, 28, 1, 55000, 10), DataShape(32, 32, 3, 1000, 3),
                                    DataShape(200, 300, 3, 200_000, 100)])
 def test_a_longer_budget_never_chooses_a_smaller_model(shape):
-    costs = [training_flops(f["image_size"], f["patch_size"], f["hidden_dim"], f["depth"], stride=f["stride"])
+    costs = [training_flops(f["image_size"], f["patch_size"], f["hidden_dim"], f["depth"], stride=f["stride"],
+                            conv_stem=f["conv_stem"])
              for f in (choose_recipe(shape, budget, cores=2) for budget in (30, 300, 3000, 30000, 300000))]
     assert costs == sorted(costs) and costs[0] < costs[-1]
     small = choose_recipe(DataShape(28, 28, 1, 1000, 10), 300000, cores=2)
@@ -174,17 +178,18 @@ def test_sources_are_described_without_loading_them(tmp_path):
 def test_recipe_sources_choose_auto_for_data_other_than_digits(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((200, 28, 28), "uint8"), y=np.arange(200) % 10)
     auto = Recipe.from_sources(dataset=str(tmp_path / "d.npz"), time_budget="1m", hidden_dim=32)
-    assert auto.recipe == "auto" and auto.image_size == 28 and auto.hidden_dim == 32  # flags win
+    assert auto.recipe == "auto" and auto.image_size == 32 and auto.hidden_dim == 32  # flags win
     assert Recipe.from_sources().recipe == "digits"
     named = Recipe.from_sources("small", dataset=str(tmp_path / "d.npz"))
     assert named.recipe == "small" and named.image_size == 32
 
 
-@pytest.mark.parametrize("side, shown, stride", [
-    (12, "16 px, 2 px patches, width 16, depth 1", None),  # tiny images: upsampled, 2x2 patches
-    (20, "20 px, 8 px patches at stride 4, width 16, depth 1", 4),  # small images: overlapping patches
+@pytest.mark.parametrize("side, shown, patch, stem", [
+    (12, "16 px, 2 px patches, width 16, depth 1", 2, None),  # tiny images: upsampled, 2x2 patches
+    (20, "24 px, 8 px patches from a stem of 3 convolutions (16,32,64), width 16, depth 1", 8,
+     [16, 32, 64]),  # small images: resized to a multiple of 8, a conv stem
 ])
-def test_the_cli_shows_the_recipe_it_chose_for_the_data(tmp_path, capsys, side, shown, stride):
+def test_the_cli_shows_the_recipe_it_chose_for_the_data(tmp_path, capsys, side, shown, patch, stem):
     from keras_vit.cli.main import main
 
     rng = np.random.default_rng(0)
@@ -195,9 +200,10 @@ def test_the_cli_shows_the_recipe_it_chose_for_the_data(tmp_path, capsys, side, 
     out = capsys.readouterr().out
     assert f"Recipe chosen from the data: {shown}" in out
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["recipe"] == "auto" and saved["augment"] == "digits" and saved["stride"] == stride
+    assert saved["recipe"] == "auto" and saved["augment"] == "digits" and saved["conv_stem"] == stem
     model = keras.models.load_model(tmp_path / "run" / "model.keras")
-    assert model.backbone.patch_encoder.stride == (stride or 2, stride or 2)
+    assert model.backbone.patch_encoder.patch_size == (patch, patch) and model.input_shape[1] == int(shown[:2])
+    assert (model.backbone.patch_encoder.stem is not None) == bool(stem)
 
 
 def test_budgeted_steps_count_real_optimizer_steps_with_steps_per_execution(tmp_path):
@@ -212,3 +218,17 @@ def test_budgeted_steps_count_real_optimizer_steps_with_steps_per_execution(tmp_
                    verbose=0)
     record = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert int(result.model.optimizer.iterations) == record["sessions"][0]["last_step"] > 0
+
+
+def test_a_stem_the_auto_recipe_chose_is_named_when_a_flag_conflicts_and_can_be_turned_off(tmp_path):
+    from keras_vit.cli.train import channels_arg
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((200, 28, 28), "uint8"), y=np.arange(200) % 10)
+    with pytest.raises(ValueError, match=r"use patch_size=8 and no stride.*--conv-stem none turns the stem off"):
+        Recipe.from_sources(dataset=str(tmp_path / "d.npz"), patch_size=4)
+    assert Recipe.from_sources(dataset=str(tmp_path / "d.npz"), patch_size=4, conv_stem=[]).conv_stem == []
+    with pytest.raises(ValueError, match="`conv_stem` must be a non-empty list of channel counts"):
+        Recipe.from_sources(dataset=str(tmp_path / "d.npz"), conv_stem=["8"])
+    assert channels_arg("none") == [] and channels_arg("8,16,32") == [8, 16, 32]
+    with pytest.raises(Exception, match="comma-separated channel counts"):
+        channels_arg("8,x")

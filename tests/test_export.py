@@ -343,6 +343,7 @@ def test_model_needing_flex_ops_is_refused(tmp_path):
 
 
 VARIANTS = {
+    "conv_stem": dict(conv_stem=[4, 8]),
     "map_pooling": dict(pooling="map"),
     "overlapping_linear_patches": dict(patch_embedding="linear", stride=2, image_size=14),
     "softmax_output_registers": dict(classifier_activation="softmax", pooling="gap", num_registers=2),

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_vit import (
     AttentionPooling,
+    ConvStem,
     DropPath,
     LayerScale,
     MultiHeadSelfAttention,
@@ -202,6 +203,8 @@ LAYERS = [
     lambda: PatchEncoder(8, (4, 2), stride=(2, 2), grid_size=(3, 7), num_registers=1,
                          interpolation="bilinear"),
     lambda: PatchEncoder(8, 4, use_cls_token=False, pos_embedding="sincos", patch_embedding="linear"),
+    lambda: PatchEncoder(8, 4, grid_size=(2, 4), conv_stem=[4, 6]),
+    lambda: ConvStem([4, 6], norm_epsilon=1e-5),
     lambda: TransformerBlock(2, 16, dropout=0.1, attention_dropout=0.1, drop_path=0.2,
                              layer_scale=1e-4, qk_norm=True, activation="gelu_tanh",
                              norm_epsilon=1e-5, use_qkv_bias=False),
@@ -221,7 +224,7 @@ def test_every_layer_round_trips_its_config(make):
     assert clone.get_config() == config
     revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(revived) is type(layer) and revived.get_config() == config
-    x = RNG.random((2, 8, 16, 3) if isinstance(layer, (Patches, PatchEncoder)) else (2, 5, 8))
+    x = RNG.random((2, 8, 16, 3) if isinstance(layer, (Patches, PatchEncoder, ConvStem)) else (2, 5, 8))
     x = x.astype("float32")
     expected = layer(x)
     clone(x)

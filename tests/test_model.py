@@ -242,6 +242,10 @@ BAD_BUILDS = [
     (dict(drop_path_rate=1.5), "`drop_path_rate` must be in [0, 1)"),
     (dict(pos_embedding="sincos", hidden_dim=18, num_heads=3), "divisible by 4"),
     (dict(pooling="cls", class_token=False), "needs a class token"),
+    (dict(conv_stem=[4, 8, 16]), "makes 8x8-pixel patches side by side: use patch_size=8"),
+    (dict(conv_stem=[4, 8], stride=2), "use patch_size=4 and no stride"),
+    (dict(conv_stem=[4, 0]), "`conv_stem` must be a non-empty list of channel counts"),
+    (dict(conv_stem=[4, 8], patch_embedding="linear"), "`conv_stem` needs patch_embedding='conv'"),
 ]
 
 

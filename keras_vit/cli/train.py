@@ -4,6 +4,7 @@ The flags are made from the fields of `keras_vit.training.Recipe`, so every
 setting is listed once.
 """
 
+import argparse
 import dataclasses
 
 from keras_vit.training.recipe import DEFAULT_RECIPE, Recipe
@@ -17,6 +18,17 @@ def augment_arg(value):
         return float(value)
     except ValueError:
         return value
+
+
+def channels_arg(value):
+    """Comma-separated channel counts ("32,64,128"), or "none" for []."""
+    if value.strip().lower() == "none":
+        return []
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated channel counts such as 32,64,128, or none; got {value!r}") from None
 
 
 def _add_field(group, field):
@@ -35,7 +47,7 @@ def _add_field(group, field):
     elif field.name == "verbose":
         group.add_argument(flag, type=int, choices=(0, 1, 2), help=meta["help"] + " (default: a progress bar)")
     else:
-        kind = {"augment": augment_arg, "duration": str}.get(meta["kind"], meta["kind"])
+        kind = {"augment": augment_arg, "duration": str, "channels": channels_arg}.get(meta["kind"], meta["kind"])
         choices = meta["choices"]
         extra = dict(metavar=field.name.upper()) if choices and len(choices) > 6 else {}
         help_text = meta["help"] + (f": {', '.join(map(str, choices))}" if extra else "") + default
@@ -81,6 +93,8 @@ def run(args):
     recipe = Recipe.from_sources(args.recipe or None, args.config, **settings)
     if recipe.recipe == "auto":
         stride = f" at stride {recipe.stride}" if recipe.stride else ""
+        if recipe.conv_stem:
+            stride = f" from a stem of {len(recipe.conv_stem)} convolutions ({','.join(map(str, recipe.conv_stem))})"
         print(f"Recipe chosen from the data: {recipe.image_size} px, {recipe.patch_size} px patches{stride}, width "
               f"{recipe.hidden_dim}, depth {recipe.depth}, {recipe.num_heads} heads, batch {recipe.batch_size}, "
               f"learning rate {recipe.learning_rate:g}, augment {recipe.augment}, validation/test splits "

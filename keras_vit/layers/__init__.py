@@ -1,6 +1,7 @@
 """Serializable Keras 3 layers of the Vision Transformer, following the data:
 
 - `patching`: images to tokens (`Patches`, `PatchEncoder`, patch grids);
+- `stem`: `ConvStem`, strided convolutions in place of the patchify one;
 - `positions`: pure functions on position tables (sincos, resampling);
 - `attention`: `MultiHeadSelfAttention`;
 - `block`: `TransformerBlock` with `DropPath` and `LayerScale`;
@@ -23,12 +24,13 @@ from keras_vit.layers.patching import (
     patch_stride,
 )
 from keras_vit.layers.positions import INTERPOLATIONS, resample_posemb, sincos_posemb_2d
+from keras_vit.layers.stem import ConvStem
 from keras_vit.layers.pooling import AttentionPooling, TokenPooling
 from keras_vit.utils.validation import check_choice, check_rate, pair
 
 __all__ = [
     "ACTIVATIONS", "INTERPOLATIONS", "PATCH_EMBEDDINGS", "POS_EMBEDDINGS",
-    "AttentionPooling", "DropPath", "LayerScale", "MultiHeadSelfAttention", "PatchEncoder",
+    "AttentionPooling", "ConvStem", "DropPath", "LayerScale", "MultiHeadSelfAttention", "PatchEncoder",
     "Patches", "TokenPooling", "TransformerBlock", "check_choice", "check_images", "check_rate",
     "grid_size", "layer_norm", "pair", "patch_stride", "resample_posemb", "sincos_posemb_2d", "use_fused_attention",
 ]

@@ -9,6 +9,7 @@ JAX and PyTorch.
 import keras
 from keras import ops
 
+from keras_vit.layers.stem import ConvStem, check_conv_stem
 from keras_vit.layers.positions import INTERPOLATIONS, SINCOS_LAYOUTS, resample_posemb, sincos_posemb_2d
 from keras_vit.utils.validation import check_choice, pair
 
@@ -191,6 +192,10 @@ class PatchEncoder(keras.layers.Layer):
             without it (keras_vit 0.1) load as "rows_interleaved".
         patch_bias: bool, a bias in the patch projection (CLIP-style
             towers have none).
+        conv_stem: None, or the channels of a `ConvStem` of 3x3 stride-2
+            convolutions that replaces the patchify convolution (then a 1x1
+            convolution projects to `hidden_dim`); `patch_size` must be
+            2**len(conv_stem), without overlap.
 
     Example:
     >>> encoder = PatchEncoder(64, patch_size=8, grid_size=(4, 4))
@@ -211,9 +216,14 @@ class PatchEncoder(keras.layers.Layer):
         patch_embedding="conv",
         sincos_layout="big_vision",
         patch_bias=True,
+        conv_stem=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.conv_stem = check_conv_stem(conv_stem, patch_size, stride)
+        if self.conv_stem and patch_embedding != "conv":
+            raise ValueError(
+                f"`conv_stem` needs patch_embedding='conv'. Received: patch_embedding={patch_embedding!r}")
         self.patch_bias = check_choice(patch_bias, "patch_bias", (True, False))
         self.sincos_layout = check_choice(sincos_layout, "sincos_layout", SINCOS_LAYOUTS)
         if not isinstance(hidden_dim, int) or hidden_dim <= 0:
@@ -237,7 +247,12 @@ class PatchEncoder(keras.layers.Layer):
             raise ValueError("`grid_size` is required with pos_embedding='learned'.")
         if pos_embedding == "sincos" and hidden_dim % 4:
             sincos_posemb_2d(1, 1, hidden_dim)  # raises the hidden_dim error
-        if patch_embedding == "conv":
+        self.stem = None
+        if self.conv_stem:
+            self.stem = ConvStem(self.conv_stem, dtype=self.dtype_policy, name="stem")
+            self.projection = keras.layers.Conv2D(
+                hidden_dim, 1, use_bias=patch_bias, dtype=self.dtype_policy, name="projection")
+        elif patch_embedding == "conv":
             self.projection = keras.layers.Conv2D(
                 hidden_dim,
                 self.patch_size,
@@ -258,7 +273,10 @@ class PatchEncoder(keras.layers.Layer):
 
     def build(self, input_shape):
         self.channels = input_shape[-1]
-        if self.patch_embedding == "conv":
+        if self.stem is not None:
+            self.stem.build(input_shape)
+            self.projection.build(self.stem.compute_output_shape(input_shape))
+        elif self.patch_embedding == "conv":
             self.projection.build(input_shape)
         else:
             self.projection.build((None, None, self.patches.patch_dim(self.channels)))
@@ -297,7 +315,7 @@ class PatchEncoder(keras.layers.Layer):
         check_images(images, self.channels, self.patch_size, self.stride)
         batch = ops.shape(images)[0]
         if self.patch_embedding == "conv":
-            x = self.projection(images)
+            x = self.projection(images if self.stem is None else self.stem(images))
             grid = ops.shape(x)[1:3]
         else:
             grid = [(s - p) // st + 1 for s, p, st in zip(ops.shape(images)[1:3], self.patch_size, self.stride)]
@@ -339,6 +357,7 @@ class PatchEncoder(keras.layers.Layer):
             patch_embedding=self.patch_embedding,
             sincos_layout=self.sincos_layout,
             patch_bias=self.patch_bias,
+            conv_stem=None if self.conv_stem is None else list(self.conv_stem),
         )
         return config
 

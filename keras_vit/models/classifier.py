@@ -262,7 +262,7 @@ def build_vit(variant=None, *, image_size=FROM_PRESET, num_classes=FROM_PRESET, 
             layer_scale, qk_norm, activation, use_qkv_bias, include_rescaling,
             reference_image_size, interpolation, patch_embedding,
             norm_epsilon, fused_attention, sincos_layout, patch_bias,
-            pre_norm, final_norm) and `ViTClassifier` arguments (fc_norm,
+            pre_norm, final_norm, conv_stem) and `ViTClassifier` arguments (fc_norm,
             representation_size, head_units, classifier_activation,
             class_names, preprocessing).
 

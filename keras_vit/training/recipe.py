@@ -14,6 +14,7 @@ import os
 import warnings
 from pathlib import Path
 
+from keras_vit.layers.stem import check_conv_stem, stem_filters
 from keras_vit.models.classifier import POOLINGS
 from keras_vit.models.presets import PRESETS
 from keras_vit.training.budget import parse_duration
@@ -134,6 +135,9 @@ class Recipe:
     preset: str = _field(None, MODEL, "ViT preset", str, tuple(PRESETS))
     patch_size: int = _field(None, MODEL, "patch size", int)
     stride: int = _field(None, MODEL, "patch stride (default: the patch size; smaller overlaps the patches)", int)
+    conv_stem: object = _field(
+        None, MODEL, "channels of 3x3 stride-2 convolutions in place of the patchify one, e.g. 32,64,128 (then "
+        "patch_size is 2**count); 'none' turns off a stem the recipe chose", "channels")
     hidden_dim: int = _field(None, MODEL, "token width", int)
     depth: int = _field(None, MODEL, "number of transformer blocks", int)
     num_heads: int = _field(None, MODEL, "attention heads", int)
@@ -175,6 +179,8 @@ class Recipe:
                 raise ValueError(f"`{f.name}` must be a number >= 0. Received: {f.name}={value!r}")
             elif meta["kind"] == "duration":
                 parse_duration(value, f.name)
+            elif meta["kind"] == "channels" and value != []:
+                stem_filters(value, f.name)
             elif meta["kind"] in (str, bool) and not isinstance(value, meta["kind"]):
                 raise ValueError(f"`{f.name}` must be a {meta['kind'].__name__}. Received: {f.name}={value!r}")
         for name in ("validation_split", "test_split", "dropout", "drop_path_rate", "label_smoothing"):
@@ -183,6 +189,11 @@ class Recipe:
                 raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
         if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
             raise ValueError(f"`ema_momentum` must be in (0, 1). Received: ema_momentum={self.ema_momentum!r}")
+        if self.conv_stem and self.patch_size is not None:
+            try:
+                check_conv_stem(self.conv_stem, self.patch_size, self.stride)
+            except ValueError as err:
+                raise ValueError(f"{err} (--conv-stem none turns the stem off)") from None
         if self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate!r}")
         if isinstance(self.augment, (int, float)) and not isinstance(self.augment, bool):

@@ -353,6 +353,7 @@ def train_from_config(recipe, budget_start=None):
     train_ds, val_ds, test_ds, info = load_data(source, size, batch, seed=recipe.seed, **data)
     model = recipe.group(MODEL, keep_none=False)
     preset = model.pop("preset", None)
+    model["conv_stem"] = model.get("conv_stem") or None  # [] ("none") turns off a stem a recipe chose
 
     def build():
         return build_vit(preset, image_size=size, num_classes=info.num_classes, channels=info.channels, **model)
