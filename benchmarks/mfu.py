@@ -11,7 +11,9 @@ products (scores and the weighted sum) and the head; a training step counts
 3x the forward pass (the backward pass computes two products per forward
 product). Element-wise work (norms, softmax, GELU, the optimizer) is not
 counted, as is usual for MFU. The GEMM peak is the best of several
-2048 x 2048 x 2048 float32 matmuls under XLA.
+2048 x 2048 x 2048 float32 matmuls under XLA. A "matmuls alone" row per
+jit mode runs the model's matmuls with nothing else (`matmul_ceiling`): the
+ceiling the shapes themselves allow on this machine.
 """
 
 import argparse
@@ -61,6 +63,55 @@ def forward_flops(cfg):
     return patches + cfg.depth * (projections + attention) + 2 * width * cfg.num_classes
 
 
+def matmul_shapes(cfg):
+    """The forward pass's matmuls as (batch, m, k, n) for one batch of
+    `cfg`: the patch projection, per block QKV, scores, weighted sum,
+    output projection and the two MLP layers, then the head."""
+    grid = (cfg.image_size // cfg.patch_size) ** 2
+    rows, width, heads = cfg.batch_size * (grid + 1), cfg.hidden_dim, cfg.num_heads
+    per_block = [(1, rows, width, 3 * width),
+                 (cfg.batch_size * heads, grid + 1, width // heads, grid + 1),
+                 (cfg.batch_size * heads, grid + 1, grid + 1, width // heads),
+                 (1, rows, width, width), (1, rows, width, cfg.mlp_dim), (1, rows, cfg.mlp_dim, width)]
+    return ([(1, cfg.batch_size * grid, cfg.patch_size**2 * 3, width)] + per_block * cfg.depth
+            + [(1, cfg.batch_size, width, cfg.num_classes)])
+
+
+def matmul_ceiling(cfg, jit, repeats=5):
+    """FLOP/s of the model's matmuls alone (same shapes, nothing else):
+    (forward, training), the most any implementation of `cfg` could reach
+    here. Training adds each product's two gradient products (dA = dC Bᵀ,
+    dB = Aᵀ dC)."""
+    import tensorflow as tf
+
+    shapes = matmul_shapes(cfg)
+    operands = [(tf.random.normal((b, m, k)), tf.random.normal((b, k, n)), tf.random.normal((b, m, n)))
+                for b, m, k, n in shapes]
+
+    def forward():
+        return [tf.linalg.matmul(a, w)[0, 0, 0] for a, w, _ in operands]
+
+    def training():
+        out = forward()
+        for a, w, grad in operands:
+            out.append(tf.linalg.matmul(grad, w, transpose_b=True)[0, 0, 0])
+            out.append(tf.linalg.matmul(a, grad, transpose_a=True)[0, 0, 0])
+        return out
+
+    flops = sum(2 * b * m * k * n for b, m, k, n in shapes)
+    rates = []
+    for fn, total in ((forward, flops), (training, 3 * flops)):
+        fn = tf.function(fn, jit_compile=jit)
+        [x.numpy() for x in fn()]
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            [x.numpy() for x in fn()]
+            times.append(time.perf_counter() - start)
+        rates.append(total / min(times))
+    return tuple(rates)
+
+
 def measure(cfg, contenders, jit_modes, repeats):
     """Rows of images/s and MFU per contender and jit mode, alternating the
     contenders within each round."""
@@ -82,6 +133,10 @@ def measure(cfg, contenders, jit_modes, repeats):
                 infer_images_per_s=round(infer_ips, 1),
                 train_mfu=round(train_ips * 3 * forward_flops(cfg) / peak, 3),
                 infer_mfu=round(infer_ips * forward_flops(cfg) / peak, 3)))
+        forward, training = matmul_ceiling(cfg, jit)
+        rows.append(dict(config=cfg.name, contender="matmuls alone", jit_compile=jit, train_images_per_s=None,
+                         infer_images_per_s=None, train_mfu=round(training / peak, 3),
+                         infer_mfu=round(forward / peak, 3)))
     return peak, rows
 
 
@@ -91,8 +146,10 @@ def markdown(peak, rows):
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['config']} | {r['contender']} | {'on' if r['jit_compile'] else 'off'} | "
-                     f"{r['train_images_per_s']} | {100 * r['train_mfu']:.0f}% | {r['infer_images_per_s']} | "
-                     f"{100 * r['infer_mfu']:.0f}% |")
+                     f"{r['train_images_per_s'] or '-'} | {100 * r['train_mfu']:.0f}% | "
+                     f"{r['infer_images_per_s'] or '-'} | {100 * r['infer_mfu']:.0f}% |")
+    lines += ["", "'matmuls alone' runs only the model's matmuls, same shapes, back to back (and, for training, "
+              "their gradient products): the most any implementation of the configuration reaches here."]
     return "\n".join(lines) + "\n"
 
 

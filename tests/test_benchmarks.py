@@ -62,16 +62,20 @@ def test_non_positive_repeats_are_refused(capsys):
 
 def test_mfu_counts_flops_against_the_measured_gemm_peak(tmp_path):
     from benchmarks.contenders import CONFIGS
-    from benchmarks.mfu import forward_flops
+    from benchmarks.mfu import forward_flops, matmul_shapes
 
     # the Ti-like count by hand: patches, 6 blocks of projections and attention, the head
     tokens, width = 65, 192
     block = 2 * tokens * width * (4 * width + 2 * 768) + 4 * tokens**2 * width
     assert forward_flops(CONFIGS["ti"]) == 2 * 64 * 48 * width + 6 * block + 2 * width * 10
+    # the ceiling times exactly the matmuls the count counts
+    ti = CONFIGS["ti"]
+    assert sum(2 * b * m * k * n for b, m, k, n in matmul_shapes(ti)) == ti.batch_size * forward_flops(ti)
     out = tmp_path / "mfu"
     run_python(["-m", "benchmarks.mfu", "--configs", "tiny", "--contenders", "keras_vit", "--jit", "off",
                 "--repeats", "1", "--out", str(out)], timeout=600)
     result = json.loads(out.with_suffix(".json").read_text())
-    (row,) = result["rows"]
+    row, ceiling = result["rows"]
     assert result["gemm_peak_flops"] > 1e9 and 0 < row["train_mfu"] < 1 and 0 < row["infer_mfu"] < 1
+    assert ceiling["contender"] == "matmuls alone" and ceiling["train_mfu"] > 0 and ceiling["infer_mfu"] > 0
     assert "| tiny | keras_vit | off |" in out.with_suffix(".md").read_text()

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from keras_vit.training.auto import DataShape, choose_recipe, describe_source, training_flops
-from keras_vit.training.budget import BudgetPlan, Speed, learning_rate_at, parse_duration, plan_budget
+from keras_vit.training.budget import BudgetPlan, learning_rate_at, parse_duration, plan_budget
+from keras_vit.training.speed import Speed
 from keras_vit.training.recipe import Recipe
 from tests.test_cli_train import cli, env, read_state
 

@@ -2,10 +2,8 @@
 plan the steps, and stop in time with a learning rate that ends where the
 run ends.
 
-`measure_speed` runs a few real training steps at learning rate 0 (which
-changes no weight; the optimizer state is put back afterwards) and a few
-evaluation steps, after compilation, and times them. `plan_budget` turns
-those times into a `BudgetPlan`: how many steps fit once one validation
+`keras_vit.training.speed.measure_speed` times a few real training and
+evaluation steps after compilation; `plan_budget` turns those times into a `BudgetPlan`: how many steps fit once one validation
 pass per epoch, the final evaluation and saving are set aside.
 `TimeBudget`, a Keras callback, then drives the learning rate (linear
 warmup, then a cosine) over the *progress* of the run: the larger of the
@@ -28,6 +26,8 @@ import re
 import time
 
 import keras
+
+from keras_vit.training.speed import Speed, measure_speed  # noqa: F401 (Speed: the plan's input)
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Set aside for the unexpected (a slower last epoch, file-system stalls).
@@ -76,76 +76,6 @@ def process_start_time():
         return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return time.time()
-
-
-@dataclasses.dataclass
-class Speed:
-    """Measured seconds of one training step and one evaluation step."""
-
-    train_step: float
-    eval_step: float
-    measure_seconds: float = 0.0
-
-
-class _StepTimer(keras.callbacks.Callback):
-    def __init__(self, skip, min_steps, min_seconds):
-        super().__init__()
-        self.skip, self.min_steps, self.min_seconds = skip, min_steps, min_seconds
-        self.ends = []
-
-    def _end(self, batch, logs=None):  # `batch` is the last step of the call (steps_per_execution)
-        self.ends.append((time.perf_counter(), batch))
-        timed = len(self.ends) - 1 - self.skip
-        if timed >= self.min_steps and self.ends[-1][0] - self.ends[self.skip][0] >= self.min_seconds:
-            self.model.stop_training = True
-
-    on_train_batch_end = on_test_batch_end = _end
-
-    def seconds_per_step(self):
-        timed = self.ends[self.skip:]
-        if len(timed) < 2:
-            return None
-        gaps = sorted((t1 - t0) / max(1, b1 - b0) for (t0, b0), (t1, b1) in zip(timed, timed[1:]))
-        return gaps[len(gaps) // 2]  # the median: robust to a stray slow step
-
-
-def measure_speed(model, train_ds, val_ds=None, *, min_steps=4, min_seconds=2.0, max_steps=40):
-    """Times training and evaluation steps of a compiled model.
-
-    Runs `fit` at learning rate 0 (no weight changes; the optimizer's
-    variables are restored afterwards), so the compiled functions are the
-    ones the real run uses and compilation is done once.
-
-    Returns:
-        A `Speed`.
-    """
-    start = time.perf_counter()
-    optimizer = model.optimizer
-    if not optimizer.built:
-        optimizer.build(model.trainable_variables)
-    saved = [keras.ops.convert_to_numpy(v) for v in optimizer.variables]
-    peak = optimizer.learning_rate
-    peak = float(keras.ops.convert_to_numpy(peak)) if not callable(peak) else None
-    optimizer.learning_rate = 0.0
-    timer = _StepTimer(skip=2, min_steps=min_steps, min_seconds=min_seconds)
-    try:
-        model.fit(train_ds, epochs=1, steps_per_epoch=max_steps, verbose=0, callbacks=[timer], shuffle=False)
-    finally:
-        for variable, value in zip(optimizer.variables, saved):
-            variable.assign(value)
-        if peak is not None:
-            optimizer.learning_rate = peak
-    train_step = timer.seconds_per_step()
-    if train_step is None:
-        raise ValueError(
-            f"The training data gave fewer than {timer.skip + 2} batches; a time budget needs at least "
-            "a few batches per epoch to measure the step time. Lower `batch_size`.")
-    eval_step = train_step / 3  # a forward pass: about a third of a training step
-    if val_ds is not None:
-        evaluator = _StepTimer(skip=1, min_steps=min_steps, min_seconds=min_seconds / 2)
-        model.evaluate(val_ds.take(max_steps), verbose=0, callbacks=[evaluator])
-        eval_step = evaluator.seconds_per_step() or eval_step
-    return Speed(train_step, eval_step, time.perf_counter() - start)
 
 
 @dataclasses.dataclass
