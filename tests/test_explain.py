@@ -65,6 +65,9 @@ def test_heatmap_has_the_patch_grid_shape(tiny_vit):
     gap_model = tiny_vit(pooling="gap", image_size=None, reference_image_size=16)
     wide = np.random.default_rng(1).uniform(0, 255, (1, 16, 24, 3)).astype("float32")
     assert V.rollout_heatmap(gap_model, wide, "min").shape == (1, 4, 6)
+    # a conv stem of two convolutions makes 4-pixel patches: the same 4 x 4 grid at 16 px
+    stem_model = tiny_vit(conv_stem=[4, 8])
+    assert V.rollout_heatmap(stem_model, images).shape == (2, 4, 4)
 
 
 def test_overlay_is_a_png_of_the_image_size(tmp_path):

@@ -50,6 +50,29 @@ def _load_splits(data, size, channels, *, batch_size, validation_split, test_spl
         label_mode="categorical" if label_smoothing else "int")
 
 
+def _preset_geometry(handle):
+    """A preset's native (image_size, channels) from its files, without
+    building it: a keras_vit preset's ``preprocessing.json``, or a timm
+    config's image size and ``pretrained_cfg.input_size`` channels; None
+    where the files do not say."""
+    import json
+
+    from keras_vit.hub import resolve_preset
+    from keras_vit.models.preset_io import PREPROCESSING_FILE, is_keras_vit_preset
+
+    files = resolve_preset(handle)
+    if files.directory is not None and is_keras_vit_preset(files.config):
+        info = json.loads((files.directory / PREPROCESSING_FILE).read_text())
+        return (tuple(info["image_size"]) if info.get("image_size") else None), info["channels"]
+    input_size = (files.config.get("pretrained_cfg") or {}).get("input_size")
+    if not input_size:
+        return None
+    from keras_vit.convert.checkpoint import timm_preset_settings
+
+    channels = (files.config.get("model_args") or {}).get("in_chans") or input_size[0]
+    return timm_preset_settings(files.config).get("image_size"), channels
+
+
 class _Pretrained:
     """A checkpoint file or a preset handle: its native size and channels,
     and `build(num_classes, image_size, **kwargs)` for the model to train."""
@@ -66,12 +89,15 @@ class _Pretrained:
             self.image_size, self.channels = config["image_size"], config["channels"]
             self.source = os.path.abspath(text)
         else:
-            from keras_vit.models import ViTClassifier
+            geometry = _preset_geometry(text)
+            if geometry is None:  # nothing on file says it: build the preset once to ask it
+                from keras_vit.models import ViTClassifier
 
-            native = ViTClassifier.from_preset(text, **self._heads())
-            self.image_size, self.channels = native.image_size, native.channels
+                native = ViTClassifier.from_preset(text, **self._heads())
+                geometry = native.image_size, native.channels
+                del native
+            self.image_size, self.channels = geometry
             self.source = os.path.abspath(text) if os.path.isdir(text) else text
-            del native
 
     def _heads(self):
         return {} if self.num_heads is None else dict(num_heads=self.num_heads)
