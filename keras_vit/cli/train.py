@@ -92,10 +92,11 @@ def run(args):
         settings["jit_compile"] = JIT_CHOICES[settings["jit_compile"]]
     recipe = Recipe.from_sources(args.recipe or None, args.config, **settings)
     if recipe.recipe == "auto":
-        stride = f" at stride {recipe.stride}" if recipe.stride else ""
         if recipe.conv_stem:
-            stride = f" from a stem of {len(recipe.conv_stem)} convolutions ({','.join(map(str, recipe.conv_stem))})"
-        print(f"Recipe chosen from the data: {recipe.image_size} px, {recipe.patch_size} px patches{stride}, width "
+            made = f" from a stem of {len(recipe.conv_stem)} convolutions ({','.join(map(str, recipe.conv_stem))})"
+        else:
+            made = f" at stride {recipe.stride}" if recipe.stride else ""
+        print(f"Recipe chosen from the data: {recipe.image_size} px, {recipe.patch_size} px patches{made}, width "
               f"{recipe.hidden_dim}, depth {recipe.depth}, {recipe.num_heads} heads, batch {recipe.batch_size}, "
               f"learning rate {recipe.learning_rate:g}, augment {recipe.augment}, validation/test splits "
               f"{recipe.validation_split:g}/{recipe.test_split:g} (any flag overrides a choice).", flush=True)

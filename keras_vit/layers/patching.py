@@ -220,10 +220,7 @@ class PatchEncoder(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.conv_stem = check_conv_stem(conv_stem, patch_size, stride)
-        if self.conv_stem and patch_embedding != "conv":
-            raise ValueError(
-                f"`conv_stem` needs patch_embedding='conv'. Received: patch_embedding={patch_embedding!r}")
+        self.conv_stem = check_conv_stem(conv_stem, patch_size, stride, patch_embedding)
         self.patch_bias = check_choice(patch_bias, "patch_bias", (True, False))
         self.sincos_layout = check_choice(sincos_layout, "sincos_layout", SINCOS_LAYOUTS)
         if not isinstance(hidden_dim, int) or hidden_dim <= 0:

@@ -13,11 +13,13 @@ from keras import ops
 from keras_vit.utils.validation import pair
 
 
-def check_conv_stem(conv_stem, patch_size, stride):
-    """Validates a `conv_stem` setting against the patch size and stride.
+def check_conv_stem(conv_stem, patch_size, stride, patch_embedding="conv"):
+    """Validates a `conv_stem` setting against the patch size, stride and
+    patch embedding.
 
     A stem of n convolutions makes 2**n-pixel square patches side by side,
-    so `patch_size` must be 2**n and `stride` the patch size (or None).
+    so `patch_size` must be 2**n and `stride` the patch size (or None); it
+    replaces the patchify convolution, so `patch_embedding` must be "conv".
 
     Returns:
         The stem's channels as a tuple of ints, or None.
@@ -36,6 +38,9 @@ def check_conv_stem(conv_stem, patch_size, stride):
             f"A `conv_stem` of {len(conv_stem)} convolutions makes {side}x{side}-pixel patches side by side: "
             f"use patch_size={side} and no stride, or a stem of log2(patch_size) convolutions. Received: "
             f"conv_stem={list(conv_stem)!r}, patch_size={patch_size!r}, stride={stride!r}")
+    if patch_embedding != "conv":
+        raise ValueError(
+            f"`conv_stem` needs patch_embedding='conv'. Received: patch_embedding={patch_embedding!r}")
     return conv_stem
 
 

@@ -99,10 +99,7 @@ def _check_config(c):
         check_choice(c[key], key, (True, False))
     check_choice(c["fused_attention"], "fused_attention", (None, True, False))
     if c["conv_stem"] is not None:
-        c["conv_stem"] = list(check_conv_stem(c["conv_stem"], c["patch_size"], c["stride"]))
-        if c["patch_embedding"] != "conv":
-            raise ValueError(
-                f"`conv_stem` needs patch_embedding='conv'. Received: patch_embedding={c['patch_embedding']!r}")
+        c["conv_stem"] = list(check_conv_stem(c["conv_stem"], c["patch_size"], c["stride"], c["patch_embedding"]))
     for key in ("pixel_mean", "pixel_std"):
         value = c[key]
         if (not isinstance(value, (list, tuple)) or len(value) not in (1, c["channels"])

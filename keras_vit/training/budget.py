@@ -3,8 +3,9 @@ plan the steps, and stop in time with a learning rate that ends where the
 run ends.
 
 `keras_vit.training.speed.measure_speed` times a few real training and
-evaluation steps after compilation; `plan_budget` turns those times into a `BudgetPlan`: how many steps fit once one validation
-pass per epoch, the final evaluation and saving are set aside.
+evaluation steps after compilation; `plan_budget` turns those times into a
+`BudgetPlan`: how many steps fit once one validation pass per epoch, the
+final evaluation and saving are set aside.
 `TimeBudget`, a Keras callback, then drives the learning rate (linear
 warmup, then a cosine) over the *progress* of the run: the larger of the
 fraction of planned steps done and the fraction of the planned training
