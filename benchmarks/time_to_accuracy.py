@@ -26,8 +26,9 @@ RESULTS = Path(__file__).parent / "results"
 
 def run_budget(dataset, budget, run_dir, extra=()):
     """Runs one `keras-vit train`; returns a result row."""
+    # --restart: a run directory kept from an earlier benchmark (--runs-dir) is measured again, not resumed
     args = [sys.executable, "-m", "keras_vit.cli", "train", "--dataset", dataset, "--run-dir", str(run_dir),
-            "--verbose", "0", *extra]
+            "--verbose", "0", "--restart", *extra]
     if budget != "none":
         args += ["--time-budget", budget]
     start = time.time()
