@@ -1,6 +1,7 @@
 """The layers' faster internals compute the same function as the plain ones:
 the exact GELU with its hand-written gradient, the fused-attention switch,
-and the block's training and inference paths."""
+the lean LayerNorm, and the block's training and inference paths on its
+(B * N, D) rows."""
 
 import math
 
@@ -10,6 +11,7 @@ import pytest
 from keras import ops
 
 from keras_vit import MultiHeadSelfAttention, TransformerBlock
+from keras_vit.layers.attention import LayerNorm
 from keras_vit.layers.block import _gelu_exact as gelu_training
 
 RNG = np.random.default_rng(0)
@@ -88,3 +90,32 @@ def test_gelu_block_matches_numpy_in_training_and_inference_modes():
     expected = y + (h * 0.5 * (1 + numpy_erf(h / np.sqrt(2)))) @ w2 + b2
     for out in (out_inference, out_training, ops.convert_to_numpy(out_with_weights)):
         np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 8), (15, 8), (2, 3, 4, 8)])
+def test_lean_layer_norm_equals_keras_layer_normalization_and_its_gradient(shape):
+    x = (RNG.normal(size=shape) * 3 + 1).astype("float32")
+    ours, keras_norm = LayerNorm(epsilon=1e-6), keras.layers.LayerNormalization(epsilon=1e-6)
+    ours.build(shape)
+    keras_norm.build(shape)
+    for target in (ours, keras_norm):  # the same non-trivial gamma and beta
+        target.gamma.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
+        target.beta.assign(np.linspace(-1.0, 1.0, 8).astype("float32"))
+    y, grad = value_and_grad(ours, x)
+    y_keras, grad_keras = value_and_grad(keras_norm, x)
+    np.testing.assert_allclose(y, y_keras, atol=1e-5)
+    np.testing.assert_allclose(grad, grad_keras, atol=1e-4)
+    assert LayerNorm.from_config(ours.get_config()).get_config() == ours.get_config()
+
+
+def test_block_drop_path_drops_whole_images_on_its_rows():
+    x = RNG.normal(size=(32, 5, 8)).astype("float32")
+    block = TransformerBlock(num_heads=2, mlp_dim=16, drop_path=0.5)
+    inference = ops.convert_to_numpy(block(x, training=False))
+    training = ops.convert_to_numpy(block(x, training=True))
+    # An image whose two branches were both dropped passes through unchanged;
+    # the rest differ from the input. No image is changed on some rows only.
+    unchanged = np.isclose(training, x, atol=1e-6).reshape(32, -1)
+    assert (unchanged.all(1) | ~unchanged.any(1)).all()
+    assert 0 < unchanged.all(1).sum() < 32
+    assert not np.allclose(training, inference)

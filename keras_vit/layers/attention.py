@@ -47,9 +47,43 @@ def _accelerator_backend():
     return False
 
 
+@keras.saving.register_keras_serializable(package="keras_vit")
+class LayerNorm(keras.layers.LayerNormalization):
+    """`keras.layers.LayerNormalization` over the last axis, computed on
+    TensorFlow in fewer full-size passes.
+
+    Keras' generic formula runs six element-wise ops over the whole input
+    (on top of the two means); this one runs five:
+    ``beta + (x - mean) * (rsqrt(var + epsilon) * gamma)`` with ``var`` the
+    mean of ``(x - mean) ** 2``. Same weights, same config, same result up to
+    float rounding. Other backends keep Keras' own call (torch's fused
+    kernel, XLA's fusion on JAX).
+
+    Example:
+    >>> norm = LayerNorm(epsilon=1e-6)
+    >>> tuple(norm(np.ones((2, 3, 4), "float32")).shape)
+    (2, 3, 4)
+    """
+
+    def call(self, inputs):
+        lean = (
+            keras.backend.backend() == "tensorflow"
+            and self.axis in (-1, [-1], len(inputs.shape) - 1, [len(inputs.shape) - 1])
+            and self.center and self.scale and not self.rms_scaling
+        )
+        if not lean:
+            return super().call(inputs)
+        x = ops.cast(inputs, "float32")
+        mean = ops.mean(x, axis=-1, keepdims=True)
+        centered = x - mean
+        var = ops.mean(ops.square(centered), axis=-1, keepdims=True)
+        scale = ops.rsqrt(var + self.epsilon) * ops.cast(self.gamma, "float32")
+        return ops.cast(ops.cast(self.beta, "float32") + centered * scale, self.compute_dtype)
+
+
 def layer_norm(epsilon, name):
-    """LayerNormalization that always computes in float32."""
-    return keras.layers.LayerNormalization(epsilon=epsilon, dtype="float32", name=name)
+    """A `LayerNorm` over the last axis that always computes in float32."""
+    return LayerNorm(epsilon=epsilon, dtype="float32", name=name)
 
 
 
@@ -125,8 +159,22 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             self.k_norm.build((None, None, None, self.head_dim))
 
     def call(self, x, training=None, return_attention_scores=False):
-        batch = ops.shape(x)[0]
-        qkv = ops.reshape(self.qkv(x), (batch, -1, 3, self.num_heads, self.head_dim))
+        batch, dim = ops.shape(x)[0], x.shape[-1]
+        out = self.call_rows(ops.reshape(x, (-1, dim)), batch, training, return_attention_scores)
+        if return_attention_scores:
+            return ops.reshape(out[0], (batch, -1, dim)), out[1]
+        return ops.reshape(out, (batch, -1, dim))
+
+    def call_rows(self, rows, batch, training=None, return_attention_scores=False):
+        """Attention over tokens given as rows: `rows` is (batch * N, D),
+        the output too (and the weights, if asked, (batch, heads, N, N)).
+
+        `TransformerBlock` calls this to keep its residual stream 2-D: the
+        QKV and output projections then run as 2-D MatMul + BiasAdd, which
+        TensorFlow fuses into one oneDNN kernel (with the block's residual
+        Add after the output projection). The layer must be built.
+        """
+        qkv = ops.reshape(self.qkv(rows), (batch, -1, 3, self.num_heads, self.head_dim))
         dropout = bool(training) and self.attention_dropout > 0.0
         if use_fused_attention(self.fused) and not (
             return_attention_scores or dropout
@@ -144,7 +192,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             weights = ops.softmax(scores, axis=-1)
             out = ops.matmul(ops.cast(self.dropout(weights, training=training), v.dtype), v)
             out = ops.transpose(out, (0, 2, 1, 3))
-        out = self.proj(ops.reshape(out, (batch, -1, self.num_heads * self.head_dim)))
+        out = self.proj(ops.reshape(out, (-1, self.num_heads * self.head_dim)))
         return (out, weights) if return_attention_scores else out
 
     def _normalize_qk(self, q, k, v):

@@ -211,32 +211,39 @@ class TransformerBlock(keras.layers.Layer):
             self.layer_scale1.build(input_shape)
             self.layer_scale2.build(input_shape)
 
-    def _residual(self, x, branch, scale, training):
+    def _residual(self, rows, branch, scale, training, batch):
         branch = self.dropout(branch, training=training)
         if self.layer_scale is not None:
             branch = scale(branch)
-        return x + ops.cast(self.drop_path(branch, training=training), x.dtype)
+        if training and self.drop_path_rate > 0.0:
+            # Stochastic depth drops whole images: it needs the batch axis.
+            dim = rows.shape[-1]
+            branch = ops.reshape(self.drop_path(ops.reshape(branch, (batch, -1, dim)), training=training), (-1, dim))
+        return rows + ops.cast(branch, rows.dtype)
 
     def call(self, x, training=None, return_attention_scores=False):
-        attn = self.attention(
-            self.norm1(x), training=training, return_attention_scores=return_attention_scores
+        # The block works on (B * N, D) rows. Every Dense is then a 2-D
+        # MatMul + BiasAdd, and TensorFlow's grappler fuses each into one
+        # oneDNN kernel together with what follows it: the GELU after
+        # mlp_dense1 (inference; the plain exact GELU keeps that pattern, the
+        # training one with its hand-written gradient does not) and the
+        # residual Add after the attention projection and after mlp_dense2.
+        shape = ops.shape(x)
+        rows = ops.reshape(x, (-1, x.shape[-1]))
+        attn = self.attention.call_rows(
+            self.norm1(rows), shape[0], training=training, return_attention_scores=return_attention_scores
         )
         if return_attention_scores:
             attn, weights = attn
-        x = self._residual(x, attn, getattr(self, "layer_scale1", None), training)
-        # The MLP runs on (B * N, D) rows: as 2-D MatMul + bias + GELU,
-        # TensorFlow's grappler fuses the three into one oneDNN kernel in
-        # inference, where the plain exact GELU (not the training one with
-        # its hand-written gradient) keeps the fusable pattern.
-        h = ops.reshape(self.norm2(x), (-1, x.shape[-1]))
-        h = self.mlp_dense1(h)
+        rows = self._residual(rows, attn, getattr(self, "layer_scale1", None), training, shape[0])
+        h = self.mlp_dense1(self.norm2(rows))
         if self.activation == "gelu" and training:
             h = _gelu_exact(h)
         else:
             h = ACTIVATIONS[self.activation](h)
         h = self.mlp_dense2(self.dropout(h, training=training))
-        h = ops.reshape(h, ops.shape(x))
-        x = self._residual(x, h, getattr(self, "layer_scale2", None), training)
+        rows = self._residual(rows, h, getattr(self, "layer_scale2", None), training, shape[0])
+        x = ops.reshape(rows, shape)
         return (x, weights) if return_attention_scores else x
 
     def compute_output_shape(self, input_shape):
