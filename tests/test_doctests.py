@@ -13,6 +13,7 @@ MODULES = (
     "keras_vit.layers.block",
     "keras_vit.layers.pooling",
     "keras_vit.layers.stem",
+    "keras_vit.layers.xla_kernels",
     "keras_vit.models.presets",
     "keras_vit.models.backbone",
     "keras_vit.models.classifier",

@@ -92,8 +92,9 @@ def test_gelu_block_matches_numpy_in_training_and_inference_modes():
         np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("shape", [(3, 5, 8), (15, 8), (2, 3, 4, 8)])
-def test_lean_layer_norm_equals_keras_layer_normalization_and_its_gradient(shape):
+def test_layer_norm_equals_keras_layer_normalization_and_its_gradients(shape, training):
     x = (RNG.normal(size=shape) * 3 + 1).astype("float32")
     ours, keras_norm = LayerNorm(epsilon=1e-6), keras.layers.LayerNormalization(epsilon=1e-6)
     ours.build(shape)
@@ -101,11 +102,28 @@ def test_lean_layer_norm_equals_keras_layer_normalization_and_its_gradient(shape
     for target in (ours, keras_norm):  # the same non-trivial gamma and beta
         target.gamma.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
         target.beta.assign(np.linspace(-1.0, 1.0, 8).astype("float32"))
-    y, grad = value_and_grad(ours, x)
+    y, grad = value_and_grad(lambda t: ours(t, training=training), x)
     y_keras, grad_keras = value_and_grad(keras_norm, x)
     np.testing.assert_allclose(y, y_keras, atol=1e-5)
     np.testing.assert_allclose(grad, grad_keras, atol=1e-4)
     assert LayerNorm.from_config(ours.get_config()).get_config() == ours.get_config()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's XLA training kernels")
+def test_layer_norm_training_kernel_gives_keras_gradients_for_gamma_and_beta():
+    import tensorflow as tf
+
+    x = tf.constant((RNG.normal(size=(4, 6, 8)) * 2 - 1).astype("float32"))
+    upstream = tf.constant(RNG.normal(size=(4, 6, 8)).astype("float32"))
+    grads = []
+    for norm in (LayerNorm(epsilon=1e-5), keras.layers.LayerNormalization(epsilon=1e-5)):
+        norm.build(x.shape)
+        norm.gamma.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(norm(x, training=True) * upstream)
+        grads.append(tape.gradient(loss, [norm.gamma, norm.beta]))
+    for ours, theirs in zip(*grads):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-4)
 
 
 def test_block_drop_path_drops_whole_images_on_its_rows():

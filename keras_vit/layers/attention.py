@@ -50,14 +50,15 @@ def _accelerator_backend():
 @keras.saving.register_keras_serializable(package="keras_vit")
 class LayerNorm(keras.layers.LayerNormalization):
     """`keras.layers.LayerNormalization` over the last axis, computed on
-    TensorFlow in fewer full-size passes.
+    TensorFlow in fewer passes over memory.
 
-    Keras' generic formula runs six element-wise ops over the whole input
-    (on top of the two means); this one runs five:
-    ``beta + (x - mean) * (rsqrt(var + epsilon) * gamma)`` with ``var`` the
-    mean of ``(x - mean) ** 2``. Same weights, same config, same result up to
-    float rounding. Other backends keep Keras' own call (torch's fused
-    kernel, XLA's fusion on JAX).
+    In training, forward and backward are one XLA kernel each
+    (`xla_kernels.layer_norm`). In inference, five element-wise ops over the
+    whole input instead of Keras' six: ``beta + (x - mean) * (rsqrt(var +
+    epsilon) * gamma)`` with ``var`` the mean of ``(x - mean) ** 2``. Same
+    weights, same config, same result up to float rounding. Other backends,
+    and other axes, keep Keras' own call (torch's fused kernel, XLA's fusion
+    on JAX).
 
     Example:
     >>> norm = LayerNorm(epsilon=1e-6)
@@ -65,20 +66,26 @@ class LayerNorm(keras.layers.LayerNormalization):
     (2, 3, 4)
     """
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
+        rank = len(inputs.shape)
         lean = (
             keras.backend.backend() == "tensorflow"
-            and self.axis in (-1, [-1], len(inputs.shape) - 1, [len(inputs.shape) - 1])
+            and self.axis in (-1, [-1], rank - 1, [rank - 1])
             and self.center and self.scale and not self.rms_scaling
         )
         if not lean:
             return super().call(inputs)
         x = ops.cast(inputs, "float32")
+        gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
+        if training:
+            from keras_vit.layers.xla_kernels import layer_norm as fused_layer_norm
+
+            return ops.cast(fused_layer_norm(x, gamma, beta, self.epsilon), self.compute_dtype)
         mean = ops.mean(x, axis=-1, keepdims=True)
         centered = x - mean
         var = ops.mean(ops.square(centered), axis=-1, keepdims=True)
-        scale = ops.rsqrt(var + self.epsilon) * ops.cast(self.gamma, "float32")
-        return ops.cast(ops.cast(self.beta, "float32") + centered * scale, self.compute_dtype)
+        scale = ops.rsqrt(var + self.epsilon) * gamma
+        return ops.cast(beta + centered * scale, self.compute_dtype)
 
 
 def layer_norm(epsilon, name):

@@ -1,42 +1,24 @@
 """The pre-norm transformer encoder block and its parts: `DropPath`
 (stochastic depth), `LayerScale` and the MLP activations."""
 
-import math
-
 import keras
 from keras import ops
 
 from keras_vit.layers.attention import MultiHeadSelfAttention, layer_norm
 from keras_vit.utils.validation import check_choice, check_rate
 
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-@ops.custom_gradient
-def _gelu_exact_custom_grad(x):
-    """Exact GELU, x * Φ(x), with a hand-written gradient Φ(x) + x * φ(x).
-
-    The same function as `ops.gelu(x, approximate=False)`. TensorFlow's
-    automatic gradient of that formula runs about ten element-wise ops over
-    the MLP's widest tensor; this one runs five and reuses Φ(x).
-    """
-    cdf = 0.5 * (1.0 + ops.erf(x * _INV_SQRT2))
-
-    def grad(*args, upstream=None):
-        upstream = args[0] if upstream is None else upstream
-        return upstream * (cdf + x * ops.exp(-0.5 * ops.square(x)) * _INV_SQRT_2PI)
-
-    return x * cdf, grad
-
 
 def _gelu_exact(x):
-    """Exact GELU for training: on TensorFlow with the hand-written gradient
-    (XLA fuses the automatic one elsewhere; keras.ops.custom_gradient does not
-    exist on torch). Inference keeps `ops.gelu`, which grappler fuses with
-    the matmul and TFLite converts to its builtin GELU (not so `ops.erf`)."""
+    """Exact GELU for training. On TensorFlow, `xla_kernels.gelu_exact`:
+    forward and backward are one fused pass each instead of a dozen separate
+    element-wise ops over the MLP's widest tensor. Other backends use
+    `ops.gelu` (XLA fuses it on JAX). Inference keeps `ops.gelu` everywhere:
+    grappler fuses it with the matmul and TFLite converts it to its builtin
+    GELU."""
     if keras.backend.backend() == "tensorflow":
-        return _gelu_exact_custom_grad(x)
+        from keras_vit.layers.xla_kernels import gelu_exact
+
+        return gelu_exact(x)
     return ops.gelu(x, approximate=False)
 
 
