@@ -185,18 +185,20 @@ def test_recipe_sources_choose_auto_for_data_other_than_digits(tmp_path):
     assert named.recipe == "small" and named.image_size == 32
 
 
-@pytest.mark.parametrize("side, shown, patch, stem", [
-    (12, "16 px, 2 px patches, width 16, depth 1", 2, None),  # tiny images: upsampled, 2x2 patches
+@pytest.mark.parametrize("side, shown, patch, stem, extra", [
+    (12, "16 px, 2 px patches, width 16, depth 1", 2, None, []),  # tiny images: upsampled, 2x2 patches
     (20, "24 px, 8 px patches from a stem of 3 convolutions (16,32,64), width 16, depth 1", 8,
-     [16, 32, 64]),  # small images: resized to a multiple of 8, a conv stem
+     [16, 32, 64], []),  # small images: resized to a multiple of 8, a conv stem
+    # a named preset keeps its network (patch 4, no stem); the data choose the rest
+    (20, "24 px, preset Mu/4 (hidden_dim=16, depth=1, num_heads=2), batch 32", 4, None, ["--preset", "Mu/4"]),
 ])
-def test_the_cli_shows_the_recipe_it_chose_for_the_data(tmp_path, capsys, side, shown, patch, stem):
+def test_the_cli_shows_the_recipe_it_chose_for_the_data(tmp_path, capsys, side, shown, patch, stem, extra):
     from keras_vit.cli.main import main
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.integers(0, 255, (120, side, side), dtype="uint8"), y=np.arange(120) % 3)
     code = main(["train", "--dataset", str(tmp_path / "d.npz"), "--epochs", "1", "--hidden-dim", "16",
-                 "--depth", "1", "--num-heads", "2", "--run-dir", str(tmp_path / "run"), "--verbose", "0"])
+                 "--depth", "1", "--num-heads", "2", "--run-dir", str(tmp_path / "run"), "--verbose", "0", *extra])
     assert code == 0
     out = capsys.readouterr().out
     assert f"Recipe chosen from the data: {shown}" in out
@@ -230,6 +232,10 @@ def test_a_stem_the_auto_recipe_chose_is_named_when_a_flag_conflicts_and_can_be_
     assert Recipe.from_sources(dataset=str(tmp_path / "d.npz"), patch_size=4, conv_stem=[]).conv_stem == []
     with pytest.raises(ValueError, match="`conv_stem` must be a non-empty list of channel counts"):
         Recipe.from_sources(dataset=str(tmp_path / "d.npz"), conv_stem=["8"])
+    # with a preset, the stem is checked against the preset's patch size, before any data loads
+    with pytest.raises(ValueError, match=r"use patch_size=8.*patch_size=4.*--conv-stem none turns the stem off"):
+        Recipe.from_sources(dataset=str(tmp_path / "d.npz"), preset="Mu/4", conv_stem=[8, 16, 32])
+    assert Recipe.from_sources(dataset=str(tmp_path / "d.npz"), preset="Mu/4", conv_stem=[8, 16]).conv_stem == [8, 16]
     assert channels_arg("none") == [] and channels_arg("8,16,32") == [8, 16, 32]
     with pytest.raises(Exception, match="comma-separated channel counts"):
         channels_arg("8,x")

@@ -85,6 +85,7 @@ def _print_table(title, metrics):
 
 
 def run(args):
+    from keras_vit.training.auto import ARCHITECTURE_FIELDS
     from keras_vit.training.run import train_from_config
 
     settings = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Recipe) if f.name != "recipe"}
@@ -96,8 +97,14 @@ def run(args):
             made = f" from a stem of {len(recipe.conv_stem)} convolutions ({','.join(map(str, recipe.conv_stem))})"
         else:
             made = f" at stride {recipe.stride}" if recipe.stride else ""
-        print(f"Recipe chosen from the data: {recipe.image_size} px, {recipe.patch_size} px patches{made}, width "
-              f"{recipe.hidden_dim}, depth {recipe.depth}, {recipe.num_heads} heads, batch {recipe.batch_size}, "
+        if recipe.preset:
+            changed = ", ".join(f"{name}={getattr(recipe, name)}" for name in ARCHITECTURE_FIELDS
+                                if getattr(recipe, name) not in (None, []))
+            network = f"preset {recipe.preset}" + (f" ({changed})" if changed else "")
+        else:
+            network = (f"{recipe.patch_size} px patches{made}, width {recipe.hidden_dim}, depth {recipe.depth}, "
+                       f"{recipe.num_heads} heads")
+        print(f"Recipe chosen from the data: {recipe.image_size} px, {network}, batch {recipe.batch_size}, "
               f"learning rate {recipe.learning_rate:g}, augment {recipe.augment}, validation/test splits "
               f"{recipe.validation_split:g}/{recipe.test_split:g} (any flag overrides a choice).", flush=True)
     from keras_vit.training.budget import process_start_time

@@ -194,6 +194,11 @@ def training_flops(image_size, patch_size, width, depth, mlp_ratio=2, stride=Non
     return 3 * (depth * per_block + stem)
 
 
+# The fields of `choose_recipe` that make the network's shape: a named
+# `preset` fixes these itself, so `Recipe.from_sources` drops them then.
+ARCHITECTURE_FIELDS = ("patch_size", "stride", "conv_stem", "hidden_dim", "depth", "num_heads", "mlp_dim")
+
+
 def choose_recipe(shape, time_budget=None, cores=None):
     """`Recipe` fields for data of this shape and a budget in seconds.
 

@@ -189,9 +189,12 @@ class Recipe:
                 raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
         if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
             raise ValueError(f"`ema_momentum` must be in (0, 1). Received: ema_momentum={self.ema_momentum!r}")
-        if self.conv_stem and self.patch_size is not None:
+        patch_size = self.patch_size
+        if patch_size is None and self.preset is not None:
+            patch_size = PRESETS[self.preset]["patch_size"]
+        if self.conv_stem and patch_size is not None:
             try:
-                check_conv_stem(self.conv_stem, self.patch_size, self.stride)
+                check_conv_stem(self.conv_stem, patch_size, self.stride)
             except ValueError as err:
                 raise ValueError(f"{err} (--conv-stem none turns the stem off)") from None
         if self.learning_rate <= 0:
@@ -226,11 +229,13 @@ class Recipe:
         name = recipe or given.get("recipe") or (DEFAULT_RECIPE if dataset == "digits" else "auto")
         check_choice(name, "recipe", (*RECIPES, "auto"))
         if name == "auto":
-            from keras_vit.training.auto import choose_recipe, describe_source
+            from keras_vit.training.auto import ARCHITECTURE_FIELDS, choose_recipe, describe_source
 
             budget = given.get("time_budget")
             base = choose_recipe(describe_source(dataset, given.get("data_dir")),
                                  parse_duration(budget) if budget is not None else None)
+            if given.get("preset") is not None:  # the preset's network; the data still choose the rest
+                base = {k: v for k, v in base.items() if k not in ARCHITECTURE_FIELDS}
         else:
             base = RECIPES[name]
         values = {**base, **given, "recipe": name}
