@@ -110,20 +110,32 @@ def test_layer_norm_equals_keras_layer_normalization_and_its_gradients(shape, tr
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's XLA training kernels")
-def test_layer_norm_training_kernel_gives_keras_gradients_for_gamma_and_beta():
+@pytest.mark.parametrize("shape", [(24, 8), (4, 6, 8), (2, 3, 4, 8)])
+def test_layer_norm_training_kernel_gives_keras_gradients_for_gamma_and_beta(shape):
     import tensorflow as tf
 
-    x = tf.constant((RNG.normal(size=(4, 6, 8)) * 2 - 1).astype("float32"))
-    upstream = tf.constant(RNG.normal(size=(4, 6, 8)).astype("float32"))
+    from keras_vit.layers import xla_kernels
+
+    assert xla_kernels.available()  # XLA compiles on the CPU, so these tests exercise the kernels
+    x = tf.constant((RNG.normal(size=shape) * 2 - 1).astype("float32"))
+    upstream = tf.constant(RNG.normal(size=shape).astype("float32"))
     grads = []
     for norm in (LayerNorm(epsilon=1e-5), keras.layers.LayerNormalization(epsilon=1e-5)):
-        norm.build(x.shape)
+        norm.build(shape)
         norm.gamma.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(norm(x, training=True) * upstream)
         grads.append(tape.gradient(loss, [norm.gamma, norm.beta]))
     for ours, theirs in zip(*grads):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-4)
+
+
+def test_layer_norm_keeps_float64():
+    x = RNG.normal(size=(3, 8))
+    ours, theirs = LayerNorm(dtype="float64"), keras.layers.LayerNormalization(dtype="float64")
+    y = ops.convert_to_numpy(ours(x, training=True))
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, ops.convert_to_numpy(theirs(x)), atol=1e-12)
 
 
 def test_block_drop_path_drops_whole_images_on_its_rows():

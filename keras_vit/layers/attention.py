@@ -53,11 +53,11 @@ class LayerNorm(keras.layers.LayerNormalization):
     TensorFlow in fewer passes over memory.
 
     In training, forward and backward are one XLA kernel each
-    (`xla_kernels.layer_norm`). In inference, five element-wise ops over the
+    (`xla_kernels.layer_norm`, where XLA compiles). In inference, five element-wise ops over the
     whole input instead of Keras' six: ``beta + (x - mean) * (rsqrt(var +
     epsilon) * gamma)`` with ``var`` the mean of ``(x - mean) ** 2``. Same
     weights, same config, same result up to float rounding. Other backends,
-    and other axes, keep Keras' own call (torch's fused kernel, XLA's fusion
+    other axes and float64 keep Keras' own call (torch's fused kernel, XLA's fusion
     on JAX).
 
     Example:
@@ -71,16 +71,18 @@ class LayerNorm(keras.layers.LayerNormalization):
         lean = (
             keras.backend.backend() == "tensorflow"
             and self.axis in (-1, [-1], rank - 1, [rank - 1])
-            and self.center and self.scale and not self.rms_scaling
+            and self.center and self.scale and not getattr(self, "rms_scaling", False)
+            and keras.backend.standardize_dtype(inputs.dtype) in ("float16", "bfloat16", "float32")
         )
         if not lean:
             return super().call(inputs)
         x = ops.cast(inputs, "float32")
         gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
-        if training:
-            from keras_vit.layers.xla_kernels import layer_norm as fused_layer_norm
+        if isinstance(training, bool) and training:  # a symbolic flag takes the plain (differentiable) ops
+            from keras_vit.layers import xla_kernels
 
-            return ops.cast(fused_layer_norm(x, gamma, beta, self.epsilon), self.compute_dtype)
+            if xla_kernels.available():
+                return ops.cast(xla_kernels.layer_norm(x, gamma, beta, self.epsilon), self.compute_dtype)
         mean = ops.mean(x, axis=-1, keepdims=True)
         centered = x - mean
         var = ops.mean(ops.square(centered), axis=-1, keepdims=True)
@@ -179,7 +181,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         `TransformerBlock` calls this to keep its residual stream 2-D: the
         QKV and output projections then run as 2-D MatMul + BiasAdd, which
         TensorFlow fuses into one oneDNN kernel (with the block's residual
-        Add after the output projection). The layer must be built.
+        Add after the output projection). The layer must be built. A
+        subclass that changes the attention overrides this method, not
+        `call` (which reshapes to rows and calls it).
         """
         qkv = ops.reshape(self.qkv(rows), (batch, -1, 3, self.num_heads, self.head_dim))
         dropout = bool(training) and self.attention_dropout > 0.0

@@ -11,14 +11,15 @@ from keras_vit.utils.validation import check_choice, check_rate
 def _gelu_exact(x):
     """Exact GELU for training. On TensorFlow, `xla_kernels.gelu_exact`:
     forward and backward are one fused pass each instead of a dozen separate
-    element-wise ops over the MLP's widest tensor. Other backends use
-    `ops.gelu` (XLA fuses it on JAX). Inference keeps `ops.gelu` everywhere:
+    element-wise ops over the MLP's widest tensor (where XLA compiles).
+    Other backends use `ops.gelu` (XLA fuses it on JAX). Inference keeps `ops.gelu` everywhere:
     grappler fuses it with the matmul and TFLite converts it to its builtin
     GELU."""
     if keras.backend.backend() == "tensorflow":
-        from keras_vit.layers.xla_kernels import gelu_exact
+        from keras_vit.layers import xla_kernels
 
-        return gelu_exact(x)
+        if xla_kernels.available():
+            return xla_kernels.gelu_exact(x)
     return ops.gelu(x, approximate=False)
 
 

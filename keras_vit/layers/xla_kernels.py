@@ -15,9 +15,10 @@ Only the training paths use them (`TransformerBlock` with ``training=True``,
 `LayerNorm` with ``training=True``), and only on the TensorFlow backend:
 inference graphs, which SavedModel and TFLite export, keep plain ops, and
 JAX fuses element-wise work by itself. Import this module only where the
-backend is TensorFlow.
+backend is TensorFlow, and use the kernels only where `available()`.
 """
 
+import functools
 import math
 
 import tensorflow as tf
@@ -26,12 +27,29 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-@tf.function(jit_compile=True, autograph=False)
+@functools.lru_cache(maxsize=None)
+def available():
+    """Whether XLA compiles here: a tiny function is compiled once, eagerly.
+    Where it cannot be (a TensorFlow build or device plugin without XLA),
+    the layers keep their plain-op training paths.
+
+    Example:
+    >>> available() in (True, False)
+    True
+    """
+    try:
+        with tf.init_scope():
+            return float(tf.function(lambda x: x + 1.0, jit_compile=True)(tf.constant(1.0))) == 2.0
+    except Exception:  # noqa: BLE001 - any failure to compile means: not here
+        return False
+
+
+@tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
 def _gelu_forward(x):
     return x * (0.5 + 0.5 * tf.math.erf(x * _INV_SQRT2))
 
 
-@tf.function(jit_compile=True, autograph=False)
+@tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
 def _gelu_backward(x, upstream):
     # d/dx x * Phi(x) = Phi(x) + x * phi(x)
     cdf = 0.5 + 0.5 * tf.math.erf(x * _INV_SQRT2)
@@ -54,7 +72,7 @@ def gelu_exact(x):
     return _gelu_forward(x), grad
 
 
-@tf.function(jit_compile=True, autograph=False)
+@tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
 def _layer_norm_forward(x, gamma, beta, epsilon):
     mean = tf.reduce_mean(x, -1, keepdims=True)
     centered = x - mean
@@ -63,7 +81,7 @@ def _layer_norm_forward(x, gamma, beta, epsilon):
     return normalized * gamma + beta, normalized, inv
 
 
-@tf.function(jit_compile=True, autograph=False)
+@tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
 def _layer_norm_backward(upstream, normalized, inv, gamma):
     g = upstream * gamma
     dx = inv * (g - tf.reduce_mean(g, -1, keepdims=True)
