@@ -48,6 +48,27 @@ def test_search_space_offers_only_heads_that_divide_the_width():
             assert model.backbone.hidden_dim == width
 
 
+def test_conv_stem_entry_builds_a_stem_that_makes_the_patches():
+    from keras_vit.cli.tune import _parse_space
+
+    space = _parse_space(["conv_stem=none,stem"], "space")
+    assert space == {"conv_stem": ["none", "stem"]}
+    hypermodel = ViTHyperModel(16, 10, channels=1, space=space, fixed={**TINY, "hidden_dim": 32})
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("conv_stem", "stem")
+    encoder = hypermodel.build(hp).backbone.patch_encoder
+    assert encoder.patch_size == (4, 4) and list(encoder.stem.filters) == [16, 32]  # log2(4) convolutions
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("conv_stem", "none")
+    assert hypermodel.build(hp).backbone.patch_encoder.stem is None
+    # a stem cannot make 6 px patches: that trial fails, the search goes on
+    odd = ViTHyperModel(12, 10, channels=1, fixed={**TINY, "patch_size": 6, "conv_stem": "stem"})
+    with pytest.raises(keras_tuner.errors.FailedTrialError, match="power-of-two patch_size; this trial has 6"):
+        odd.build(keras_tuner.HyperParameters())
+    with pytest.raises(ValueError, match="`conv_stem`.*'none', 'stem'"):
+        ViTHyperModel(16, 10, space={"conv_stem": ["yes"]})
+
+
 def test_fixed_and_narrowed_entries_and_user_hyperparameters():
     hypermodel = ViTHyperModel(16, 10, space={"hidden_dim": [32], "depth": (1, 2)},
                                fixed={"patch_size": 8, "pooling": "gap"})

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from keras_vit.layers import grid_size
 from keras_vit.models import build_vit
+from keras_vit.training.auto import stem_channels
 from keras_vit.utils.validation import check_choice, pair
 
 
@@ -26,6 +27,9 @@ DEFAULT_SPACE = {
     "pooling": ["cls", "gap"],
     "pos_embedding": ["learned", "sincos"],
     "drop_path_rate": (0.0, 0.2),
+    # "stem": 3x3 stride-2 convolutions (`ConvStem`) make the patches, as
+    # many as log2(patch_size), channels doubling up to the width
+    "conv_stem": ["none"],
     # recipe
     "learning_rate": (3e-4, 3e-3),
     "weight_decay": (1e-3, 1e-1),
@@ -35,6 +39,7 @@ DEFAULT_SPACE = {
     "batch_size": [32, 64],
 }
 LOG_SCALE = ("learning_rate", "weight_decay")
+STEM_CHOICES = ("none", "stem")
 TUNERS = {
     "random": keras_tuner.RandomSearch,
     "hyperband": keras_tuner.Hyperband,
@@ -131,7 +136,7 @@ class ViTHyperModel(keras_tuner.HyperModel):
     def _check_space(self):
         for name, value in self.space.items():
             values = value if isinstance(value, (list, tuple)) else [value]
-            kind = str if name in ("pooling", "pos_embedding") else (
+            kind = str if name in ("pooling", "pos_embedding", "conv_stem") else (
                 float if name in ("drop_path_rate", "learning_rate", "weight_decay", "warmup_fraction",
                                   "label_smoothing", "augment") else int)
             if not all((isinstance(v, (int, float)) and not isinstance(v, bool)) if kind is float
@@ -146,6 +151,8 @@ class ViTHyperModel(keras_tuner.HyperModel):
                     f"The search-space entry `{name}` must be a (low, high) range with "
                     f"low <= high. Received: {value!r}"
                 )
+        for stem in self._values("conv_stem"):
+            check_choice(stem, "conv_stem", STEM_CHOICES)
         patches = [p for p in self._values("patch_size") if self._tiles(p)]
         if not patches:
             raise ValueError(
@@ -207,12 +214,17 @@ class ViTHyperModel(keras_tuner.HyperModel):
         pos_embedding = self._hp(hp, "pos_embedding")
         if pos_embedding == "sincos" and hidden_dim % 4:
             pos_embedding = "learned"
+        patch_size = self._hp(hp, "patch_size")
+        convolutions = patch_size.bit_length() - 1
         try:
+            if self._hp(hp, "conv_stem") == "stem" and (convolutions < 1 or patch_size != 2**convolutions):
+                raise ValueError(f"a conv stem needs a power-of-two patch_size; this trial has {patch_size}")
             model = build_vit(
                 image_size=self.image_size,
                 num_classes=self.num_classes,
                 channels=self.channels,
-                patch_size=self._hp(hp, "patch_size"),
+                patch_size=patch_size,
+                conv_stem=stem_channels(hidden_dim, convolutions) if hp.get("conv_stem") == "stem" else None,
                 hidden_dim=hidden_dim,
                 num_heads=num_heads,
                 depth=self._hp(hp, "depth"),
