@@ -93,15 +93,15 @@ def run(args):
         settings["jit_compile"] = JIT_CHOICES[settings["jit_compile"]]
     recipe = Recipe.from_sources(args.recipe or None, args.config, **settings)
     if recipe.recipe == "auto":
-        if recipe.conv_stem:
-            made = f" from a stem of {len(recipe.conv_stem)} convolutions ({','.join(map(str, recipe.conv_stem))})"
-        else:
-            made = f" at stride {recipe.stride}" if recipe.stride else ""
         if recipe.preset:
             changed = ", ".join(f"{name}={getattr(recipe, name)}" for name in ARCHITECTURE_FIELDS
                                 if getattr(recipe, name) not in (None, []))
             network = f"preset {recipe.preset}" + (f" ({changed})" if changed else "")
         else:
+            if recipe.conv_stem:
+                made = f" from a stem of {len(recipe.conv_stem)} convolutions ({','.join(map(str, recipe.conv_stem))})"
+            else:
+                made = f" at stride {recipe.stride}" if recipe.stride else ""
             network = (f"{recipe.patch_size} px patches{made}, width {recipe.hidden_dim}, depth {recipe.depth}, "
                        f"{recipe.num_heads} heads")
         print(f"Recipe chosen from the data: {recipe.image_size} px, {network}, batch {recipe.batch_size}, "

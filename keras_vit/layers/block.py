@@ -208,9 +208,9 @@ class TransformerBlock(keras.layers.Layer):
         # The block works on (B * N, D) rows. Every Dense is then a 2-D
         # MatMul + BiasAdd, and TensorFlow's grappler fuses each into one
         # oneDNN kernel together with what follows it: the GELU after
-        # mlp_dense1 (inference; the plain exact GELU keeps that pattern, the
-        # training one with its hand-written gradient does not) and the
-        # residual Add after the attention projection and after mlp_dense2.
+        # mlp_dense1 (inference only: training uses `_gelu_exact`, whose
+        # backward needs the pre-activation) and the residual Add after the
+        # attention projection and after mlp_dense2.
         shape = ops.shape(x)
         rows = ops.reshape(x, (-1, x.shape[-1]))
         attn = self.attention.call_rows(

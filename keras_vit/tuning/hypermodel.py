@@ -215,16 +215,16 @@ class ViTHyperModel(keras_tuner.HyperModel):
         if pos_embedding == "sincos" and hidden_dim % 4:
             pos_embedding = "learned"
         patch_size = self._hp(hp, "patch_size")
-        convolutions = patch_size.bit_length() - 1
+        # A stem of log2(patch_size) convolutions (rounded down): where the
+        # patch size is not a power of two, build_vit's stem check fails the trial.
+        stem = stem_channels(hidden_dim, max(1, patch_size.bit_length() - 1))
         try:
-            if self._hp(hp, "conv_stem") == "stem" and (convolutions < 1 or patch_size != 2**convolutions):
-                raise ValueError(f"a conv stem needs a power-of-two patch_size; this trial has {patch_size}")
             model = build_vit(
                 image_size=self.image_size,
                 num_classes=self.num_classes,
                 channels=self.channels,
                 patch_size=patch_size,
-                conv_stem=stem_channels(hidden_dim, convolutions) if hp.get("conv_stem") == "stem" else None,
+                conv_stem=stem if self._hp(hp, "conv_stem") == "stem" else None,
                 hidden_dim=hidden_dim,
                 num_heads=num_heads,
                 depth=self._hp(hp, "depth"),
