@@ -1,6 +1,6 @@
 """The layers' faster internals compute the same function as the plain ones:
 the exact GELU with its hand-written gradient, the fused-attention switch,
-the lean LayerNorm, and the block's training and inference paths on its
+the lean LayerNorm and its folding into the next Dense, and the block's training and inference paths on its
 (B * N, D) rows."""
 
 import math
@@ -128,6 +128,39 @@ def test_layer_norm_training_kernel_gives_keras_gradients_for_gamma_and_beta(sha
         grads.append(tape.gradient(loss, [norm.gamma, norm.beta]))
     for ours, theirs in zip(*grads):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0])  # a large mean is centred inside the matmul
+@pytest.mark.parametrize("use_bias,activation", [(True, None), (False, None), (True, "relu")])
+@pytest.mark.parametrize("shape", [(15, 8), (3, 5, 8)])
+def test_layer_norm_folded_into_the_next_dense_equals_norm_then_dense(shape, use_bias, activation, offset):
+    x = (RNG.normal(size=shape) * 2 + offset).astype("float32")
+    norm, dense = LayerNorm(epsilon=1e-6), keras.layers.Dense(6, use_bias=use_bias, activation=activation)
+    norm.build(shape)
+    dense.build(shape)
+    norm.gamma.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
+    norm.beta.assign(np.linspace(-1.0, 1.0, 8).astype("float32"))
+    dense.kernel.assign(RNG.normal(size=(8, 6)).astype("float32"))
+    if use_bias:
+        dense.bias.assign(RNG.normal(size=6).astype("float32"))
+    back = RNG.normal(size=(6, 8)).astype("float32")  # value_and_grad wants the input's shape back
+    y_plain, grad_plain = value_and_grad(lambda t: ops.matmul(dense(norm(t)), back), x)
+    for training in (None, False, True):
+        y, grad = value_and_grad(lambda t: ops.matmul(norm.project(t, dense, training=training), back), x)
+        np.testing.assert_allclose(y, y_plain, atol=1e-3, rtol=1e-5)
+        np.testing.assert_allclose(grad, grad_plain, atol=1e-5 * np.abs(grad_plain).max() + 1e-4)
+
+
+def test_layer_norm_folded_under_mixed_precision_returns_the_dense_dtype():
+    x = RNG.normal(size=(6, 8)).astype("float32")
+    norm = LayerNorm(dtype="float32")
+    dense = keras.layers.Dense(4, dtype="mixed_bfloat16")
+    norm.build(x.shape)
+    dense.build(x.shape)
+    y = norm.project(x, dense)
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    expected = ops.convert_to_numpy(ops.cast(dense(norm(x)), "float32"))
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(y, "float32")), expected, atol=0.05, rtol=0.02)
 
 
 def test_layer_norm_keeps_float64():

@@ -58,7 +58,8 @@ class LayerNorm(keras.layers.LayerNormalization):
     epsilon) * gamma)`` with ``var`` the mean of ``(x - mean) ** 2``. Same
     weights, same config, same result up to float rounding. Other backends,
     other axes and float64 keep Keras' own call (torch's fused kernel, XLA's fusion
-    on JAX).
+    on JAX). `project(x, dense)` computes ``dense(norm(x))`` with the norm
+    folded into the Dense's weights (see there).
 
     Example:
     >>> norm = LayerNorm(epsilon=1e-6)
@@ -66,15 +67,56 @@ class LayerNorm(keras.layers.LayerNormalization):
     (2, 3, 4)
     """
 
-    def call(self, inputs, training=None):
+    def _lean(self, inputs):
         rank = len(inputs.shape)
-        lean = (
+        return (
             keras.backend.backend() == "tensorflow"
             and self.axis in (-1, [-1], rank - 1, [rank - 1])
             and self.center and self.scale and not getattr(self, "rms_scaling", False)
             and keras.backend.standardize_dtype(inputs.dtype) in ("float16", "bfloat16", "float32")
         )
-        if not lean:
+
+    def project(self, inputs, dense, training=None):
+        """``dense(self(inputs))``; at inference on TensorFlow, with this
+        norm folded into `dense`'s weights.
+
+        Centering is linear, so it moves into the kernel (each column minus
+        its mean), and so do gamma (a row scale of the kernel) and beta (a
+        bias, ``beta @ kernel``). What stays on the activations is one
+        statistics pass and one multiply by ``rsqrt(var + epsilon)`` per
+        row: four passes over memory instead of the norm's five plus the
+        ones to apply gamma and beta (grappler fuses the variance's
+        subtract and square into one op). The folded weights are recomputed each call from the
+        variables, so they follow any change to them; they are small next
+        to the activations. `dense` must be a built, unquantized
+        `keras.layers.Dense` without activation; otherwise, in training,
+        and where `call` would take Keras' path, this is
+        ``dense(self(inputs))``.
+        """
+        if (
+            (training is None or training is False)  # a symbolic flag takes the plain path
+            and self._lean(inputs)
+            and type(dense) is keras.layers.Dense
+            and dense.built
+            and dense.quantization_mode is None
+            and dense.activation is keras.activations.linear
+        ):
+            x = ops.cast(inputs, "float32")
+            mean = ops.mean(x, axis=-1, keepdims=True)
+            var = ops.mean(ops.square(x - mean), axis=-1, keepdims=True)
+            kernel = ops.cast(dense.kernel, "float32")
+            bias = ops.matmul(ops.cast(self.beta, "float32")[None], kernel)[0]
+            if dense.use_bias:
+                bias = bias + ops.cast(dense.bias, "float32")
+            kernel = kernel * ops.cast(self.gamma, "float32")[:, None]
+            kernel = kernel - ops.mean(kernel, axis=0, keepdims=True)
+            h = ops.cast(x * ops.rsqrt(var + self.epsilon), dense.compute_dtype)
+            out = ops.matmul(h, ops.cast(kernel, dense.compute_dtype))
+            return ops.add(out, ops.cast(bias, dense.compute_dtype))
+        return dense(self(inputs, training=training))
+
+    def call(self, inputs, training=None):
+        if not self._lean(inputs):
             return super().call(inputs)
         x = ops.cast(inputs, "float32")
         gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
@@ -174,9 +216,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             return ops.reshape(out[0], (batch, -1, dim)), out[1]
         return ops.reshape(out, (batch, -1, dim))
 
-    def call_rows(self, rows, batch, training=None, return_attention_scores=False):
+    def call_rows(self, rows, batch, training=None, return_attention_scores=False, norm=None):
         """Attention over tokens given as rows: `rows` is (batch * N, D),
         the output too (and the weights, if asked, (batch, heads, N, N)).
+        `norm`, a `LayerNorm` or None, is applied to the rows first, through
+        `norm.project` (folded into the QKV projection at inference).
 
         `TransformerBlock` calls this to keep its residual stream 2-D: the
         QKV and output projections then run as 2-D MatMul + BiasAdd, which
@@ -185,7 +229,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         subclass that changes the attention overrides this method, not
         `call` (which reshapes to rows and calls it).
         """
-        qkv = ops.reshape(self.qkv(rows), (batch, -1, 3, self.num_heads, self.head_dim))
+        qkv = self.qkv(rows) if norm is None else norm.project(rows, self.qkv, training)
+        qkv = ops.reshape(qkv, (batch, -1, 3, self.num_heads, self.head_dim))
         dropout = bool(training) and self.attention_dropout > 0.0
         if use_fused_attention(self.fused) and not (
             return_attention_scores or dropout

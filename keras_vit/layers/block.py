@@ -210,16 +210,17 @@ class TransformerBlock(keras.layers.Layer):
         # oneDNN kernel together with what follows it: the GELU after
         # mlp_dense1 (inference only: training uses `_gelu_exact`, whose
         # backward needs the pre-activation) and the residual Add after the
-        # attention projection and after mlp_dense2.
+        # attention projection and after mlp_dense2. At inference each
+        # LayerNorm is folded into the Dense after it (`LayerNorm.project`).
         shape = ops.shape(x)
         rows = ops.reshape(x, (-1, x.shape[-1]))
         attn = self.attention.call_rows(
-            self.norm1(rows), shape[0], training=training, return_attention_scores=return_attention_scores
+            rows, shape[0], training=training, return_attention_scores=return_attention_scores, norm=self.norm1
         )
         if return_attention_scores:
             attn, weights = attn
         rows = self._residual(rows, attn, getattr(self, "layer_scale1", None), training, shape[0])
-        h = self.mlp_dense1(self.norm2(rows))
+        h = self.norm2.project(rows, self.mlp_dense1, training)  # mlp_dense1(norm2(rows))
         if self.activation == "gelu" and training:
             h = _gelu_exact(h)
         else:
