@@ -11,7 +11,10 @@ products (scores and the weighted sum) and the head; a training step counts
 3x the forward pass (the backward pass computes two products per forward
 product). Element-wise work (norms, softmax, GELU, the optimizer) is not
 counted, as is usual for MFU. The GEMM peak is the best of several
-2048 x 2048 x 2048 float32 matmuls under XLA. A "matmuls alone" row per
+2048 x 2048 x 2048 float32 matmuls under XLA, measured again in every round
+beside the contenders: each round's MFU divides by that round's peak, and a
+row gives the median over rounds, so a machine that speeds up or slows down
+during the run (by ±5 % on this one) moves peak and model together. A "matmuls alone" row per
 jit mode runs the model's matmuls with nothing else (`matmul_ceiling`): the
 ceiling the shapes themselves allow on this machine.
 """
@@ -113,35 +116,48 @@ def matmul_ceiling(cfg, jit, repeats=5):
 
 
 def measure(cfg, contenders, jit_modes, repeats):
-    """Rows of images/s and MFU per contender and jit mode, alternating the
-    contenders within each round."""
-    peak = gemm_peak()
-    rows = []
+    """Rows of images/s and MFU per contender and jit mode, and the GEMM
+    peaks measured. Each round measures the peak, then every contender
+    (alternating), then the matmuls alone; MFU is the median over rounds
+    of the round's FLOP/s over the round's peak."""
+    rows, peaks = [], []
+    flops = forward_flops(cfg)
     for jit in jit_modes:
         runners = {name: Runner(build_contender(name, cfg, jit), make_batch(cfg)) for name in contenders}
         for runner in runners.values():
             runner.first_steps()
-        train, infer = {n: [] for n in runners}, {n: [] for n in runners}
+        speed = {name: dict(train=[], infer=[], train_mfu=[], infer_mfu=[]) for name in runners}
+        ceiling = dict(train_mfu=[], infer_mfu=[])
         for _ in range(repeats):
+            peak = gemm_peak(repeats=5)
+            peaks.append(peak)
             for name, runner in runners.items():
-                train[name].append(runner.train_throughput(cfg.steps)[0])
-                infer[name].append(runner.infer_throughput(cfg.steps)[0])
-        for name in runners:
-            train_ips, infer_ips = statistics.median(train[name]), statistics.median(infer[name])
+                train, infer = runner.train_throughput(cfg.steps)[0], runner.infer_throughput(cfg.steps)[0]
+                speed[name]["train"].append(train)
+                speed[name]["infer"].append(infer)
+                speed[name]["train_mfu"].append(train * 3 * flops / peak)
+                speed[name]["infer_mfu"].append(infer * flops / peak)
+            forward, training = matmul_ceiling(cfg, jit, repeats=2)
+            ceiling["train_mfu"].append(training / peak)
+            ceiling["infer_mfu"].append(forward / peak)
+        for name, got in speed.items():
             rows.append(dict(
-                config=cfg.name, contender=name, jit_compile=jit, train_images_per_s=round(train_ips, 1),
-                infer_images_per_s=round(infer_ips, 1),
-                train_mfu=round(train_ips * 3 * forward_flops(cfg) / peak, 3),
-                infer_mfu=round(infer_ips * forward_flops(cfg) / peak, 3)))
-        forward, training = matmul_ceiling(cfg, jit)
+                config=cfg.name, contender=name, jit_compile=jit,
+                train_images_per_s=round(statistics.median(got["train"]), 1),
+                infer_images_per_s=round(statistics.median(got["infer"]), 1),
+                train_mfu=round(statistics.median(got["train_mfu"]), 3),
+                infer_mfu=round(statistics.median(got["infer_mfu"]), 3)))
         rows.append(dict(config=cfg.name, contender="matmuls alone", jit_compile=jit, train_images_per_s=None,
-                         infer_images_per_s=None, train_mfu=round(training / peak, 3),
-                         infer_mfu=round(forward / peak, 3)))
-    return peak, rows
+                         infer_images_per_s=None, train_mfu=round(statistics.median(ceiling["train_mfu"]), 3),
+                         infer_mfu=round(statistics.median(ceiling["infer_mfu"]), 3)))
+    return peaks, rows
 
 
-def markdown(peak, rows):
-    lines = [f"GEMM peak (2048^3 float32, XLA): {peak / 1e9:.0f} GFLOP/s on {os.cpu_count()} cores", "",
+def markdown(peaks, rows):
+    low, mid, high = (p / 1e9 for p in (min(peaks), statistics.median(peaks), max(peaks)))
+    lines = [f"GEMM peak (2048^3 float32, XLA), measured in each of {len(peaks)} rounds: median {mid:.0f} "
+             f"GFLOP/s (range {low:.0f}-{high:.0f}) on {os.cpu_count()} cores; MFU is the median over rounds "
+             "of each round's FLOP/s over that round's peak", "",
              "| config | contender | jit | train img/s | train MFU | infer img/s | infer MFU |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -162,15 +178,17 @@ def main(argv=None):
     parser.add_argument("--out", default=str(RESULTS / f"mfu-{keras.backend.backend()}-cpu"))
     args = parser.parse_args(argv)
     jit_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.jit]
-    all_rows, peak = [], None
+    all_rows, peaks = [], []
     for name in args.configs.split(","):
-        peak, rows = measure(CONFIGS[name], args.contenders.split(","), jit_modes, args.repeats)
+        config_peaks, rows = measure(CONFIGS[name], args.contenders.split(","), jit_modes, args.repeats)
         all_rows += rows
-    text = markdown(peak, all_rows)
+        peaks += config_peaks
+    text = markdown(peaks, all_rows)
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".md").write_text(text)
-    Path(args.out + ".json").write_text(json.dumps(dict(gemm_peak_flops=peak, rows=all_rows), indent=1))
+    Path(args.out + ".json").write_text(json.dumps(
+        dict(gemm_peak_flops=statistics.median(peaks), gemm_peaks_per_round=peaks, rows=all_rows), indent=1))
 
 
 if __name__ == "__main__":
