@@ -76,9 +76,11 @@ class LayerNorm(keras.layers.LayerNormalization):
             and keras.backend.standardize_dtype(inputs.dtype) in ("float16", "bfloat16", "float32")
         )
 
-    def project(self, inputs, dense, training=None):
-        """``dense(self(inputs))``; at inference on TensorFlow, with this
-        norm folded into `dense`'s weights.
+    def fold(self, inputs, dense, training=None):
+        """``(h, kernel, bias)`` with ``h @ kernel + bias == dense(self(inputs))``,
+        this norm folded into `dense`'s weights; None where that does not
+        apply: in training, off TensorFlow, where `call` takes Keras' path,
+        or when `dense` is not a `plain_dense`.
 
         Centering is linear, so it moves into the kernel (each column minus
         its mean), and so do gamma (a row scale of the kernel) and beta (a
@@ -86,34 +88,34 @@ class LayerNorm(keras.layers.LayerNormalization):
         statistics pass and one multiply by ``rsqrt(var + epsilon)`` per
         row: four passes over memory instead of the norm's five plus the
         ones to apply gamma and beta (grappler fuses the variance's
-        subtract and square into one op). The folded weights are recomputed each call from the
-        variables, so they follow any change to them; they are small next
-        to the activations. `dense` must be a built, unquantized
-        `keras.layers.Dense` without activation; otherwise, in training,
-        and where `call` would take Keras' path, this is
-        ``dense(self(inputs))``.
+        subtract and square into one op). The folded weights are computed
+        each call from the variables, so they follow any change to them;
+        they are small next to the activations. All three come in `dense`'s
+        compute dtype.
         """
-        if (
-            (training is None or training is False)  # a symbolic flag takes the plain path
-            and self._lean(inputs)
-            and type(dense) is keras.layers.Dense
-            and dense.built
-            and dense.quantization_mode is None
-            and dense.activation is keras.activations.linear
-        ):
-            x = ops.cast(inputs, "float32")
-            mean = ops.mean(x, axis=-1, keepdims=True)
-            var = ops.mean(ops.square(x - mean), axis=-1, keepdims=True)
-            kernel = ops.cast(dense.kernel, "float32")
-            bias = ops.matmul(ops.cast(self.beta, "float32")[None], kernel)[0]
-            if dense.use_bias:
-                bias = bias + ops.cast(dense.bias, "float32")
-            kernel = kernel * ops.cast(self.gamma, "float32")[:, None]
-            kernel = kernel - ops.mean(kernel, axis=0, keepdims=True)
-            h = ops.cast(x * ops.rsqrt(var + self.epsilon), dense.compute_dtype)
-            out = ops.matmul(h, ops.cast(kernel, dense.compute_dtype))
-            return ops.add(out, ops.cast(bias, dense.compute_dtype))
-        return dense(self(inputs, training=training))
+        if not ((training is None or training is False)  # a symbolic flag takes the plain path
+                and self._lean(inputs) and plain_dense(dense)):
+            return None
+        x = ops.cast(inputs, "float32")
+        mean = ops.mean(x, axis=-1, keepdims=True)
+        var = ops.mean(ops.square(x - mean), axis=-1, keepdims=True)
+        kernel = ops.cast(dense.kernel, "float32")
+        bias = ops.matmul(ops.cast(self.beta, "float32")[None], kernel)[0]
+        if dense.use_bias:
+            bias = bias + ops.cast(dense.bias, "float32")
+        kernel = kernel * ops.cast(self.gamma, "float32")[:, None]
+        kernel = kernel - ops.mean(kernel, axis=0, keepdims=True)
+        dtype = dense.compute_dtype
+        return ops.cast(x * ops.rsqrt(var + self.epsilon), dtype), ops.cast(kernel, dtype), ops.cast(bias, dtype)
+
+    def project(self, inputs, dense, training=None):
+        """``dense(self(inputs))``, with this norm folded into `dense`'s
+        weights where `fold` applies (inference on TensorFlow)."""
+        folded = self.fold(inputs, dense, training)
+        if folded is None:
+            return dense(self(inputs, training=training))
+        h, kernel, bias = folded
+        return ops.add(ops.matmul(h, kernel), bias)
 
     def call(self, inputs, training=None):
         if not self._lean(inputs):
@@ -130,6 +132,13 @@ class LayerNorm(keras.layers.LayerNormalization):
         var = ops.mean(ops.square(centered), axis=-1, keepdims=True)
         scale = ops.rsqrt(var + self.epsilon) * gamma
         return ops.cast(beta + centered * scale, self.compute_dtype)
+
+
+def plain_dense(layer):
+    """Whether `layer` is a built, unquantized `keras.layers.Dense` without
+    activation, whose kernel and bias can be used directly."""
+    return (type(layer) is keras.layers.Dense and layer.built and layer.quantization_mode is None
+            and layer.activation is keras.activations.linear)
 
 
 def layer_norm(epsilon, name):
@@ -219,22 +228,27 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def call_rows(self, rows, batch, training=None, return_attention_scores=False, norm=None):
         """Attention over tokens given as rows: `rows` is (batch * N, D),
         the output too (and the weights, if asked, (batch, heads, N, N)).
-        `norm`, a `LayerNorm` or None, is applied to the rows first, through
-        `norm.project` (folded into the QKV projection at inference).
+        `norm`, a `LayerNorm` or None, is applied to the rows first (folded
+        into the QKV projection at inference, `LayerNorm.fold`).
 
         `TransformerBlock` calls this to keep its residual stream 2-D: the
         QKV and output projections then run as 2-D MatMul + BiasAdd, which
         TensorFlow fuses into one oneDNN kernel (with the block's residual
-        Add after the output projection). The layer must be built. A
-        subclass that changes the attention overrides this method, not
-        `call` (which reshapes to rows and calls it).
+        Add after the output projection). At inference on TensorFlow the
+        QKV projection is instead one batched matmul per (q|k|v, head)
+        kernel slice, whose output is already heads-first: no transpose.
+        The layer must be built. A subclass that changes the attention
+        overrides this method, not `call` (which reshapes to rows and calls
+        it).
         """
+        dropout = bool(training) and self.attention_dropout > 0.0
+        fused = use_fused_attention(self.fused) and not (return_attention_scores or dropout)
+        if (not fused and not self.qk_norm and keras.backend.backend() == "tensorflow"
+                and (training is None or training is False) and plain_dense(self.qkv) and plain_dense(self.proj)):
+            return self._call_heads_first(rows, batch, norm, return_attention_scores)
         qkv = self.qkv(rows) if norm is None else norm.project(rows, self.qkv, training)
         qkv = ops.reshape(qkv, (batch, -1, 3, self.num_heads, self.head_dim))
-        dropout = bool(training) and self.attention_dropout > 0.0
-        if use_fused_attention(self.fused) and not (
-            return_attention_scores or dropout
-        ):
+        if fused:
             # The backend's fused kernel takes (B, N, heads, head_dim).
             q, k, v = self._normalize_qk(*ops.unstack(qkv, 3, axis=2))
             out = ops.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim))
@@ -250,6 +264,43 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             out = ops.transpose(out, (0, 2, 1, 3))
         out = self.proj(ops.reshape(out, (-1, self.num_heads * self.head_dim)))
         return (out, weights) if return_attention_scores else out
+
+    def _call_heads_first(self, rows, batch, norm, return_attention_scores):
+        """`call_rows` at inference on TensorFlow (no qk-norm, plain Dense
+        projections), with the weights rearranged so that the activations
+        are not transposed on the way in and only the biases that change the
+        result are added:
+
+        - the QKV projection is one batched matmul of the rows (normalised
+          by `norm`, folded where `LayerNorm.fold` applies) with the kernel
+          viewed as (3 * heads, D, head_dim): its output is already
+          q, k, v as (heads, B, N, head_dim);
+        - 1/√head_dim goes into the query kernel and bias;
+        - the key bias adds q·b_k to all the scores of a query, which the
+          softmax removes: it is left out;
+        - the value bias passes through the weights unchanged (each row sums
+          to 1): it joins the output projection's bias, ``b_v @ W_o + b_o``.
+        """
+        folded = None if norm is None else norm.fold(rows, self.qkv)
+        if folded is None:
+            h = rows if norm is None else ops.cast(norm(rows), self.compute_dtype)
+            kernel, bias = self.qkv.kernel, self.qkv.bias
+        else:
+            h, kernel, bias = folded
+        heads, head_dim, dim = self.num_heads, self.head_dim, h.shape[-1]
+        scale = 1.0 / math.sqrt(head_dim)
+        kernel = ops.reshape(kernel, (dim, 3, heads * head_dim)) * ops.cast([[scale], [1.0], [1.0]], kernel.dtype)
+        kernel = ops.transpose(ops.reshape(kernel, (dim, 3 * heads, head_dim)), (1, 0, 2))
+        q, k, v = ops.unstack(ops.reshape(ops.matmul(h[None], kernel), (3, heads, batch, -1, head_dim)), 3, axis=0)
+        proj_bias = self.proj.bias
+        if bias is not None:
+            q_bias, _, v_bias = ops.unstack(ops.reshape(bias, (3, heads * head_dim)), 3, axis=0)
+            q = q + ops.reshape(q_bias * scale, (heads, 1, 1, head_dim))
+            proj_bias = proj_bias + ops.matmul(v_bias[None], self.proj.kernel)[0]
+        weights = ops.softmax(ops.cast(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), "float32"), axis=-1)
+        out = ops.transpose(ops.matmul(ops.cast(weights, v.dtype), v), (1, 2, 0, 3))
+        out = ops.add(ops.matmul(ops.reshape(out, (-1, heads * head_dim)), self.proj.kernel), proj_bias)
+        return (out, ops.transpose(weights, (1, 0, 2, 3))) if return_attention_scores else out
 
     def _normalize_qk(self, q, k, v):
         if self.qk_norm:
