@@ -11,7 +11,7 @@ import pytest
 from keras import ops
 
 from keras_vit import MultiHeadSelfAttention, TransformerBlock
-from keras_vit.layers.attention import LayerNorm
+from keras_vit.layers.attention import LayerNorm, heads_first
 from keras_vit.layers.block import _gelu_exact as gelu_training
 
 RNG = np.random.default_rng(0)
@@ -90,17 +90,20 @@ def randomize(layer):
     layer.set_weights([RNG.normal(size=w.shape).astype("float32") * 0.5 for w in layer.get_weights()])
 
 
+@pytest.mark.parametrize("enabled", [True, False])  # heads_first(False): the row-wise path TFLite export takes
 @pytest.mark.parametrize("training", [False, True])  # inference rearranges the weights on TensorFlow
-def test_attention_with_random_biases_matches_numpy(training):
+def test_attention_with_random_biases_matches_numpy(training, enabled):
     x = RNG.normal(size=(3, 7, 12)).astype("float32")
     layer = MultiHeadSelfAttention(num_heads=3)
     layer.build(x.shape)
     randomize(layer)
     expected, expected_weights = numpy_attention(x, layer)
-    out, weights = layer(x, training=training, return_attention_scores=True)
+    with heads_first(enabled):
+        out, weights = layer(x, training=training, return_attention_scores=True)
+        plain = layer(x, training=training)
     np.testing.assert_allclose(ops.convert_to_numpy(out), expected, atol=1e-4)
     np.testing.assert_allclose(ops.convert_to_numpy(weights), expected_weights, atol=1e-5)
-    np.testing.assert_allclose(ops.convert_to_numpy(layer(x, training=training)), expected, atol=1e-4)
+    np.testing.assert_allclose(ops.convert_to_numpy(plain), expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("use_qkv_bias", [True, False])

@@ -10,6 +10,7 @@ import numpy as np
 from keras_vit.export.geometry import (
     METADATA_NAME, QUANTIZATIONS, check_backend, check_class_names, check_target, class_probabilities,
     image_settings, model_geometry, warn_if_not_pixels)
+from keras_vit.layers.attention import heads_first
 from keras_vit.utils.io import atomic_path, scratch_dir
 from keras_vit.utils.locks import destination_lock
 from keras_vit.utils.validation import check_choice
@@ -154,12 +155,13 @@ def export_tflite(
 
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint(
-            "serving_default",
-            lambda images: {"probabilities": class_probabilities(model, images)},
-            input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="images")],
-        )
-        with scratch_dir(path) as workdir:  # beside the target: a killed export's is cleaned up
+        with heads_first(False), scratch_dir(path) as workdir:  # a killed export's scratch dir is cleaned up
+            # the row-wise attention: LiteRT's int8 kernels run it twice as fast
+            archive.add_endpoint(
+                "serving_default",
+                lambda images: {"probabilities": class_probabilities(model, images)},
+                input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="images")],
+            )
             archive.write_out(str(workdir), verbose=False)
             converter = tf.lite.TFLiteConverter.from_saved_model(str(workdir))
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
