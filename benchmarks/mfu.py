@@ -12,9 +12,9 @@ products (scores and the weighted sum) and the head; a training step counts
 product). Element-wise work (norms, softmax, GELU, the optimizer) is not
 counted, as is usual for MFU. The GEMM peak is the best of several
 2048 x 2048 x 2048 float32 matmuls under XLA, measured again in every round
-beside the contenders: each round's MFU divides by that round's peak, and a
-row gives the median over rounds, so a machine that speeds up or slows down
-during the run (by ±5 % on this one) moves peak and model together. A "matmuls alone" row per
+beside the contenders, so that the peak is sampled across the same minutes
+as the models on a machine that speeds up and slows down (by ±5 % on this
+one); MFU is the median FLOP/s over the median peak. A "matmuls alone" row per
 jit mode runs the model's matmuls with nothing else (`matmul_ceiling`): the
 ceiling the shapes themselves allow on this machine.
 """
@@ -118,46 +118,43 @@ def matmul_ceiling(cfg, jit, repeats=5):
 def measure(cfg, contenders, jit_modes, repeats):
     """Rows of images/s and MFU per contender and jit mode, and the GEMM
     peaks measured. Each round measures the peak, then every contender
-    (alternating), then the matmuls alone; MFU is the median over rounds
-    of the round's FLOP/s over the round's peak."""
-    rows, peaks = [], []
+    (alternating), then the matmuls alone; rows keep every round's figures
+    and their MFU is the median FLOP/s over the median peak of all rounds."""
+    rounds, peaks = [], []
     flops = forward_flops(cfg)
     for jit in jit_modes:
         runners = {name: Runner(build_contender(name, cfg, jit), make_batch(cfg)) for name in contenders}
         for runner in runners.values():
             runner.first_steps()
-        speed = {name: dict(train=[], infer=[], train_mfu=[], infer_mfu=[]) for name in runners}
-        ceiling = dict(train_mfu=[], infer_mfu=[])
+        speed = {name: dict(train=[], infer=[]) for name in runners}
+        ceiling = dict(train=[], infer=[])
         for _ in range(repeats):
-            peak = gemm_peak(repeats=5)
-            peaks.append(peak)
+            peaks.append(gemm_peak(repeats=5))
             for name, runner in runners.items():
-                train, infer = runner.train_throughput(cfg.steps)[0], runner.infer_throughput(cfg.steps)[0]
-                speed[name]["train"].append(train)
-                speed[name]["infer"].append(infer)
-                speed[name]["train_mfu"].append(train * 3 * flops / peak)
-                speed[name]["infer_mfu"].append(infer * flops / peak)
+                speed[name]["train"].append(runner.train_throughput(cfg.steps)[0] * 3 * flops)
+                speed[name]["infer"].append(runner.infer_throughput(cfg.steps)[0] * flops)
             forward, training = matmul_ceiling(cfg, jit, repeats=2)
-            ceiling["train_mfu"].append(training / peak)
-            ceiling["infer_mfu"].append(forward / peak)
-        for name, got in speed.items():
-            rows.append(dict(
-                config=cfg.name, contender=name, jit_compile=jit,
-                train_images_per_s=round(statistics.median(got["train"]), 1),
-                infer_images_per_s=round(statistics.median(got["infer"]), 1),
-                train_mfu=round(statistics.median(got["train_mfu"]), 3),
-                infer_mfu=round(statistics.median(got["infer_mfu"]), 3)))
-        rows.append(dict(config=cfg.name, contender="matmuls alone", jit_compile=jit, train_images_per_s=None,
-                         infer_images_per_s=None, train_mfu=round(statistics.median(ceiling["train_mfu"]), 3),
-                         infer_mfu=round(statistics.median(ceiling["infer_mfu"]), 3)))
+            ceiling["train"].append(training)
+            ceiling["infer"].append(forward)
+        rounds += [(name, jit, got) for name, got in speed.items()] + [("matmuls alone", jit, ceiling)]
+    peak = statistics.median(peaks)
+    rows = []
+    for name, jit, got in rounds:
+        row = dict(config=cfg.name, contender=name, jit_compile=jit)
+        for mode, per_image in (("train", 3 * flops), ("infer", flops)):
+            rate = statistics.median(got[mode])
+            row[f"{mode}_images_per_s"] = None if name == "matmuls alone" else round(rate / per_image, 1)
+            row[f"{mode}_mfu"] = round(rate / peak, 3)
+            row[f"{mode}_flops_per_round"] = [round(r) for r in got[mode]]
+        rows.append(row)
     return peaks, rows
 
 
 def markdown(peaks, rows):
     low, mid, high = (p / 1e9 for p in (min(peaks), statistics.median(peaks), max(peaks)))
     lines = [f"GEMM peak (2048^3 float32, XLA), measured in each of {len(peaks)} rounds: median {mid:.0f} "
-             f"GFLOP/s (range {low:.0f}-{high:.0f}) on {os.cpu_count()} cores; MFU is the median over rounds "
-             "of each round's FLOP/s over that round's peak", "",
+             f"GFLOP/s (range {low:.0f}-{high:.0f}) on {os.cpu_count()} cores; MFU is the median FLOP/s "
+             "over the median peak", "",
              "| config | contender | jit | train img/s | train MFU | infer img/s | infer MFU |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
