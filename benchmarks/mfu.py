@@ -119,7 +119,8 @@ def measure(cfg, contenders, jit_modes, repeats):
     """Rows of images/s and MFU per contender and jit mode, and the GEMM
     peaks measured. Each round measures the peak, then every contender
     (alternating), then the matmuls alone; rows keep every round's figures
-    and their MFU is the median FLOP/s over the median peak of all rounds."""
+    and their MFU is the median FLOP/s over the median peak of all rounds
+    of `cfg` (kept in each row)."""
     rounds, peaks = [], []
     flops = forward_flops(cfg)
     for jit in jit_modes:
@@ -140,7 +141,7 @@ def measure(cfg, contenders, jit_modes, repeats):
     peak = statistics.median(peaks)
     rows = []
     for name, jit, got in rounds:
-        row = dict(config=cfg.name, contender=name, jit_compile=jit)
+        row = dict(config=cfg.name, contender=name, jit_compile=jit, gemm_peak_flops=round(peak))
         for mode, per_image in (("train", 3 * flops), ("infer", flops)):
             rate = statistics.median(got[mode])
             row[f"{mode}_images_per_s"] = None if name == "matmuls alone" else round(rate / per_image, 1)

@@ -90,7 +90,7 @@ def test_a_20_second_budget_ends_within_it_evaluated_and_saved(tmp_path):
     assert float(last["learning_rate"]) < 0.1 * 2e-3  # the cosine reached its end
     session = record["sessions"][0]
     if session["stopped_by_time"]:  # the machine slowed after the last re-plan: the clock ended the cosine first
-        assert session["last_step"] < record["plan"]["planned_steps"]
+        assert 0.75 * record["plan"]["planned_steps"] <= session["last_step"], record  # but the plan held nearly
     else:
         assert session["last_step"] == record["plan"]["planned_steps"]
 

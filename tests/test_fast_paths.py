@@ -11,7 +11,7 @@ import pytest
 from keras import ops
 
 from keras_vit import MultiHeadSelfAttention, TransformerBlock
-from keras_vit.layers.attention import LayerNorm, heads_first
+from keras_vit.layers.attention import LayerNorm, fast_inference
 from keras_vit.layers.block import _gelu_exact as gelu_training
 
 RNG = np.random.default_rng(0)
@@ -90,7 +90,7 @@ def randomize(layer):
     layer.set_weights([RNG.normal(size=w.shape).astype("float32") * 0.5 for w in layer.get_weights()])
 
 
-@pytest.mark.parametrize("enabled", [True, False])  # heads_first(False): the row-wise path TFLite export takes
+@pytest.mark.parametrize("enabled", [True, False])  # fast_inference(False): the plain graph TFLite export takes
 @pytest.mark.parametrize("training", [False, True])  # inference rearranges the weights on TensorFlow
 def test_attention_with_random_biases_matches_numpy(training, enabled):
     x = RNG.normal(size=(3, 7, 12)).astype("float32")
@@ -98,7 +98,7 @@ def test_attention_with_random_biases_matches_numpy(training, enabled):
     layer.build(x.shape)
     randomize(layer)
     expected, expected_weights = numpy_attention(x, layer)
-    with heads_first(enabled):
+    with fast_inference(enabled):
         out, weights = layer(x, training=training, return_attention_scores=True)
         plain = layer(x, training=training)
     np.testing.assert_allclose(ops.convert_to_numpy(out), expected, atol=1e-4)
@@ -186,6 +186,21 @@ def test_layer_norm_folded_into_the_next_dense_equals_norm_then_dense(shape, use
         y, grad = value_and_grad(lambda t: ops.matmul(norm.project(t, dense, training=training), back), x)
         np.testing.assert_allclose(y, y_plain, atol=1e-3, rtol=1e-5)
         np.testing.assert_allclose(grad, grad_plain, atol=1e-5 * np.abs(grad_plain).max() + 1e-4)
+
+
+def test_layer_norm_folded_under_float16_stays_finite_on_constant_and_offset_rows():
+    x = RNG.normal(size=(4, 8)).astype("float32")
+    x[0] = 80.0  # a constant row: its variance is 0, so 1 / sqrt(var + eps) is 1000
+    x[1] += 500.0
+    norm = LayerNorm(dtype="float32")
+    dense = keras.layers.Dense(4, dtype="mixed_float16")
+    norm.build(x.shape)
+    dense.build(x.shape)
+    norm.beta.assign(np.linspace(-1.0, 1.0, 8).astype("float32"))
+    y = ops.convert_to_numpy(ops.cast(norm.project(x, dense), "float32"))
+    expected = ops.convert_to_numpy(ops.cast(dense(norm(x)), "float32"))
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, expected, atol=0.02, rtol=0.01)
 
 
 def test_layer_norm_folded_under_mixed_precision_returns_the_dense_dtype():

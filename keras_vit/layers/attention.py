@@ -35,26 +35,36 @@ def use_fused_attention(fused=None):
     return _accelerator_backend()
 
 
-_HEADS_FIRST = contextvars.ContextVar("keras_vit_heads_first", default=True)
+_FAST_INFERENCE = contextvars.ContextVar("keras_vit_fast_inference", default=True)
 
 
 @contextlib.contextmanager
-def heads_first(enabled):
-    """Whether attention traced inside this context may take the
-    heads-first inference path (`MultiHeadSelfAttention._call_heads_first`,
-    TensorFlow only; on by default). `export_tflite` turns it off: LiteRT
-    runs a full-integer broadcast BATCH_MATMUL at half the speed of the
-    row-wise FULLY_CONNECTED (Ti int8 at batch 1: 8.9 vs 4.7 ms).
+def fast_inference(enabled):
+    """Whether layers traced inside this context may rearrange their
+    weights for speed at inference on TensorFlow (on by default):
+    `LayerNorm.fold` and the heads-first attention
+    (`MultiHeadSelfAttention._call_heads_first`). `export_tflite` turns it
+    off, so a .tflite file holds the plain graph: LiteRT runs a full-integer
+    broadcast BATCH_MATMUL at half the speed of the row-wise FULLY_CONNECTED
+    (Ti int8 at batch 1: 8.9 vs 4.7 ms), and int8 calibration then sees the
+    usual LayerNorm outputs.
 
     Example:
-    >>> with heads_first(False):
+    >>> with fast_inference(False):
     ...     pass
     """
-    token = _HEADS_FIRST.set(bool(enabled))
+    token = _FAST_INFERENCE.set(bool(enabled))
     try:
         yield
     finally:
-        _HEADS_FIRST.reset(token)
+        _FAST_INFERENCE.reset(token)
+
+
+def _fast_inference(training):
+    """Inference (`training` None or False) on TensorFlow, not turned off by
+    `fast_inference(False)`."""
+    return ((training is None or training is False) and keras.backend.backend() == "tensorflow"
+            and _FAST_INFERENCE.get())
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,40 +111,34 @@ class LayerNorm(keras.layers.LayerNormalization):
         )
 
     def fold(self, inputs, dense, training=None):
-        """``(h, kernel, bias)`` with ``h @ kernel + bias == dense(self(inputs))``,
-        this norm folded into `dense`'s weights; None where that does not
-        apply: in training, off TensorFlow, where `call` takes Keras' path,
-        or when `dense` is not a `plain_dense`.
-
-        Centering is linear, so it moves into the kernel (each column minus
-        its mean), and so do gamma (a row scale of the kernel) and beta (a
-        bias, ``beta @ kernel``). What stays on the activations is one
-        statistics pass and one multiply by ``rsqrt(var + epsilon)`` per
-        row: four passes over memory instead of the norm's five plus the
-        ones to apply gamma and beta (grappler fuses the variance's
-        subtract and square into one op). The folded weights are computed
-        each call from the variables, so they follow any change to them;
-        they are small next to the activations. All three come in `dense`'s
-        compute dtype.
+        """``(h, kernel, bias)`` with ``h @ kernel + bias == dense(self(inputs))``:
+        gamma folded into the kernel (a scale of its rows) and beta into the
+        bias (``beta @ kernel``), so the activations get the centring and one
+        multiply by ``rsqrt(var + epsilon)`` per row, not the two passes
+        that apply gamma and beta. None where that does not apply: in
+        training, off TensorFlow or under `fast_inference(False)`, where
+        `call` takes Keras' path, or when `dense` is not a `plain_dense`.
+        The norm must be built. The folded weights are computed each call
+        from the variables, so they follow any change to them; they are
+        small next to the activations. All three come in `dense`'s compute
+        dtype.
         """
-        if not ((training is None or training is False)  # a symbolic flag takes the plain path
-                and self._lean(inputs) and plain_dense(dense)):
+        if not (_fast_inference(training) and self._lean(inputs) and plain_dense(dense)):
             return None
         x = ops.cast(inputs, "float32")
-        mean = ops.mean(x, axis=-1, keepdims=True)
-        var = ops.mean(ops.square(x - mean), axis=-1, keepdims=True)
+        centered = x - ops.mean(x, axis=-1, keepdims=True)
+        h = centered * ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + self.epsilon)
         kernel = ops.cast(dense.kernel, "float32")
         bias = ops.matmul(ops.cast(self.beta, "float32")[None], kernel)[0]
         if dense.use_bias:
             bias = bias + ops.cast(dense.bias, "float32")
         kernel = kernel * ops.cast(self.gamma, "float32")[:, None]
-        kernel = kernel - ops.mean(kernel, axis=0, keepdims=True)
         dtype = dense.compute_dtype
-        return ops.cast(x * ops.rsqrt(var + self.epsilon), dtype), ops.cast(kernel, dtype), ops.cast(bias, dtype)
+        return ops.cast(h, dtype), ops.cast(kernel, dtype), ops.cast(bias, dtype)
 
     def project(self, inputs, dense, training=None):
         """``dense(self(inputs))``, with this norm folded into `dense`'s
-        weights where `fold` applies (inference on TensorFlow)."""
+        weights where `fold` applies (see there)."""
         folded = self.fold(inputs, dense, training)
         if folded is None:
             return dense(self(inputs, training=training))
@@ -252,23 +256,23 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def call_rows(self, rows, batch, training=None, return_attention_scores=False, norm=None):
         """Attention over tokens given as rows: `rows` is (batch * N, D),
         the output too (and the weights, if asked, (batch, heads, N, N)).
-        `norm`, a `LayerNorm` or None, is applied to the rows first (folded
-        into the QKV projection at inference, `LayerNorm.fold`).
+        `norm`, a built `LayerNorm` or None, is applied to the rows first
+        (folded into the QKV projection where `LayerNorm.fold` applies).
 
         `TransformerBlock` calls this to keep its residual stream 2-D: the
         QKV and output projections then run as 2-D MatMul + BiasAdd, which
         TensorFlow fuses into one oneDNN kernel (with the block's residual
-        Add after the output projection). At inference on TensorFlow the
-        QKV projection is instead one batched matmul per (q|k|v, head)
-        kernel slice, whose output is already heads-first: no transpose.
-        The layer must be built. A subclass that changes the attention
-        overrides this method, not `call` (which reshapes to rows and calls
-        it).
+        Add after the output projection). At inference on TensorFlow, without
+        qk-norm or the fused kernel, `_call_heads_first` takes the QKV
+        projection as one batched matmul whose output is already
+        heads-first. The layer must be built. A subclass that changes the
+        attention overrides this method, not `call` (which reshapes to rows
+        and calls it).
         """
         dropout = bool(training) and self.attention_dropout > 0.0
         fused = use_fused_attention(self.fused) and not (return_attention_scores or dropout)
-        if (not fused and not self.qk_norm and keras.backend.backend() == "tensorflow" and _HEADS_FIRST.get()
-                and (training is None or training is False) and plain_dense(self.qkv) and plain_dense(self.proj)):
+        if (not fused and not self.qk_norm and _fast_inference(training)
+                and plain_dense(self.qkv) and plain_dense(self.proj)):
             return self._call_heads_first(rows, batch, norm, return_attention_scores)
         qkv = self.qkv(rows) if norm is None else norm.project(rows, self.qkv, training)
         qkv = ops.reshape(qkv, (batch, -1, 3, self.num_heads, self.head_dim))
@@ -291,9 +295,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def _call_heads_first(self, rows, batch, norm, return_attention_scores):
         """`call_rows` at inference on TensorFlow (no qk-norm, plain Dense
-        projections, not turned off by `heads_first(False)`), with the weights rearranged so that the activations
-        are not transposed on the way in and only the biases that change the
-        result are added:
+        projections, not under `fast_inference(False)`), with the weights
+        rearranged so that the activations are not transposed on the way in
+        and only the biases that change the result are added:
 
         - the QKV projection is one batched matmul of the rows (normalised
           by `norm`, folded where `LayerNorm.fold` applies) with the kernel

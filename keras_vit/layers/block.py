@@ -210,8 +210,9 @@ class TransformerBlock(keras.layers.Layer):
         # oneDNN kernel together with what follows it: the GELU after
         # mlp_dense1 (inference only: training uses `_gelu_exact`, whose
         # backward needs the pre-activation) and the residual Add after the
-        # attention projection and after mlp_dense2. At inference each
-        # LayerNorm is folded into the Dense after it (`LayerNorm.project`).
+        # attention projection and after mlp_dense2. At inference on
+        # TensorFlow, each LayerNorm's gamma and beta go into the Dense after
+        # it where `LayerNorm.fold` applies.
         shape = ops.shape(x)
         rows = ops.reshape(x, (-1, x.shape[-1]))
         attn = self.attention.call_rows(
