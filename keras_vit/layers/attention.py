@@ -92,8 +92,8 @@ class LayerNorm(keras.layers.LayerNormalization):
     epsilon) * gamma)`` with ``var`` the mean of ``(x - mean) ** 2``. Same
     weights, same config, same result up to float rounding. Other backends,
     other axes and float64 keep Keras' own call (torch's fused kernel, XLA's fusion
-    on JAX). `project(x, dense)` computes ``dense(norm(x))`` with the norm
-    folded into the Dense's weights (see there).
+    on JAX). `project(x, dense)` computes ``dense(norm(x))``, at inference on
+    TensorFlow with gamma and beta folded into the Dense's weights (`fold`).
 
     Example:
     >>> norm = LayerNorm(epsilon=1e-6)
@@ -125,9 +125,8 @@ class LayerNorm(keras.layers.LayerNormalization):
         """
         if not (_fast_inference(training) and self._lean(inputs) and plain_dense(dense)):
             return None
-        x = ops.cast(inputs, "float32")
-        centered = x - ops.mean(x, axis=-1, keepdims=True)
-        h = centered * ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + self.epsilon)
+        centered, inv = self._centered_and_inv(inputs)
+        h = centered * inv
         kernel = ops.cast(dense.kernel, "float32")
         bias = ops.matmul(ops.cast(self.beta, "float32")[None], kernel)[0]
         if dense.use_bias:
@@ -155,11 +154,15 @@ class LayerNorm(keras.layers.LayerNormalization):
 
             if xla_kernels.available():
                 return ops.cast(xla_kernels.layer_norm(x, gamma, beta, self.epsilon), self.compute_dtype)
-        mean = ops.mean(x, axis=-1, keepdims=True)
-        centered = x - mean
-        var = ops.mean(ops.square(centered), axis=-1, keepdims=True)
-        scale = ops.rsqrt(var + self.epsilon) * gamma
-        return ops.cast(beta + centered * scale, self.compute_dtype)
+        centered, inv = self._centered_and_inv(x)
+        return ops.cast(beta + centered * (inv * gamma), self.compute_dtype)
+
+    def _centered_and_inv(self, inputs):
+        """``x - mean`` and ``rsqrt(var + epsilon)`` over the last axis, in
+        float32 (the statistics both `call` and `fold` start from)."""
+        x = ops.cast(inputs, "float32")
+        centered = x - ops.mean(x, axis=-1, keepdims=True)
+        return centered, ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + self.epsilon)
 
 
 def plain_dense(layer):
