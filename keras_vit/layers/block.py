@@ -50,6 +50,10 @@ class DropPath(keras.layers.Layer):
         self.rate = check_rate(rate, "drop_path")
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # No weights to create: built from the start. An unbuilt sublayer
+        # makes Keras' JAX `predict_on_batch`/`fit` run the whole model
+        # eagerly on every call, and `model.quantize` refuse the model.
+        self.built = True
 
     def call(self, x, training=None):
         if not training or self.rate == 0.0:
