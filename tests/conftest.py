@@ -14,6 +14,32 @@ REPO = Path(__file__).resolve().parents[1]
 BACKEND = keras.backend.backend()
 
 
+def import_timm():
+    """Imports timm (a test reference; the `dev` extra installs it).
+
+    PyPI's x86-64 torchvision wheel (which timm imports) is linked against
+    CUDA torch; beside the CPU build its compiled ops do not load and its
+    `import` fails registering fake kernels for the two ops `nms` and
+    `qnms` that extension would have declared. Declaring those two schemas
+    lets the real (pure-Python) torchvision package import; timm's ViT
+    never calls them.
+    """
+    import torch
+
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError:
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+        global _TORCHVISION_OPS  # keep the library object alive
+        _TORCHVISION_OPS = torch.library.Library("torchvision", "DEF")
+        for op in ("nms", "qnms"):
+            _TORCHVISION_OPS.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import timm
+
+    return timm
+
+
 def tiny_vit_kwargs(**overrides):
     """Arguments of a tiny ViT that builds and runs in well under a second."""
     kwargs = dict(

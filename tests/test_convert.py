@@ -8,7 +8,6 @@ import functools
 import json
 import os
 import pickle
-import sys
 import warnings
 import zipfile
 
@@ -19,7 +18,7 @@ import torch
 from keras_vit import build_vit
 from keras_vit import convert
 from keras_vit.layers import pair, resample_posemb
-from tests.conftest import run_python
+from tests.conftest import import_timm, run_python
 
 
 TOL = 1e-4
@@ -27,24 +26,8 @@ LOGIT_TOL = 1e-5  # float32 logits against timm's
 
 
 def import_timm_vit():
-    """Imports timm's VisionTransformer and its .npz loader.
-
-    PyPI's x86-64 torchvision wheel (which timm imports) is linked against
-    CUDA torch; beside the CPU build its compiled ops do not load and its
-    `import` fails registering fake kernels for the two ops `nms` and
-    `qnms` that extension would have declared. Declaring those two schemas
-    lets the real (pure-Python) torchvision package import; timm's ViT
-    never calls them.
-    """
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError:
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]
-        global _TORCHVISION_OPS  # keep the library object alive
-        _TORCHVISION_OPS = torch.library.Library("torchvision", "DEF")
-        for op in ("nms", "qnms"):
-            _TORCHVISION_OPS.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    """timm's VisionTransformer and its .npz loader (see `conftest.import_timm`)."""
+    import_timm()
     from timm.models.vision_transformer import VisionTransformer, _load_weights
 
     return VisionTransformer, _load_weights

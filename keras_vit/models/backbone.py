@@ -56,7 +56,14 @@ def _check_size(c, grid):
             f"{MAX_TOKENS:,}). Check hidden_dim, depth, mlp_dim, image_size and patch_size.")
 
 
-def _rescaling(mean, std):
+def _embed(images, rescaling, patch_encoder, dropout, norm_pre):
+    """Pixels to the tokens the first block takes."""
+    x = rescaling(images) if rescaling is not None else images
+    x = dropout(patch_encoder(x))
+    return norm_pre(x) if norm_pre is not None else x
+
+
+def _rescaling(mean, std, policy):
     """(x / 255 - mean) / std as one Rescaling layer (per channel if given)."""
     n = max(len(mean), len(std))
     mean, std = (list(v) * (n if len(v) == 1 else 1) for v in (mean, std))
@@ -64,7 +71,7 @@ def _rescaling(mean, std):
     offset = [-m / s for m, s in zip(mean, std)]
     if n == 1:
         scale, offset = scale[0], offset[0]
-    return keras.layers.Rescaling(scale, offset=offset, name="rescaling")
+    return keras.layers.Rescaling(scale, offset=offset, dtype=policy, name="rescaling")
 
 
 class ChecksImages:
@@ -232,52 +239,59 @@ class ViTBackbone(ChecksImages, keras.Model):
         grid = grid_size(reference, patch, stride, "image_size" if image_size else "reference_image_size")
         _check_size(config, grid)
 
+        policy = keras.dtype_policies.get(kwargs.pop("dtype", None) or keras.config.dtype_policy())
+
         # === Layers ===
-        self.rescaling = _rescaling(config["pixel_mean"], config["pixel_std"]) if include_rescaling else None
-        self.patch_encoder = PatchEncoder(
+        # Built as locals and set as attributes after `keras.Model.__init__`:
+        # on the torch backend a layer is a `torch.nn.Module`, which cannot be
+        # assigned to a module that is not initialised yet.
+        rescaling = _rescaling(config["pixel_mean"], config["pixel_std"], policy) if include_rescaling else None
+        patch_encoder = PatchEncoder(
             hidden_dim, patch, stride=stride, grid_size=grid, use_cls_token=class_token,
             num_registers=num_registers, pos_embedding=pos_embedding, interpolation=interpolation,
             patch_embedding=patch_embedding, sincos_layout=sincos_layout, patch_bias=patch_bias,
-            conv_stem=conv_stem, name="patch_encoder")
-        self.embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
-        self.norm_pre = layer_norm(norm_epsilon, "norm_pre") if pre_norm else None
-        self.blocks = [
+            conv_stem=conv_stem, dtype=policy, name="patch_encoder")
+        embedding_dropout = keras.layers.Dropout(dropout, dtype=policy, name="embedding_dropout")
+        norm_pre = layer_norm(norm_epsilon, "norm_pre") if pre_norm else None
+        blocks = [
             TransformerBlock(
                 num_heads, mlp_dim, dropout=dropout, attention_dropout=attention_dropout,
                 drop_path=drop_path_rate * i / max(depth - 1, 1), layer_scale=layer_scale,
                 qk_norm=qk_norm, activation=activation, norm_epsilon=norm_epsilon,
-                use_qkv_bias=use_qkv_bias, fused_attention=fused_attention, name=f"encoder_block_{i}")
+                use_qkv_bias=use_qkv_bias, fused_attention=fused_attention, dtype=policy,
+                name=f"encoder_block_{i}")
             for i in range(depth)
         ]
-        self.norm = layer_norm(norm_epsilon, "encoder_norm") if final_norm else None
+        norm = layer_norm(norm_epsilon, "encoder_norm") if final_norm else None
 
         # === Functional model ===
         images = keras.Input(shape=(*input_hw, channels), name="images")
-        x = self._embed(images)
-        for block in self.blocks:
+        x = _embed(images, rescaling, patch_encoder, embedding_dropout, norm_pre)
+        for block in blocks:
             x = block(x)
-        outputs = self.norm(x) if self.norm is not None else x
+        outputs = norm(x) if norm is not None else x
         super().__init__(inputs=images, outputs=outputs, **{"name": "vit_backbone", **kwargs})
+
+        self.dtype_policy = policy  # a functional model ignores `dtype`; the config keeps it
+        self.rescaling = rescaling
+        self.patch_encoder = patch_encoder
+        self.embedding_dropout = embedding_dropout
+        self.norm_pre = norm_pre
+        self.blocks = blocks
+        self.norm = norm
 
         # === Config ===
         config.update(patch_size=patch, stride=stride,
                       image_size=None if image_size is None else reference,
                       reference_image_size=reference)
         self._vit_config = config
+        for key, value in config.items():  # hidden_dim, patch_size, ... read as attributes
+            setattr(self, key, value)
 
     def _embed(self, images):
-        x = self.rescaling(images) if self.rescaling is not None else images
-        x = self.embedding_dropout(self.patch_encoder(x))
-        return self.norm_pre(x) if self.norm_pre is not None else x
+        return _embed(images, self.rescaling, self.patch_encoder, self.embedding_dropout, self.norm_pre)
 
     # --- what the rest of the package reads ------------------------------
-
-    def __getattr__(self, name):
-        # Config values (hidden_dim, patch_size, ...) read as attributes.
-        config = self.__dict__.get("_vit_config")
-        if config is not None and name in config:
-            return config[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def num_prefix_tokens(self):
@@ -344,7 +358,8 @@ class ViTBackbone(ChecksImages, keras.Model):
     # --- construction -----------------------------------------------------
 
     def get_config(self):
-        config = {"name": self.name, "trainable": self.trainable}
+        config = {"name": self.name, "trainable": self.trainable,
+                  "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
         config.update(self._vit_config)
         return config
 

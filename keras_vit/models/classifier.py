@@ -92,42 +92,54 @@ class ViTClassifier(ChecksImages, keras.Model):
         if preprocessing is not None and not isinstance(preprocessing, dict):
             raise ValueError(f"`preprocessing` must be None or a dict. Received: {preprocessing!r}")
 
-        # === Layers ===
-        self.backbone = backbone
+        policy = keras.dtype_policies.get(kwargs.pop("dtype", None) or backbone.dtype_policy)
+
+        # === Layers === (set as attributes after `keras.Model.__init__`, as
+        # the torch backend needs: see `ViTBackbone`)
         if pooling == "map":
-            self.pooler = AttentionPooling(
+            pooler = AttentionPooling(
                 backbone.num_heads, backbone.mlp_dim, backbone.activation, backbone.norm_epsilon,
-                name="map_pooling")
+                dtype=policy, name="map_pooling")
         else:
-            self.pooler = TokenPooling(pooling, num_prefix_tokens=backbone.num_prefix_tokens,
-                                       name=f"{pooling}_pooling")
-        self.fc_norm = layer_norm(backbone.norm_epsilon, "fc_norm") if fc_norm else None
-        self.pre_logits = (
-            keras.layers.Dense(representation_size, activation="tanh", name="pre_logits")
+            pooler = TokenPooling(pooling, num_prefix_tokens=backbone.num_prefix_tokens,
+                                  dtype=policy, name=f"{pooling}_pooling")
+        fc_norm_layer = layer_norm(backbone.norm_epsilon, "fc_norm") if fc_norm else None
+        pre_logits = (
+            keras.layers.Dense(representation_size, activation="tanh", dtype=policy, name="pre_logits")
             if representation_size else None)
-        self.head_hidden = [
-            keras.layers.Dense(units, activation="gelu", name=f"head_dense_{i}")
+        head_hidden = [
+            keras.layers.Dense(units, activation="gelu", dtype=policy, name=f"head_dense_{i}")
             for i, units in enumerate(head_units or ())]
-        self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
-        self.head = keras.layers.Dense(num_classes, dtype="float32", name="head") if num_classes else None
-        self.predictions = (
+        head_dropout = keras.layers.Dropout(dropout, dtype=policy, name="head_dropout")
+        head = keras.layers.Dense(num_classes, dtype="float32", name="head") if num_classes else None
+        predictions = (
             keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")
             if num_classes and classifier_activation else None)
 
         # === Functional model ===
         images = keras.Input(shape=backbone.input_shape[1:], name="images")
-        x = self.pooler(backbone(images))
-        if self.fc_norm is not None:
-            x = self.fc_norm(x)
-        if self.pre_logits is not None:
-            x = self.pre_logits(x)
-        for dense in self.head_hidden:
-            x = self.head_dropout(dense(x))
-        if self.head is not None:
-            x = self.head(self.head_dropout(x))
-            if self.predictions is not None:
-                x = self.predictions(x)
+        x = pooler(backbone(images))
+        if fc_norm_layer is not None:
+            x = fc_norm_layer(x)
+        if pre_logits is not None:
+            x = pre_logits(x)
+        for dense in head_hidden:
+            x = head_dropout(dense(x))
+        if head is not None:
+            x = head(head_dropout(x))
+            if predictions is not None:
+                x = predictions(x)
         super().__init__(inputs=images, outputs=x, **{"name": "vit", **kwargs})
+
+        self.dtype_policy = policy  # a functional model ignores `dtype`; the config keeps it
+        self.backbone = backbone
+        self.pooler = pooler
+        self.fc_norm = fc_norm_layer
+        self.pre_logits = pre_logits
+        self.head_hidden = head_hidden
+        self.head_dropout = head_dropout
+        self.head = head
+        self.predictions = predictions
 
         # === Config ===
         self.num_classes = num_classes
@@ -177,6 +189,7 @@ class ViTClassifier(ChecksImages, keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "num_classes": self.num_classes,
             "pooling": self.pooling,
