@@ -1,10 +1,18 @@
-"""keras_vit: Vision Transformers as serializable Keras 3 layers and models."""
+"""keras_vit: Vision Transformers as serializable Keras 3 layers and models.
+
+Installed as the distribution ``keras-vision-transformer`` (the name
+``keras-vit`` on PyPI is another project, which also installs a
+``keras_vit`` module); imported as ``keras_vit``.
+"""
 
 __version__ = "0.2.0"
 
-from keras_vit.cli.startup import cli_is_starting  # noqa: E402 - cheap: no Keras
+from keras_vit.cli import startup as _startup  # noqa: E402 - cheap: no Keras
 
-if cli_is_starting():
+DISTRIBUTION = _startup.DISTRIBUTION  # "keras-vision-transformer"
+_startup.refuse_the_other_keras_vit()  # the other project named keras-vit: a clear ImportError
+
+if _startup.cli_is_starting():
     # The keras-vit command imports Keras and TensorFlow itself, after its
     # quiet start-up (keras_vit.cli.main.main); the names below load on use.
     def __getattr__(name):

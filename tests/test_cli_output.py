@@ -1,6 +1,7 @@
 """What the `keras-vit` command prints: no native TensorFlow/XLA log lines and
 no Python warning with a source path unless `--debug` asks, one line per
-epoch when stdout is a pipe."""
+epoch when stdout is a pipe; and `import keras_vit` refuses the other PyPI
+project named keras-vit, which also installs a `keras_vit` module."""
 
 import os
 import re
@@ -127,3 +128,44 @@ def test_progress_is_a_line_per_epoch_unless_on_a_terminal(monkeypatch, tmp_path
     monkeypatch.setattr(sys.stdout, "isatty", lambda: tty, raising=False)
     assert main(["train", "--run-dir", str(tmp_path), *flags]) == 0
     assert seen["verbose"] == expected
+
+
+# The other project: keras-vit 1.0.1 on PyPI (github.com/djsaber/Keras-ViT).
+OTHER_FILES = ["keras_vit/__init__.py", "keras_vit/config.py", "keras_vit/layers.py", "keras_vit/utils.py",
+               "keras_vit/vit.py"]
+
+
+def fake_distribution(root, version, summary, files):
+    info = root / f"keras_vit-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: keras-vit\nVersion: {version}\nSummary: {summary}\n")
+    (info / "RECORD").write_text("".join(f"{f},,\n" for f in [*files, f"{info.name}/METADATA", f"{info.name}/RECORD"]))
+    return root
+
+
+def test_the_other_keras_vit_is_refused_with_the_fix(tmp_path):
+    root = fake_distribution(tmp_path, "1.0.1", "Implementation of ViT model based on Keras", OTHER_FILES)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(REPO)]))
+    proc = subprocess.run([sys.executable, "-c", "import keras_vit"], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: The distribution 'keras-vit' 1.0.1 (Implementation of ViT model")
+    assert keras_vit.DISTRIBUTION in last and "pip uninstall keras-vit" in last
+    assert f"pip install --force-reinstall {keras_vit.DISTRIBUTION}" in last
+
+
+def test_an_older_install_of_this_project_under_the_old_name_is_fine(tmp_path, monkeypatch):
+    """CI machines may keep an editable install of this repository made when
+    it was still called keras-vit (0.2.0, with our summary)."""
+    root = fake_distribution(tmp_path, "0.2.0", startup.SUMMARY + ": train, tune, export.",
+                             ["__editable__.keras_vit-0.2.0.pth"])
+    monkeypatch.syspath_prepend(str(root))
+    startup.refuse_the_other_keras_vit()  # no error
+    other = fake_distribution(tmp_path / "other", "1.0.1", "Implementation of ViT model based on Keras", OTHER_FILES)
+    monkeypatch.syspath_prepend(str(other))
+    with pytest.raises(ImportError, match="another project"):
+        startup.refuse_the_other_keras_vit()
+    # the command checks again: the other project's keras_vit/__init__.py may have replaced ours
+    with pytest.raises(ImportError, match="pip uninstall keras-vit"):
+        main(["--version"])

@@ -94,6 +94,7 @@ def _bug(args):
 
 
 def main(argv=None):
+    startup.refuse_the_other_keras_vit()  # also when another keras_vit/__init__.py was loaded
     debug = startup.wants_debug(argv)
     startup.quiet_startup(debug)  # before anything imports Keras or TensorFlow
     with startup.warning_format(debug):
