@@ -10,7 +10,7 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "keras_vit" / "__init__.
 WEIGHTS = ["torch==2.13.0", "safetensors>=0.4"]
 
 setup(
-    name="keras-vit",
+    name="keras-vision-transformer",  # "keras-vit" on PyPI is another project
     version=VERSION,
     description="Vision Transformers as serializable Keras 3 layers: train, tune, export, load pretrained weights.",
     long_description=(HERE / "README.md").read_text(),

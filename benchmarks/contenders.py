@@ -93,7 +93,7 @@ def build_keras_hub(cfg):
         import keras_hub
     except ImportError as err:  # pragma: no cover - depends on the extra
         raise ImportError(
-            "The keras_hub contender needs keras-hub: pip install 'keras-vit[benchmarks]' "
+            "The keras_hub contender needs keras-hub: pip install 'keras-vision-transformer[benchmarks]' "
             "or pass --contenders keras_vit."
         ) from err
 

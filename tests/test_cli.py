@@ -54,19 +54,20 @@ def test_benchmark_without_models_is_a_usage_error(capsys):
     assert "the following arguments are required: models" in capsys.readouterr().err
 
 
-def test_commands_start_quietly_and_verbose_brings_tensorflow_lines_back(tmp_path):
+def test_commands_start_quietly_and_debug_brings_tensorflow_lines_back(tmp_path):
     """TensorFlow's native start-up lines (CUDA probing, oneDNN notices,
     'failed call to cuInit') are a newcomer's first sight: the command hides
-    them unless asked, and real errors still show."""
+    them unless asked with --debug, and real errors still show. (More in
+    test_cli_output.py.)"""
     script = shutil.which("keras-vit")
     quiet = subprocess.run([script, "train", "--epochs", "0", "--run-dir", str(tmp_path / "r")],
                            capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 2
     assert quiet.stderr.strip().splitlines() == [
         "keras-vit train: error: `epochs` must be an int >= 1. Received: epochs=0"]
-    verbose = subprocess.run([script, "--verbose", "--version"], capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
-    assert verbose.returncode == 0 and verbose.stdout.strip() == f"keras-vit {__version__}"
+    debug = subprocess.run([script, "--debug", "--version"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert debug.returncode == 0 and debug.stdout.strip() == f"keras-vit {__version__}"
     quiet_version = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=300,
                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
-    assert quiet_version.stderr == "" and len(verbose.stderr) > len(quiet_version.stderr)
+    assert quiet_version.stderr == "" and len(debug.stderr) > len(quiet_version.stderr)

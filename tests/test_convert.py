@@ -641,7 +641,7 @@ def test_pytorch_files_without_torch_name_the_extra_to_install(tmp_path):
     results = [line for line in lines if line.startswith(("ERROR", "LOADED"))]
     assert len(results) == 2
     assert results[0].startswith("ERROR") and "PyTorch is not installed" in results[0]
-    assert "pip install keras-vit[weights]" in results[0] and "corrupt" not in results[0]
+    assert "pip install 'keras-vision-transformer[weights]'" in results[0] and "corrupt" not in results[0]
     assert results[1] == "LOADED ['cls_token']"  # float32 safetensors need no torch
 
 

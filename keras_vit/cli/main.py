@@ -7,6 +7,10 @@ a usage or input error, printed as ``keras-vit COMMAND: error: ...`` with
 exit code 2 and no traceback, like argparse's own usage errors. A full
 disk is said as such, exit code 1 and no traceback. Anything else is a
 bug: the traceback is printed with a line asking to report it, exit code 1.
+
+The command starts quiet (`keras_vit.cli.startup`): no native TensorFlow or
+XLA log lines, and Python warnings as ``keras-vit: warning: ...`` lines;
+``keras-vit --debug`` (or ``KERAS_VIT_DEBUG=1``) shows everything.
 """
 
 import argparse
@@ -14,6 +18,8 @@ import importlib
 import os
 import sys
 import traceback
+
+from keras_vit.cli import startup
 
 # Command modules, in the order of the workflow.
 COMMAND_MODULES = (
@@ -46,10 +52,12 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-vit",
         description="Train, tune, export and inspect Vision Transformers built with keras_vit.",
+        allow_abbrev=False,  # --debug is read before parsing (startup.wants_debug): no --deb
     )
     parser.add_argument("--version", action="version", version=f"keras-vit {__version__}")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show TensorFlow's start-up log lines (also KERAS_VIT_VERBOSE=1)")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show TensorFlow's and XLA's native log lines and Python warnings with "
+                             f"their source lines (also {startup.DEBUG_ENV}=1)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(subparsers)
@@ -86,15 +94,22 @@ def _bug(args):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return 2
-    try:
-        return run_command(args)
-    except Exception:  # noqa: BLE001 - everything else is a bug, reported as such
-        return _bug(args)
+    startup.refuse_the_other_keras_vit()  # also when another keras_vit/__init__.py was loaded
+    debug = startup.wants_debug(argv)
+    startup.quiet_startup(debug)  # before anything imports Keras or TensorFlow
+    with startup.warning_format(debug):
+        import keras_vit.layers  # noqa: F401 - registers the layers and models with Keras
+        import keras_vit.models  # noqa: F401
+
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        try:
+            return run_command(args)
+        except Exception:  # noqa: BLE001 - everything else is a bug, reported as such
+            return _bug(args)
 
 
 if __name__ == "__main__":

@@ -1,42 +1,110 @@
 """Quiet start-up for the `keras-vit` command.
 
-TensorFlow prints native log lines (CUDA probing, oneDNN notices, "failed
-call to cuInit") on stderr while it is imported and while its runtime
-starts, before any Python code can filter them. The command captures that
-stream during those two moments only; `--verbose` or ``KERAS_VIT_VERBOSE=1``
-shows everything. If the import fails, the captured lines are printed
-before the error, so real problems are never hidden.
+TensorFlow and XLA print native log lines on stderr (``I0000 ...
+cudart_stub.cc`` "Could not find cuda drivers", ``cpu_feature_guard``,
+``failed call to cuInit``, ``service.cc`` "XLA service ... initialized")
+that Python cannot filter. `keras_vit.cli.main.main` calls `quiet_startup`
+before anything imports Keras or TensorFlow (`keras_vit/__init__.py` leaves
+that import to the command, see `cli_is_starting`). Quiet means:
+
+- ``TF_CPP_MIN_LOG_LEVEL=3`` for TensorFlow's and XLA's own logs, which it
+  reads once, when it loads;
+- stderr captured at the file-descriptor level while TensorFlow is imported,
+  for the lines absl prints before its logging is initialised (which ignore
+  that level); if the import fails, the captured lines are printed before
+  the error, so real problems are never hidden;
+- Python warnings printed as one line, ``keras-vit: warning: MESSAGE``,
+  without the source path and line (`warning_format`).
+
+``keras-vit --debug ...`` or ``KERAS_VIT_DEBUG=1`` shows everything as
+TensorFlow and Python print it. Python errors always reach stderr.
+
+`refuse_the_other_keras_vit` (run by `keras_vit/__init__.py` and again by
+the command, in case another project's ``keras_vit/__init__.py`` replaced
+ours) stops with an ImportError when the other PyPI project named keras-vit
+is installed.
 """
 
+import contextlib
+import logging
 import os
 import sys
 import tempfile
+import warnings
+
+DEBUG_ENV = "KERAS_VIT_DEBUG"
+DISTRIBUTION = "keras-vision-transformer"
+OTHER_DISTRIBUTION = "keras-vit"
+# Every release of this repository, including those installed under the old
+# name keras-vit (0.1.0, 0.2.0), had this summary; the other project's
+# (keras-vit 1.0.1, github.com/djsaber/Keras-ViT) is "Implementation of ViT
+# model based on Keras".
+SUMMARY = "Vision Transformers as serializable Keras 3 layers"
+PROGRAM = "keras-vit"
+CLI_MODULES = ("keras_vit.cli", "keras_vit.cli.main")
 
 
-def is_cli_process():
-    """True when this process runs the `keras-vit` console script."""
-    return os.path.basename(sys.argv[0] if sys.argv else "") == "keras-vit"
+def refuse_the_other_keras_vit():
+    """Raises ImportError when the other project named keras-vit is
+    installed: its `keras_vit` module and ours share one import name, so
+    which files Python finds (or an uninstall removes) is an accident. An
+    install of this project under its old name keras-vit is recognised by
+    its summary. Reads installed metadata only: milliseconds."""
+    from importlib import metadata
+
+    for dist in metadata.distributions(name=OTHER_DISTRIBUTION):
+        summary = dist.metadata.get("Summary") or ""
+        if summary.startswith(SUMMARY):
+            continue  # this project, installed under its old name
+        raise ImportError(
+            f"The distribution {OTHER_DISTRIBUTION!r} {dist.version} ({summary or 'no summary'}, at "
+            f"{dist.locate_file('')}) is another project that also installs a module named keras_vit; "
+            f"this keras_vit is the distribution {DISTRIBUTION!r}. The two cannot be installed together. "
+            f"Fix: pip uninstall {OTHER_DISTRIBUTION}, then reinstall this one: "
+            f"pip install --force-reinstall {DISTRIBUTION} (or pip install -e . in its checkout).")
 
 
-def wants_verbose(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    return "--verbose" in argv or os.environ.get("KERAS_VIT_VERBOSE", "") not in ("", "0")
+def cli_is_starting():
+    """True while this process starts as the `keras-vit` command: the
+    console script, or ``python -m keras_vit.cli``. `keras_vit/__init__.py`
+    then defers importing Keras to the command, which imports it after its
+    quiet start-up; any other program importing keras_vit gets it at once."""
+    script = os.path.basename(sys.argv[0] if sys.argv else "")
+    if os.path.splitext(script)[0] in (PROGRAM, f"{PROGRAM}-script"):
+        return True
+    argv = list(getattr(sys, "orig_argv", []))
+    return "-m" in argv[:-1] and argv[argv.index("-m") + 1] in CLI_MODULES
+
+
+def wants_debug(argv=None):
+    """Whether native logs should show: ``KERAS_VIT_DEBUG`` set (not 0), or
+    ``--debug`` among the global options, i.e. before the command's name
+    (read before argparse, which needs modules that import TensorFlow)."""
+    if os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off"):
+        return True
+    for arg in sys.argv[1:] if argv is None else argv:
+        if arg == "--debug":
+            return True
+        if not arg.startswith("-"):  # the command: what follows is its own
+            return False
+    return False
 
 
 def import_backend_quietly():
-    """Imports the Keras backend with stderr captured at the file-descriptor
-    level; replays what was captured if the import raises."""
+    """Imports Keras and TensorFlow with stderr captured at the
+    file-descriptor level; replays what was captured if the import raises."""
+    sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as log:
         os.dup2(log.fileno(), 2)
         failed = True
         try:
-            import keras
+            import keras  # noqa: F401
 
-            if keras.backend.backend() == "tensorflow":
-                import tensorflow as tf
-
-                tf.config.list_physical_devices()
+            try:
+                import tensorflow  # noqa: F401 - its native start-up lines, whichever the backend
+            except ImportError:
+                pass
             failed = False
         finally:
             sys.stderr.flush()
@@ -47,8 +115,35 @@ def import_backend_quietly():
                 sys.stderr.write(log.read().decode("utf-8", "replace"))
 
 
-def quiet_startup():
-    """Called first thing by `keras_vit/__init__.py`: imports the backend
-    quietly when this process is the `keras-vit` command."""
-    if is_cli_process() and not wants_verbose():
-        import_backend_quietly()
+def quiet_startup(debug=False):
+    """Prepares a quiet run of the command, before Keras and TensorFlow are
+    imported; with `debug`, leaves every log as it is. Changes nothing when
+    TensorFlow is already imported (the command called from Python)."""
+    if debug or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    # JAX says it fell back to the CPU through Python logging.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
+    import_backend_quietly()
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """`warnings.showwarning` for the command: one line, no source path."""
+    text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    try:
+        (file or sys.stderr).write(f"{PROGRAM}: warning: {text}\n")
+    except (OSError, ValueError):  # stderr closed: warnings are lost, as Python's own would be
+        pass
+
+
+@contextlib.contextmanager
+def warning_format(debug=False):
+    """Python warnings shown by `show_warning` inside the block (Python's
+    own format with `debug`); the previous `warnings.showwarning` after."""
+    previous = warnings.showwarning
+    if not debug:
+        warnings.showwarning = show_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous

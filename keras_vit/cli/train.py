@@ -6,6 +6,7 @@ setting is listed once.
 
 import argparse
 import dataclasses
+import sys
 
 from keras_vit.training.recipe import DEFAULT_RECIPE, Recipe
 
@@ -45,7 +46,9 @@ def _add_field(group, field):
     elif field.name == "jit_compile":
         group.add_argument(flag, type=str.lower, choices=JIT_CHOICES, help=meta["help"] + default)
     elif field.name == "verbose":
-        group.add_argument(flag, type=int, choices=(0, 1, 2), help=meta["help"] + " (default: a progress bar)")
+        group.add_argument(flag, type=int, choices=(0, 1, 2), help=meta["help"] + (
+            ": 0 silent, 1 a progress bar, 2 one line per epoch (default: a progress bar on a terminal, "
+            "one line per epoch when the output goes to a file or a pipe)"))
     else:
         kind = {"augment": augment_arg, "duration": str, "channels": channels_arg}.get(meta["kind"], meta["kind"])
         choices = meta["choices"]
@@ -84,6 +87,13 @@ def _print_table(title, metrics):
         print(f"  {key.ljust(width)}  {value:.4f}")
 
 
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
+
+
 def run(args):
     from keras_vit.training.auto import ARCHITECTURE_FIELDS
     from keras_vit.training.run import train_from_config
@@ -92,6 +102,8 @@ def run(args):
     if settings.get("jit_compile") is not None:
         settings["jit_compile"] = JIT_CHOICES[settings["jit_compile"]]
     recipe = Recipe.from_sources(args.recipe or None, args.config, **settings)
+    if recipe.verbose == "auto":  # a progress bar's carriage returns would fill a log file
+        recipe = dataclasses.replace(recipe, verbose=1 if _is_terminal(sys.stdout) else 2)
     if recipe.recipe == "auto":
         if recipe.preset:
             changed = ", ".join(f"{name}={getattr(recipe, name)}" for name in ARCHITECTURE_FIELDS

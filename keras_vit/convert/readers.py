@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 
 FORMATS = ("npz", "safetensors", "torch")
-INSTALL_HINT = "pip install keras-vit[weights]"
+INSTALL_HINT = "pip install 'keras-vision-transformer[weights]'"
 
 
 class CheckpointError(ValueError):
