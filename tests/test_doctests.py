@@ -30,6 +30,7 @@ MODULES = (
     "keras_vit.convert.big_vision",
     "keras_vit.convert.assign",
     "keras_vit.convert.checkpoint",
+    "keras_vit._moved",
 )
 
 
