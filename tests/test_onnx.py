@@ -228,3 +228,18 @@ def test_keras_own_onnx_export_runs_in_onnx_runtime(fixed, tmp_path):
     got = session.run(None, {session.get_inputs()[0].name: images})[0]
     expected = keras.ops.convert_to_numpy(fixed["model"](images, training=False))
     assert np.abs(got - expected).max() <= ATOL
+
+
+@tf_only
+def test_erfc_is_converted(tmp_path, monkeypatch):
+    """`ops.gelu(approximate=False)` lowers to TensorFlow's Erfc, which ONNX
+    lacks: the converter writes it as 1 - Erf (e.g. for the conv stem)."""
+    from keras_vit.layers import block
+
+    monkeypatch.setitem(block.ACTIVATIONS, "gelu", lambda x: keras.ops.gelu(x, approximate=False))
+    model = _model(16, depth=1)
+    path = E.export_onnx(model, tmp_path / "erfc.onnx")
+    assert "Erf" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    images = _pixels((2, 16, 16, 3))
+    got = _session(path).run(None, {"images": images})[0]
+    assert np.abs(got - _keras_probabilities(model, images)).max() <= ATOL
