@@ -7,7 +7,8 @@ for `--repeats` rounds, so that the noise of a shared machine hits them alike;
 the tables report medians. Peak memory is measured afterwards in a fresh
 subprocess per contender (see `benchmarks.measure`). Extra sections
 (`--sections`) measure cost against image size, the tf.data pipeline against
-the model's consumption, and TFLite latency.
+the model's consumption, TFLite latency, and the latency of the SavedModel,
+TFLite and ONNX (ONNX Runtime) artifacts side by side.
 
 Results go to ``<out>/suite-<backend>-<device>[-<tag>].json`` and ``.md``.
 
@@ -32,7 +33,7 @@ from benchmarks.contenders import CONFIGS, CONTENDERS, build_contender
 from benchmarks.measure import Runner, make_batch, peak_memory
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("suite", "scaling", "pipeline", "tflite")
+SECTIONS = ("suite", "scaling", "pipeline", "tflite", "latency")
 JIT_MODES = {"both": (False, True), "on": (True,), "off": (False,)}
 
 

@@ -404,9 +404,9 @@ def test_bad_export_arguments(tiny_vit, tmp_path):
 
 
 def test_load_predictor_rejects_unknown_files(tmp_path):
-    (tmp_path / "model.onnx").write_bytes(b"x")
+    (tmp_path / "model.mlmodel").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"\.keras file, a SavedModel directory.*\.tflite"):
-        E.load_predictor(tmp_path / "model.onnx")
+        E.load_predictor(tmp_path / "model.mlmodel")
     (tmp_path / "broken.tflite").write_bytes(b"not a flatbuffer")
     with pytest.raises(ValueError, match=r"broken.tflite is not a TFLite model \(no 'TFL3'"):
         E.load_predictor(tmp_path / "broken.tflite")

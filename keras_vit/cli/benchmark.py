@@ -11,13 +11,13 @@ from keras_vit.cli.common import format_table, non_negative_int, positive_int, s
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "benchmark", help="Latency (p50/p95) and throughput of artifacts at batch 1 and batch N.",
-        description="Times .keras files, SavedModel directories and .tflite files on random images. "
+        description="Times .keras files, SavedModel directories, .tflite and .onnx files on random images. "
         "For the keras_vit vs keras-hub suite, run `python -m benchmarks.run` in a source checkout.")
-    parser.add_argument("models", nargs="+", help=".keras files, SavedModel directories or .tflite files")
+    parser.add_argument("models", nargs="+", help=".keras files, SavedModel directories, .tflite or .onnx files")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="N, the second batch size (default 8)")
     parser.add_argument("--iterations", type=positive_int, default=50)
     parser.add_argument("--warmup", type=non_negative_int, default=5)
-    parser.add_argument("--threads", type=positive_int, default=None, help="LiteRT CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="LiteRT and ONNX Runtime CPU threads")
     parser.add_argument("--image-size", type=positive_int, nargs=2, metavar=("H", "W"), help="for dynamic-size models")
     parser.set_defaults(run=run)
     return parser

@@ -1,18 +1,19 @@
-"""`keras-vit export`: a .keras model to a SavedModel or a .tflite file."""
+"""`keras-vit export`: a .keras model to a SavedModel, a .tflite or an .onnx file."""
 
 from pathlib import Path
 
 from keras_vit.cli.common import positive_int, read_class_names, size_of
 
-FORMATS = ("savedmodel", "tflite")
+FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
-        "export", help="Export a .keras model as a SavedModel or a .tflite file.",
+        "export", help="Export a .keras model as a SavedModel, a .tflite or an .onnx file.",
         description="Export a .keras model as a SavedModel (serving signatures for raw uint8 images "
-        "and encoded JPEG/PNG bytes) or a .tflite file (float32, float16, dynamic or int8).",
+        "and encoded JPEG/PNG bytes), a .tflite file (float32, float16, dynamic or int8) or an .onnx file "
+        "for ONNX Runtime (float32 pixels in, probabilities out; dynamic batch).",
     )
     parser.add_argument("model", help="the .keras file")
     parser.add_argument("--format", default="savedmodel", choices=FORMATS, help="artifact kind (default savedmodel)")
@@ -26,6 +27,8 @@ def add_parser(subparsers):
     parser.add_argument("--representative-data", nargs="+", metavar="PATH",
                         help="int8: training images (files, folders, globs; resized to the model) or one .npy array")
     parser.add_argument("--num-calibration-samples", type=positive_int, default=100)
+    parser.add_argument("--opset", type=positive_int, default=None,
+                        help="onnx only: the ONNX opset (default 17; 13 to 18)")
     parser.set_defaults(run=run)
     return parser
 
@@ -60,7 +63,16 @@ def run(args):
     names = read_class_names(args.class_names)
     image_size = tuple(args.image_size) * (2 if len(args.image_size) == 1 else 1) if args.image_size else None
     stem = Path(args.model).with_suffix("")
-    if args.format == "savedmodel":
+    if args.opset is not None and args.format != "onnx":
+        raise ValueError(f"--opset applies to --format onnx only. Received: --format {args.format}")
+    if args.format == "onnx":
+        from keras_vit.export.onnx import DEFAULT_OPSET, export_onnx
+
+        if args.quantization != "float32":
+            raise ValueError(f"--quantization={args.quantization!r} applies to --format tflite only.")
+        output = args.output or f"{stem}.onnx"
+        export_onnx(model, output, opset=args.opset or DEFAULT_OPSET, class_names=names, image_size=image_size)
+    elif args.format == "savedmodel":
         if args.quantization != "float32":
             raise ValueError(f"--quantization={args.quantization!r} applies to --format tflite only.")
         output = args.output or f"{stem}_savedmodel"

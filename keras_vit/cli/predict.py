@@ -5,9 +5,10 @@ from keras_vit.cli.common import format_table, positive_int, read_class_names
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
-        "predict", help="Print the top-k classes of images with a .keras, SavedModel, .tflite model or a preset.")
-    parser.add_argument("model", help="a .keras file, a SavedModel directory, a .tflite file, or a preset: a known "
-                        "pretrained name, hf://owner/repo[@rev], a preset directory or a checkpoint file")
+        "predict",
+        help="Print the top-k classes of images with a .keras, SavedModel, .tflite, .onnx model or a preset.")
+    parser.add_argument("model", help="a .keras file, a SavedModel directory, a .tflite or .onnx file, or a preset: "
+                        "a known pretrained name, hf://owner/repo[@rev], a preset directory or a checkpoint file")
     parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--top-k", type=positive_int, default=3, help="classes per image (>= 1)")
     parser.add_argument("--resize", action="store_true",

@@ -12,10 +12,10 @@ from keras_vit.layers import grid_size
 from keras_vit.preprocessing import ImageSettings
 from keras_vit.utils.validation import pair
 
-FORMATS = ("savedmodel", "tflite")
+FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 # Name of the metadata entry (a SavedModel asset file, a .tflite metadata
-# buffer) holding class names, geometry and image settings.
+# buffer, an .onnx metadata_props key) holding class names, geometry and image settings.
 METADATA_NAME = "keras_vit"
 BYTES_SIGNATURE = "serving_bytes"
 CHECKPOINT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin")
@@ -32,8 +32,8 @@ def check_target(path, kind):
                 f"`path` exists and is not a SavedModel directory; refusing to replace it. "
                 f"Received: path={str(path)!r}"
             )
-    if kind == "tflite" and path.is_dir():
-        raise ValueError(f"`path` is a directory; a .tflite file was expected. Received: path={str(path)!r}")
+    if kind in ("tflite", "onnx") and path.is_dir():
+        raise ValueError(f"`path` is a directory; a .{kind} file was expected. Received: path={str(path)!r}")
     return path
 
 
@@ -155,14 +155,15 @@ def artifact_kind(path, presets=False):
     """Tells which kind of model artifact `path` is.
 
     Args:
-        path: a ``.keras`` file, a SavedModel directory or a ``.tflite`` file.
+        path: a ``.keras`` file, a SavedModel directory, a ``.tflite`` or
+            an ``.onnx`` file.
         presets: bool, also accept what `ViTClassifier.from_preset` loads
             (a known pretrained name, ``hf://owner/repo``, a directory with
             a ``config.json``, a checkpoint file: `CHECKPOINT_SUFFIXES`) as
             "preset".
 
     Returns:
-        "keras", "savedmodel", "tflite" (or "preset"); raises a `ValueError`
+        "keras", "savedmodel", "tflite", "onnx" (or "preset"); raises a `ValueError`
         otherwise.
 
     Example:
@@ -179,13 +180,13 @@ def artifact_kind(path, presets=False):
         raise ValueError(f"No such model artifact{' or preset' if presets else ''}: {text!r}")
     if path.is_dir() and (path / "saved_model.pb").exists():
         return "savedmodel"
-    if path.is_file() and path.suffix in (".keras", ".tflite"):
+    if path.is_file() and path.suffix in (".keras", ".tflite", ".onnx"):
         return path.suffix[1:]
     if presets and ((path.is_dir() and (path / "config.json").is_file())
                     or (path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES)):
         return "preset"
     raise ValueError(
         f"Unknown model artifact {text!r}. Accepted: a .keras file, a SavedModel directory "
-        "(with saved_model.pb) or a .tflite file"
+        "(with saved_model.pb), a .tflite or an .onnx file"
         + (", a known pretrained name, hf://owner/repo[@rev], a preset directory (with config.json) "
            f"or a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})." if presets else "."))

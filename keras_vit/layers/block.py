@@ -24,7 +24,7 @@ def _gelu_exact(x):
 
 
 ACTIVATIONS = {
-    "gelu": lambda x: ops.gelu(x, approximate=False),
+    "gelu": lambda x: 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476)),  # exact; no Erfc (not an ONNX op)
     "gelu_tanh": lambda x: ops.gelu(x, approximate=True),
     "quick_gelu": lambda x: x * ops.sigmoid(1.702 * x),
     "relu": ops.relu,
