@@ -27,11 +27,15 @@ weights are shared with the original model, not copied: training the
 original changes the inference model too (the folded weights are computed
 from the variables on every call).
 
-Measured (Ti, batch 128, 2-core CPU; `benchmarks.mfu`): on TensorFlow the
-two rewrites took inference from about 80 to 85 % MFU. TFLite export does not
-use the transform (LiteRT runs the heads-first batched matmul at half the
-speed of its row-wise FULLY_CONNECTED); SavedModel export, the Keras
-predictor and `benchmarks.mfu` do.
+Measured on TensorFlow (Ti, batch 128, 2-core CPU, in-process A/B): predict
+296 → 291 ms a batch with the fold, 294 → 284 ms with the heads-first
+attention on top (README, Performance); re-measured with this transform on a
+loaded machine, 1052 → 1000 CPU ms a batch. On JAX (jit, CPU) it did not
+pay: 766 → 781 CPU ms a batch, within that run's noise; the outputs are the
+same there, so the transform is applied on every backend. TFLite export does not use the
+transform (LiteRT runs the heads-first batched matmul at half the speed of
+its row-wise FULLY_CONNECTED); SavedModel export, the Keras predictor and
+`benchmarks.mfu` do.
 """
 
 import math
