@@ -1,27 +1,35 @@
-"""The layers' faster internals compute the same function as the plain ones:
-the exact GELU with its hand-written gradient, the fused-attention switch,
-the lean LayerNorm and its folding into the next Dense, and the block's training and inference paths on its
-(B * N, D) rows."""
+"""Plain layers, explicit speed: the layers compute the plain ViT (a numpy
+reference) in training and inference with either kernel setting; the kernel
+setting is stored in the config and round-trips; `inference_model` gives the
+plain model's outputs; `keras_vit.layers` imports without TensorFlow."""
 
+import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from keras_vit import MultiHeadSelfAttention, TransformerBlock
-from keras_vit.layers.attention import LayerNorm, fast_inference
-from keras_vit.layers.block import _gelu_exact as gelu_training
+from keras_vit import MultiHeadSelfAttention, TransformerBlock, ViTBackbone, build_vit
+from keras_vit.export.inference import INFERENCE_REWRITES, InferenceModel, fold, inference_model, project
+from keras_vit.kernels import KERNELS, resolve_kernels, xla_module
+from keras_vit.layers import LayerNorm
+from keras_vit.layers.attention import LayerNorm as LayerNormFromAttention
 
 RNG = np.random.default_rng(0)
 numpy_erf = np.vectorize(math.erf)
+BACKEND = keras.backend.backend()
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def value_and_grad(fn, x):
     """fn(x) and d sum(fn(x) * x) / dx with the backend's autodiff."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
+    if BACKEND == "tensorflow":
         import tensorflow as tf
 
         x = tf.constant(x)
@@ -30,46 +38,22 @@ def value_and_grad(fn, x):
             y = fn(x)
             loss = tf.reduce_sum(y * x)
         return ops.convert_to_numpy(y), ops.convert_to_numpy(tape.gradient(loss, x))
-    if backend == "jax":
+    if BACKEND == "jax":
         import jax
 
         y = fn(x)
         return np.asarray(y), np.asarray(jax.grad(lambda t: (fn(t) * t).sum())(x))
-    pytest.skip(f"no gradient helper for the {backend} backend")
+    pytest.skip(f"no gradient helper for the {BACKEND} backend")
 
 
-def test_exact_gelu_and_its_gradient_equal_the_formula():
-    x = np.linspace(-6, 6, 101, dtype="float32")
-    y, grad = value_and_grad(gelu_training, x)  # the training GELU
-    cdf = 0.5 * (1 + numpy_erf(x / np.sqrt(2)))
-    pdf = np.exp(-0.5 * x**2) / np.sqrt(2 * np.pi)
-    np.testing.assert_allclose(y, x * cdf, atol=1e-6)
-    # d/dx sum(gelu(x) * x) = gelu(x) + x * gelu'(x), gelu' = cdf + x * pdf
-    np.testing.assert_allclose(grad, x * cdf + x * (cdf + x * pdf), atol=1e-5)
-    _, plain_grad = value_and_grad(lambda t: ops.gelu(t, approximate=False), x)
-    np.testing.assert_allclose(grad, plain_grad, atol=1e-5)
+def randomize(layer, scale=0.5):
+    """Every weight of `layer` random (biases, gamma and beta included)."""
+    layer.set_weights([RNG.normal(size=w.shape).astype("float32") * scale for w in layer.get_weights()])
 
 
-@pytest.mark.parametrize("qk_norm", [False, True])
-def test_fused_and_explicit_attention_compute_the_same_output(qk_norm):
-    x = RNG.normal(size=(2, 7, 16)).astype("float32")
-    layer = MultiHeadSelfAttention(num_heads=4, qk_norm=qk_norm, fused=False)
-    explicit = ops.convert_to_numpy(layer(x))
-    layer.fused = True
-    fused = ops.convert_to_numpy(layer(x))
-    # Weights requested: the explicit path runs even when fused is forced.
-    with_weights, weights = layer(x, return_attention_scores=True)
-    np.testing.assert_allclose(fused, explicit, atol=1e-5)
-    np.testing.assert_allclose(ops.convert_to_numpy(with_weights), explicit, atol=1e-5)
-    np.testing.assert_allclose(ops.convert_to_numpy(ops.sum(weights, -1)), 1.0, atol=1e-5)
-
-
-def test_attention_dropout_in_training_uses_the_weights_path():
-    x = RNG.normal(size=(4, 9, 8)).astype("float32")
-    layer = MultiHeadSelfAttention(num_heads=2, attention_dropout=0.5, fused=True)
-    inference = ops.convert_to_numpy(layer(x, training=False))
-    training = ops.convert_to_numpy(layer(x, training=True))
-    assert not np.allclose(training, inference, atol=1e-4)  # dropout did act
+def numpy_norm(t, layer, epsilon=1e-6):
+    g, b = (ops.convert_to_numpy(w) for w in layer.weights)
+    return (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True) + epsilon) * g + b
 
 
 def numpy_attention(x, layer):
@@ -85,55 +69,108 @@ def numpy_attention(x, layer):
     return (weights @ qkv[2]).transpose(0, 2, 1, 3).reshape(batch, tokens, dim) @ wo + bo, weights
 
 
-def randomize(layer):
-    """Every weight of `layer` random (biases, gamma and beta included)."""
-    layer.set_weights([RNG.normal(size=w.shape).astype("float32") * 0.5 for w in layer.get_weights()])
+def numpy_gelu(h):
+    return h * 0.5 * (1 + numpy_erf(h / np.sqrt(2)))
 
 
-@pytest.mark.parametrize("enabled", [True, False])  # fast_inference(False): the plain graph TFLite export takes
-@pytest.mark.parametrize("training", [False, True])  # inference rearranges the weights on TensorFlow
-def test_attention_with_random_biases_matches_numpy(training, enabled):
+# --- the kernel setting -------------------------------------------------------
+
+
+def test_kernel_setting_resolves_at_construction_and_refuses_unknown_values():
+    expected = "xla" if BACKEND == "tensorflow" and xla_module("xla") is not None else "plain"
+    assert resolve_kernels() == expected
+    assert resolve_kernels("xla") == "xla" and resolve_kernels("plain") == "plain"  # stored as given
+    assert xla_module("plain") is None
+    if BACKEND != "tensorflow":
+        assert xla_module("xla") is None  # "xla" falls back to plain ops here
+    for layer in (LayerNorm(), MultiHeadSelfAttention(2), TransformerBlock(2, 8)):
+        assert layer.kernels == expected and layer.get_config()["kernels"] == expected
+    with pytest.raises(ValueError, match="kernels"):
+        TransformerBlock(2, 8, kernels="fast")
+    assert LayerNormFromAttention is LayerNorm  # still importable from where it was
+
+
+def test_exact_gelu_training_kernel_and_its_gradient_equal_the_formula():
+    x = np.linspace(-6, 6, 101, dtype="float32")
+    cdf = 0.5 * (1 + numpy_erf(x / np.sqrt(2)))
+    pdf = np.exp(-0.5 * x**2) / np.sqrt(2 * np.pi)
+    for kernels in KERNELS:
+        block = TransformerBlock(2, 8, kernels=kernels)
+        y, grad = value_and_grad(lambda t: block.activate(t, training=True), x)  # the training GELU
+        np.testing.assert_allclose(y, x * cdf, atol=1e-6)
+        # d/dx sum(gelu(x) * x) = gelu(x) + x * gelu'(x), gelu' = cdf + x * pdf
+        np.testing.assert_allclose(grad, x * cdf + x * (cdf + x * pdf), atol=1e-5)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_fused_and_explicit_attention_compute_the_same_output(qk_norm):
+    x = RNG.normal(size=(2, 7, 16)).astype("float32")
+    explicit_layer = MultiHeadSelfAttention(num_heads=4, qk_norm=qk_norm, fused=False)
+    fused_layer = MultiHeadSelfAttention(num_heads=4, qk_norm=qk_norm, fused=True)
+    explicit_layer.build(x.shape)
+    fused_layer.build(x.shape)
+    randomize(explicit_layer)
+    fused_layer.set_weights(explicit_layer.get_weights())
+    assert fused_layer.get_config()["fused"] is True and explicit_layer.get_config()["fused"] is False
+    explicit = ops.convert_to_numpy(explicit_layer(x))
+    fused = ops.convert_to_numpy(fused_layer(x))
+    # Weights requested: the explicit path runs even when fused is chosen.
+    with_weights, weights = fused_layer(x, return_attention_scores=True)
+    np.testing.assert_allclose(fused, explicit, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(with_weights), explicit, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.sum(weights, -1)), 1.0, atol=1e-5)
+
+
+def test_fused_attention_default_is_resolved_at_construction():
+    layer = MultiHeadSelfAttention(2)
+    assert layer.fused in (True, False)
+    assert MultiHeadSelfAttention.from_config(layer.get_config()).fused is layer.fused
+
+
+def test_attention_dropout_in_training_uses_the_weights_path():
+    x = RNG.normal(size=(4, 9, 8)).astype("float32")
+    layer = MultiHeadSelfAttention(num_heads=2, attention_dropout=0.5, fused=True)
+    inference = ops.convert_to_numpy(layer(x, training=False))
+    training = ops.convert_to_numpy(layer(x, training=True))
+    assert not np.allclose(training, inference, atol=1e-4)  # dropout did act
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_attention_with_random_biases_matches_numpy(training):
     x = RNG.normal(size=(3, 7, 12)).astype("float32")
     layer = MultiHeadSelfAttention(num_heads=3)
     layer.build(x.shape)
     randomize(layer)
     expected, expected_weights = numpy_attention(x, layer)
-    with fast_inference(enabled):
-        out, weights = layer(x, training=training, return_attention_scores=True)
-        plain = layer(x, training=training)
+    out, weights = layer(x, training=training, return_attention_scores=True)
+    plain = layer(x, training=training)
     np.testing.assert_allclose(ops.convert_to_numpy(out), expected, atol=1e-4)
     np.testing.assert_allclose(ops.convert_to_numpy(weights), expected_weights, atol=1e-5)
     np.testing.assert_allclose(ops.convert_to_numpy(plain), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("use_qkv_bias", [True, False])
-def test_gelu_block_matches_numpy_in_training_and_inference_modes(use_qkv_bias):
+def test_gelu_block_matches_numpy_in_training_and_inference_modes(use_qkv_bias, kernels):
     x = RNG.normal(size=(2, 5, 8)).astype("float32")
-    block = TransformerBlock(num_heads=2, mlp_dim=16, use_qkv_bias=use_qkv_bias)
+    block = TransformerBlock(num_heads=2, mlp_dim=16, use_qkv_bias=use_qkv_bias, kernels=kernels)
     block.build(x.shape)
     randomize(block)
-    out_inference = ops.convert_to_numpy(block(x, training=False))
-    out_training = ops.convert_to_numpy(block(x, training=True))
-    out_with_weights, _ = block(x, return_attention_scores=True)
-
-    def norm(t, layer):
-        g, b = (ops.convert_to_numpy(w) for w in layer.weights)
-        return (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True) + 1e-6) * g + b
-
-    y = x + numpy_attention(norm(x, block.norm1), block.attention)[0]
+    outs = [block(x, training=False), block(x, training=True), block(x), block(x, return_attention_scores=True)[0]]
+    y = x + numpy_attention(numpy_norm(x, block.norm1), block.attention)[0]
     w1, b1 = (ops.convert_to_numpy(w) for w in block.mlp_dense1.weights)
     w2, b2 = (ops.convert_to_numpy(w) for w in block.mlp_dense2.weights)
-    h = norm(y, block.norm2) @ w1 + b1
-    expected = y + (h * 0.5 * (1 + numpy_erf(h / np.sqrt(2)))) @ w2 + b2
-    for out in (out_inference, out_training, ops.convert_to_numpy(out_with_weights)):
-        np.testing.assert_allclose(out, expected, atol=1e-4)
+    expected = y + numpy_gelu(numpy_norm(y, block.norm2) @ w1 + b1) @ w2 + b2
+    for out in outs:
+        np.testing.assert_allclose(ops.convert_to_numpy(out), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("shape", [(3, 5, 8), (15, 8), (2, 3, 4, 8)])
-def test_layer_norm_equals_keras_layer_normalization_and_its_gradients(shape, training):
+def test_layer_norm_equals_keras_layer_normalization_and_its_gradients(shape, training, kernels):
     x = (RNG.normal(size=shape) * 3 + 1).astype("float32")
-    ours, keras_norm = LayerNorm(epsilon=1e-6), keras.layers.LayerNormalization(epsilon=1e-6)
+    ours, keras_norm = LayerNorm(epsilon=1e-6, kernels=kernels), keras.layers.LayerNormalization(epsilon=1e-6)
     ours.build(shape)
     keras_norm.build(shape)
     for target in (ours, keras_norm):  # the same non-trivial gamma and beta
@@ -146,18 +183,16 @@ def test_layer_norm_equals_keras_layer_normalization_and_its_gradients(shape, tr
     assert LayerNorm.from_config(ours.get_config()).get_config() == ours.get_config()
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's XLA training kernels")
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's XLA training kernels")
 @pytest.mark.parametrize("shape", [(24, 8), (4, 6, 8), (2, 3, 4, 8)])
 def test_layer_norm_training_kernel_gives_keras_gradients_for_gamma_and_beta(shape):
     import tensorflow as tf
 
-    from keras_vit.layers import xla_kernels
-
-    assert xla_kernels.available()  # XLA compiles on the CPU, so these tests exercise the kernels
+    assert xla_module("xla") is not None  # XLA compiles on the CPU, so these tests exercise the kernels
     x = tf.constant((RNG.normal(size=shape) * 2 - 1).astype("float32"))
     upstream = tf.constant(RNG.normal(size=shape).astype("float32"))
     grads = []
-    for norm in (LayerNorm(epsilon=1e-5), keras.layers.LayerNormalization(epsilon=1e-5)):
+    for norm in (LayerNorm(epsilon=1e-5, kernels="xla"), keras.layers.LayerNormalization(epsilon=1e-5)):
         norm.build(shape)
         norm.gamma.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
         with tf.GradientTape() as tape:
@@ -167,55 +202,7 @@ def test_layer_norm_training_kernel_gives_keras_gradients_for_gamma_and_beta(sha
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize("offset", [0.0, 100.0])  # a large mean is centred inside the matmul
-@pytest.mark.parametrize("use_bias,activation", [(True, None), (False, None), (True, "relu")])
-@pytest.mark.parametrize("shape", [(15, 8), (3, 5, 8)])
-def test_layer_norm_folded_into_the_next_dense_equals_norm_then_dense(shape, use_bias, activation, offset):
-    x = (RNG.normal(size=shape) * 2 + offset).astype("float32")
-    norm, dense = LayerNorm(epsilon=1e-6), keras.layers.Dense(6, use_bias=use_bias, activation=activation)
-    norm.build(shape)
-    dense.build(shape)
-    norm.gamma.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
-    norm.beta.assign(np.linspace(-1.0, 1.0, 8).astype("float32"))
-    dense.kernel.assign(RNG.normal(size=(8, 6)).astype("float32"))
-    if use_bias:
-        dense.bias.assign(RNG.normal(size=6).astype("float32"))
-    back = RNG.normal(size=(6, 8)).astype("float32")  # value_and_grad wants the input's shape back
-    y_plain, grad_plain = value_and_grad(lambda t: ops.matmul(dense(norm(t)), back), x)
-    for training in (None, False, True):
-        y, grad = value_and_grad(lambda t: ops.matmul(norm.project(t, dense, training=training), back), x)
-        np.testing.assert_allclose(y, y_plain, atol=1e-3, rtol=1e-5)
-        np.testing.assert_allclose(grad, grad_plain, atol=1e-5 * np.abs(grad_plain).max() + 1e-4)
-
-
-def test_layer_norm_folded_under_float16_stays_finite_on_constant_and_offset_rows():
-    x = RNG.normal(size=(4, 8)).astype("float32")
-    x[0] = 80.0  # a constant row: its variance is 0, so 1 / sqrt(var + eps) is 1000
-    x[1] += 500.0
-    norm = LayerNorm(dtype="float32")
-    dense = keras.layers.Dense(4, dtype="mixed_float16")
-    norm.build(x.shape)
-    dense.build(x.shape)
-    norm.beta.assign(np.linspace(-1.0, 1.0, 8).astype("float32"))
-    y = ops.convert_to_numpy(ops.cast(norm.project(x, dense), "float32"))
-    expected = ops.convert_to_numpy(ops.cast(dense(norm(x)), "float32"))
-    assert np.isfinite(y).all()
-    np.testing.assert_allclose(y, expected, atol=0.02, rtol=0.01)
-
-
-def test_layer_norm_folded_under_mixed_precision_returns_the_dense_dtype():
-    x = RNG.normal(size=(6, 8)).astype("float32")
-    norm = LayerNorm(dtype="float32")
-    dense = keras.layers.Dense(4, dtype="mixed_bfloat16")
-    norm.build(x.shape)
-    dense.build(x.shape)
-    y = norm.project(x, dense)
-    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
-    expected = ops.convert_to_numpy(ops.cast(dense(norm(x)), "float32"))
-    np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(y, "float32")), expected, atol=0.05, rtol=0.02)
-
-
-@pytest.mark.skipif(keras.backend.backend() == "jax", reason="JAX computes in float64 only with jax_enable_x64")
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX computes in float64 only with jax_enable_x64")
 def test_layer_norm_keeps_float64():
     x = RNG.normal(size=(3, 8))
     ours, theirs = LayerNorm(dtype="float64"), keras.layers.LayerNormalization(dtype="float64")
@@ -235,3 +222,195 @@ def test_block_drop_path_drops_whole_images_on_its_rows():
     assert (unchanged.all(1) | ~unchanged.any(1)).all()
     assert 0 < unchanged.all(1).sum() < 32
     assert not np.allclose(training, inference)
+
+
+# --- the kernel setting round-trips ------------------------------------------------
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_kernel_setting_round_trips_through_config_and_a_keras_file(kernels, tmp_path):
+    backbone = ViTBackbone(image_size=16, patch_size=4, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32,
+                           pre_norm=True, kernels=kernels)
+    assert backbone.get_config()["kernels"] == kernels
+    assert all(layer.kernels == kernels for layer in (backbone.blocks[0], backbone.norm, backbone.norm_pre))
+    assert ViTBackbone.from_config(backbone.get_config()).get_config() == backbone.get_config()
+    for layer in (TransformerBlock(2, 8, kernels=kernels), MultiHeadSelfAttention(2, qk_norm=True, kernels=kernels)):
+        revived = type(layer).from_config(layer.get_config())
+        assert revived.get_config() == layer.get_config() and revived.get_config()["kernels"] == kernels
+    inputs = keras.Input((5, 8))
+    model = keras.Model(inputs, LayerNorm(kernels=kernels)(TransformerBlock(2, 16, kernels=kernels)(inputs)))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert [layer.kernels for layer in loaded.layers[1:]] == [kernels, kernels]
+    x = RNG.normal(size=(2, 5, 8)).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)), atol=1e-6)
+
+
+def test_an_old_config_without_the_setting_loads_with_this_backends_default():
+    config = TransformerBlock(2, 8).get_config()
+    config.pop("kernels")
+    assert TransformerBlock.from_config(config).kernels == resolve_kernels()
+
+
+def test_both_kernel_settings_give_the_same_training_numbers():
+    x = RNG.normal(size=(2, 5, 8)).astype("float32")
+    xla, plain = TransformerBlock(2, 16, kernels="xla"), TransformerBlock(2, 16, kernels="plain")
+    for block in (xla, plain):
+        block.build(x.shape)
+    randomize(xla)
+    plain.set_weights(xla.get_weights())
+    for training in (True, False):
+        a, grad_a = value_and_grad(lambda t: xla(t, training=training), x)
+        b, grad_b = value_and_grad(lambda t: plain(t, training=training), x)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(grad_a, grad_b, atol=1e-4)
+
+
+def _run(code, backend):
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+
+
+def test_a_model_saved_with_xla_kernels_runs_with_plain_numbers_on_another_backend(tmp_path):
+    other = "jax" if BACKEND != "jax" else "tensorflow"
+    x = RNG.uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    model = build_vit(image_size=16, patch_size=4, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32,
+                      num_classes=3, kernels="xla")
+    randomize(model, 0.2)
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", ops.convert_to_numpy(model(x, training=True)))
+    result = _run(f"""
+        import json, numpy as np, keras, keras_vit
+        model = keras.saving.load_model({str(tmp_path / "m.keras")!r})
+        x = np.load({str(tmp_path / "x.npy")!r})
+        y = keras.ops.convert_to_numpy(model(x, training=True))
+        print(json.dumps(dict(kernels=model.backbone.kernels,
+                              error=float(np.abs(y - np.load({str(tmp_path / "y.npy")!r})).max()))))
+        """, other)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["kernels"] == "xla" and report["error"] < 1e-4
+
+
+def test_the_layers_package_imports_without_tensorflow():
+    result = _run("""
+        import sys
+        import keras_vit.layers
+        leaked = "tensorflow" in sys.modules
+        print("tensorflow imported:", leaked)
+        assert not leaked
+        """, "jax")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
+# --- inference_model ---------------------------------------------------------------
+
+
+def _tiny(**overrides):
+    kwargs = dict(image_size=16, patch_size=4, hidden_dim=16, depth=2, num_heads=2, mlp_dim=32, num_classes=5)
+    kwargs.update(overrides)
+    model = build_vit(**kwargs)
+    randomize(model, 0.3)  # biases, LayerNorm gammas and betas far from their initial values
+    return model
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(pooling="cls"),
+    dict(pooling="gap", use_qkv_bias=False),
+    dict(pooling="map", layer_scale=0.1),
+    dict(pooling="cls", qk_norm=True, num_registers=2),
+    dict(pooling="gap", num_registers=1, class_token=False, fused_attention=True),
+])
+def test_inference_model_gives_the_plain_models_outputs(overrides):
+    model = _tiny(**overrides)
+    x = RNG.uniform(0, 255, (3, 16, 16, 3)).astype("float32")
+    fast = inference_model(model)
+    plain = ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(ops.convert_to_numpy(fast(x)), plain, atol=1e-5)
+    np.testing.assert_allclose(fast.predict_on_batch(x), model.predict_on_batch(x), atol=1e-5)
+    expected = (["layer_norm_fold"] if overrides.get("qk_norm") or overrides.get("fused_attention")
+                else list(INFERENCE_REWRITES))
+    assert fast.inference_rewrites == expected
+    assert fast.get_config()["inference_rewrites"] == expected
+    assert {id(v) for v in fast.weights} == {id(v) for v in model.weights}  # shared, not copied
+
+
+def test_inference_model_follows_the_weights_and_reloads(tmp_path):
+    model = _tiny()
+    fast = inference_model(model)
+    x = RNG.uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    randomize(model, 0.3)  # after the transform: the folds are computed from the variables
+    np.testing.assert_allclose(ops.convert_to_numpy(fast(x)), ops.convert_to_numpy(model(x)), atol=1e-5)
+    fast.save(tmp_path / "fast.keras")
+    loaded = keras.saving.load_model(tmp_path / "fast.keras")
+    assert isinstance(loaded, InferenceModel) and loaded.inference_rewrites == list(INFERENCE_REWRITES)
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)), atol=1e-5)
+
+
+def test_inference_model_of_a_backbone_and_of_a_mixed_precision_model():
+    backbone = _tiny().backbone
+    x = RNG.uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(inference_model(backbone)(x)),
+                               ops.convert_to_numpy(backbone(x)), atol=1e-5)
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = _tiny()
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    y = ops.convert_to_numpy(ops.cast(inference_model(model)(x), "float32"))
+    expected = ops.convert_to_numpy(ops.cast(model(x), "float32"))
+    np.testing.assert_allclose(y, expected, atol=0.1 * np.abs(expected).max())
+
+
+def test_inference_model_refuses_a_subclassed_model():
+    class Custom(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="functional"):
+        inference_model(Custom())
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0])  # a large mean stays centred on the activations
+@pytest.mark.parametrize("use_bias,activation", [(True, None), (False, None), (True, "relu")])
+def test_layer_norm_folded_into_the_next_dense_equals_norm_then_dense(use_bias, activation, offset):
+    x = (RNG.normal(size=(15, 8)) * 2 + offset).astype("float32")
+    norm, dense = LayerNorm(epsilon=1e-6), keras.layers.Dense(6, use_bias=use_bias, activation=activation)
+    norm.build(x.shape)
+    dense.build(x.shape)
+    norm.gamma.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
+    norm.beta.assign(np.linspace(-1.0, 1.0, 8).astype("float32"))
+    randomize(dense, 1.0)
+    y = ops.convert_to_numpy(project(norm, x, dense))  # an activated Dense is not folded
+    np.testing.assert_allclose(y, ops.convert_to_numpy(dense(norm(x))), atol=1e-4, rtol=1e-5)
+
+
+def test_layer_norm_folded_under_float16_stays_finite_on_constant_and_offset_rows():
+    x = RNG.normal(size=(4, 8)).astype("float32")
+    x[0] = 80.0  # a constant row: its variance is 0, so 1 / sqrt(var + eps) is 1000
+    x[1] += 500.0
+    norm = LayerNorm(dtype="float32")
+    dense = keras.layers.Dense(4, dtype="mixed_float16")
+    norm.build(x.shape)
+    dense.build(x.shape)
+    norm.beta.assign(np.linspace(-1.0, 1.0, 8).astype("float32"))
+    y = ops.convert_to_numpy(ops.cast(project(norm, x, dense), "float32"))
+    expected = ops.convert_to_numpy(ops.cast(dense(norm(x)), "float32"))
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, expected, atol=0.02, rtol=0.01)
+
+
+def test_layer_norm_folded_under_mixed_precision_returns_the_dense_dtype():
+    x = RNG.normal(size=(6, 8)).astype("float32")
+    norm = LayerNorm(dtype="float32")
+    dense = keras.layers.Dense(4, dtype="mixed_bfloat16")
+    norm.build(x.shape)
+    dense.build(x.shape)
+    h, kernel, bias = fold(norm, x, dense)
+    assert {keras.backend.standardize_dtype(t.dtype) for t in (h, kernel, bias)} == {"bfloat16"}
+    y = project(norm, x, dense)
+    expected = ops.convert_to_numpy(ops.cast(dense(norm(x)), "float32"))
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(y, "float32")), expected, atol=0.05, rtol=0.02)

@@ -7,7 +7,6 @@ The graph is traced on the TensorFlow backend and converted with tf2onnx
 (the converter Keras' own ``model.export(format="onnx")`` uses there).
 """
 
-import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -30,17 +29,6 @@ OUTPUT_NAME = "probabilities"
 # Tolerance of the check `export_onnx` runs after converting: ONNX Runtime
 # against the Keras model on two random images.
 CHECK_ATOL = 1e-4
-
-
-def _plain_graph():
-    """Traces the plain graph (no LayerNorm folded into the next Dense, the
-    row-wise attention), as `export_tflite` does, where the layers still
-    carry those inference-time rewrites; a no-op once they no longer do."""
-    try:
-        from keras_vit.layers.attention import fast_inference
-    except ImportError:
-        return contextlib.nullcontext()
-    return fast_inference(False)
 
 
 def _erfc_handler(ctx, node, name, args):
@@ -140,12 +128,10 @@ def export_onnx(model, path, *, opset=DEFAULT_OPSET, class_names=None, image_siz
     spec = [tf.TensorSpec((None, height, width, geo["channels"]), tf.float32, name=INPUT_NAME)]
 
     with destination_lock(path):  # one writer; leftovers of a killed export removed
-        with _plain_graph():
-            @tf.function(input_signature=spec, autograph=False)
-            def serve(images):
-                return {OUTPUT_NAME: class_probabilities(model, images)}
+        @tf.function(input_signature=spec, autograph=False)
+        def serve(images):  # the plain model, as export_tflite converts it
+            return {OUTPUT_NAME: class_probabilities(model, images)}
 
-            serve.get_concrete_function()  # trace inside the context
         try:
             proto, _ = tf2onnx.convert.from_function(
                 serve, spec, opset=opset, custom_op_handlers={"Erfc": (_erfc_handler, [])})

@@ -11,6 +11,7 @@ import json
 import keras
 
 from keras_vit import preprocessing
+from keras_vit.export.inference import inference_model
 from keras_vit.export.geometry import (
     BYTES_SIGNATURE, METADATA_NAME, check_backend, check_class_names, check_target, class_probabilities,
     image_settings, model_geometry, warn_if_not_pixels)
@@ -35,6 +36,11 @@ def export_saved_model(model, path, *, class_names=None, image_size=None, top_k=
 
     Class names, geometry and the image settings are written to
     ``assets/keras_vit.json`` (read by `load_predictor` as a file).
+
+    The graph traced is `inference_model(model)`'s: the same outputs, with
+    the LayerNorms folded into the next Dense and the attention heads-first
+    (`keras_vit.export.inference`); the metadata records it
+    (``"inference_model": true`` and the ``"inference_rewrites"`` applied).
 
     Both serving signatures return ``probabilities`` (B, num_classes),
     ``top_k_indices`` and ``top_k_probabilities`` (B, k) and
@@ -80,7 +86,7 @@ def export_saved_model(model, path, *, class_names=None, image_size=None, top_k=
         name_table = tf.constant(names)
 
         def answer(images):
-            probs = class_probabilities(model, images)
+            probs = class_probabilities(fast, images)
             top = tf.math.top_k(probs, k=k)
             return {
                 "probabilities": probs,
@@ -90,6 +96,7 @@ def export_saved_model(model, path, *, class_names=None, image_size=None, top_k=
             }
 
         settings = image_settings(model, geo)
+        fast = inference_model(model)
 
         def from_bytes(image_bytes):
             spec = tf.TensorSpec((*geo["size"], channels), tf.float32)
@@ -97,7 +104,7 @@ def export_saved_model(model, path, *, class_names=None, image_size=None, top_k=
             return answer(tf.map_fn(prepare, image_bytes, fn_output_signature=spec))
 
         archive = keras.export.ExportArchive()
-        archive.track(model)
+        archive.track(fast)
         archive.add_endpoint(
             "serving_default", answer,
             input_signature=[tf.TensorSpec((None, height, width, channels), tf.uint8, name="images")],
@@ -107,7 +114,8 @@ def export_saved_model(model, path, *, class_names=None, image_size=None, top_k=
         )
         metadata = dict(class_names=names, image_size=geo["image_size"] and list(geo["image_size"]),
                         size=list(geo["size"]), channels=channels, patch_size=geo["patch_size"],
-                        stride=geo["stride"], preprocessing=settings.to_dict())
+                        stride=geo["stride"], preprocessing=settings.to_dict(), inference_model=True,
+                        inference_rewrites=list(fast.inference_rewrites))
         with atomic_path(path) as tmp:
             archive.write_out(str(tmp), verbose=False)
             (tmp / "assets").mkdir(exist_ok=True)

@@ -4,23 +4,10 @@
 import keras
 from keras import ops
 
-from keras_vit.layers.attention import MultiHeadSelfAttention, layer_norm
+from keras_vit.kernels import resolve_kernels, xla_module
+from keras_vit.layers.attention import MultiHeadSelfAttention
+from keras_vit.layers.norm import layer_norm
 from keras_vit.utils.validation import check_choice, check_rate
-
-
-def _gelu_exact(x):
-    """Exact GELU for training. On TensorFlow, `xla_kernels.gelu_exact`:
-    forward and backward are one fused pass each instead of a dozen separate
-    element-wise ops over the MLP's widest tensor (where XLA compiles).
-    Other backends use `ops.gelu` (XLA fuses it on JAX). Inference keeps `ops.gelu` everywhere:
-    grappler fuses it with the matmul and TFLite converts it to its builtin
-    GELU."""
-    if keras.backend.backend() == "tensorflow":
-        from keras_vit.layers import xla_kernels
-
-        if xla_kernels.available():
-            return xla_kernels.gelu_exact(x)
-    return ops.gelu(x, approximate=False)
 
 
 ACTIVATIONS = {
@@ -130,6 +117,11 @@ class TransformerBlock(keras.layers.Layer):
         use_qkv_bias: bool, whether the QKV projection has a bias.
         fused_attention: None (per backend), True or False; see
             `MultiHeadSelfAttention`'s `fused`.
+        kernels: None (this backend's default), "xla" or "plain": with
+            "xla" on TensorFlow, the training passes of the exact GELU and
+            of the LayerNorms run as XLA kernels; see `keras_vit.kernels`.
+            Stored resolved in the config; the block computes the same
+            function with either.
 
     Call arguments:
         x: tokens (B, N, D).
@@ -155,6 +147,7 @@ class TransformerBlock(keras.layers.Layer):
         norm_epsilon=1e-6,
         use_qkv_bias=True,
         fused_attention=None,
+        kernels=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -170,14 +163,15 @@ class TransformerBlock(keras.layers.Layer):
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
         self.norm_epsilon = norm_epsilon
         self.use_qkv_bias = bool(use_qkv_bias)
+        self.kernels = resolve_kernels(kernels)
 
         policy = self.dtype_policy
-        self.norm1 = layer_norm(norm_epsilon, "norm1")
+        self.norm1 = layer_norm(norm_epsilon, "norm1", self.kernels)
         self.attention = MultiHeadSelfAttention(
             num_heads, attention_dropout, use_qkv_bias, qk_norm, norm_epsilon,
-            fused=fused_attention, dtype=policy, name="attention",
+            fused=fused_attention, kernels=self.kernels, dtype=policy, name="attention",
         )
-        self.norm2 = layer_norm(norm_epsilon, "norm2")
+        self.norm2 = layer_norm(norm_epsilon, "norm2", self.kernels)
         self.mlp_dense1 = keras.layers.Dense(mlp_dim, dtype=policy, name="mlp_dense1")
         self.mlp_dense2 = None
         self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=policy, name="dropout")
@@ -212,28 +206,42 @@ class TransformerBlock(keras.layers.Layer):
         # The block works on (B * N, D) rows. Every Dense is then a 2-D
         # MatMul + BiasAdd, and TensorFlow's grappler fuses each into one
         # oneDNN kernel together with what follows it: the GELU after
-        # mlp_dense1 (inference only: training uses `_gelu_exact`, whose
-        # backward needs the pre-activation) and the residual Add after the
-        # attention projection and after mlp_dense2. At inference on
-        # TensorFlow, each LayerNorm's gamma and beta go into the Dense after
-        # it where `LayerNorm.fold` applies.
+        # mlp_dense1 (at inference, and in training with plain kernels) and
+        # the residual Add after the attention projection and after
+        # mlp_dense2. The same function in every mode: the inference
+        # rewrites (LayerNorm folds, heads-first attention) are
+        # `keras_vit.export.inference_model`'s.
         shape = ops.shape(x)
         rows = ops.reshape(x, (-1, x.shape[-1]))
         attn = self.attention.call_rows(
-            rows, shape[0], training=training, return_attention_scores=return_attention_scores, norm=self.norm1
+            self.norm1(rows, training=training), shape[0], training=training,
+            return_attention_scores=return_attention_scores,
         )
         if return_attention_scores:
             attn, weights = attn
         rows = self._residual(rows, attn, getattr(self, "layer_scale1", None), training, shape[0])
-        h = self.norm2.project(rows, self.mlp_dense1, training)  # mlp_dense1(norm2(rows))
-        if self.activation == "gelu" and training:
-            h = _gelu_exact(h)
-        else:
-            h = ACTIVATIONS[self.activation](h)
-        h = self.mlp_dense2(self.dropout(h, training=training))
+        h = self.mlp(self.norm2(rows, training=training), training)
         rows = self._residual(rows, h, getattr(self, "layer_scale2", None), training, shape[0])
         x = ops.reshape(rows, shape)
         return (x, weights) if return_attention_scores else x
+
+    def mlp(self, h, training=None):
+        """``mlp_dense2(dropout(activation(mlp_dense1(h))))`` on rows."""
+        h = self.activate(self.mlp_dense1(h), training)
+        return self.mlp_dense2(self.dropout(h, training=training))
+
+    def activate(self, h, training=None):
+        """The MLP activation. In training with ``kernels="xla"`` on
+        TensorFlow, the exact GELU is `tensorflow_xla.gelu_exact`: forward
+        and backward are one fused pass each instead of a dozen separate
+        element-wise ops over the MLP's widest tensor. Otherwise, and always
+        at inference, `ACTIVATIONS` (grappler fuses the GELU with the matmul
+        and TFLite converts it to its builtin GELU)."""
+        if self.activation == "gelu" and isinstance(training, bool) and training:
+            kernels = xla_module(self.kernels)
+            if kernels is not None:
+                return kernels.gelu_exact(h)
+        return ACTIVATIONS[self.activation](h)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -252,5 +260,6 @@ class TransformerBlock(keras.layers.Layer):
             norm_epsilon=self.norm_epsilon,
             use_qkv_bias=self.use_qkv_bias,
             fused_attention=self.attention.fused,
+            kernels=self.kernels,
         )
         return config

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vit.kernels import resolve_kernels
 from keras_vit.layers import ACTIVATIONS, INTERPOLATIONS, PATCH_EMBEDDINGS, POS_EMBEDDINGS
 from keras_vit.layers import PatchEncoder, TransformerBlock, grid_size, layer_norm
 from keras_vit.layers.patching import patch_stride
@@ -174,6 +175,11 @@ class ViTBackbone(ChecksImages, keras.Model):
         final_norm: bool, the LayerNorm after the blocks; False leaves it
             out (`norm` is None), for classifiers that normalise after
             pooling instead (`ViTClassifier(fc_norm=True)`).
+        kernels: None (this backend's default), "xla" or "plain", the
+            blocks' and norms' kernels (`keras_vit.kernels`: "xla" runs the
+            training GELU and LayerNorms as XLA kernels on TensorFlow and
+            falls back to plain ops elsewhere). Stored resolved in the
+            config; the same function either way.
 
     Example:
     >>> backbone = ViTBackbone(image_size=32, patch_size=8, hidden_dim=32,
@@ -218,6 +224,7 @@ class ViTBackbone(ChecksImages, keras.Model):
         pre_norm=False,
         final_norm=True,
         conv_stem=None,
+        kernels=None,
         **kwargs,
     ):
         config = dict(locals())
@@ -229,6 +236,7 @@ class ViTBackbone(ChecksImages, keras.Model):
             if isinstance(config[key], tuple):
                 config[key] = list(config[key])
         _check_config(config)
+        config["kernels"] = kernels = resolve_kernels(kernels)
         patch = pair(patch_size, "patch_size")
         stride = patch_stride(patch, stride)
         if image_size is None:
@@ -252,17 +260,18 @@ class ViTBackbone(ChecksImages, keras.Model):
             patch_embedding=patch_embedding, sincos_layout=sincos_layout, patch_bias=patch_bias,
             conv_stem=conv_stem, dtype=policy, name="patch_encoder")
         embedding_dropout = keras.layers.Dropout(dropout, dtype=policy, name="embedding_dropout")
-        norm_pre = layer_norm(norm_epsilon, "norm_pre") if pre_norm else None
+        norm_pre = layer_norm(norm_epsilon, "norm_pre", kernels) if pre_norm else None
         blocks = [
             TransformerBlock(
                 num_heads, mlp_dim, dropout=dropout, attention_dropout=attention_dropout,
                 drop_path=drop_path_rate * i / max(depth - 1, 1), layer_scale=layer_scale,
                 qk_norm=qk_norm, activation=activation, norm_epsilon=norm_epsilon,
-                use_qkv_bias=use_qkv_bias, fused_attention=fused_attention, dtype=policy,
+                use_qkv_bias=use_qkv_bias, fused_attention=fused_attention, kernels=kernels,
+                dtype=policy,
                 name=f"encoder_block_{i}")
             for i in range(depth)
         ]
-        norm = layer_norm(norm_epsilon, "encoder_norm") if final_norm else None
+        norm = layer_norm(norm_epsilon, "encoder_norm", kernels) if final_norm else None
 
         # === Functional model ===
         images = keras.Input(shape=(*input_hw, channels), name="images")

@@ -11,11 +11,14 @@ TensorFlow's oneDNN kernels, which beat XLA's on CPU (`benchmarks.mfu`'s
 128): 916 -> 860 ms with the GELU kernels, 851 ms with the LayerNorm ones
 too.
 
-Only the training paths use them (`TransformerBlock` with ``training=True``,
-`LayerNorm` with ``training=True``), and only on the TensorFlow backend:
-inference graphs, which SavedModel and TFLite export, keep plain ops, and
-JAX fuses element-wise work by itself. Import this module only where the
-backend is TensorFlow, and use the kernels only where `available()`.
+Only the training paths use them (`TransformerBlock` and `LayerNorm` with
+``training=True``), only on the TensorFlow backend, and only in layers
+constructed with ``kernels="xla"`` (the default there; see
+`keras_vit.kernels`): inference graphs, which SavedModel and TFLite export,
+keep plain ops, and JAX fuses element-wise work by itself. This module
+imports TensorFlow: `keras_vit.kernels.xla_module(kernels)` imports it
+only where the backend is TensorFlow, and returns it only where
+`available()`.
 """
 
 import functools
