@@ -174,13 +174,13 @@ def test_enable_lora_refuses_bad_target_names(tiny_vit, targets):
 
 def test_backbone_lora_leaves_only_the_lora_matrices_trainable(tiny_vit, images):
     backbone = tiny_vit().backbone
-    before = np.asarray(backbone(images))
+    before = predict(backbone, images)
     backbone.enable_lora(3)
     assert backbone.lora_enabled
     assert ids(backbone.trainable_weights) == ids(lora_weights(backbone))
     assert backbone.blocks[0].attention.qkv.lora_kernel_a.shape == (16, 3)
     assert backbone.blocks[0].attention.qkv.lora_kernel_b.shape == (3, 48)
-    np.testing.assert_allclose(np.asarray(backbone(images)), before, atol=1e-6)  # B starts at 0
+    np.testing.assert_allclose(predict(backbone, images), before, atol=1e-6)  # B starts at 0
     with pytest.raises(ValueError, match="already enabled"):
         backbone.enable_lora(3)
 
