@@ -36,6 +36,9 @@ def add_parser(subparsers):
     parser.add_argument("--test-split", type=float, default=0.2)
     parser.add_argument("--data-dir", help="TFDS data directory")
     parser.add_argument("--num-heads", type=positive_int, help="heads, for timm files of non-standard width")
+    parser.add_argument("--lora-rank", type=positive_int,
+                        help="LoRA of this rank on the attention projections: the full stage trains only "
+                        "the LoRA matrices and the head, the rest of the backbone stays frozen")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
     return parser
@@ -53,7 +56,7 @@ def run(args):
         head_learning_rate=args.head_learning_rate, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         augment=args.augment, validation_split=args.validation_split, test_split=args.test_split,
-        data_dir=args.data_dir, num_heads=args.num_heads, seed=args.seed, verbose=2)
+        data_dir=args.data_dir, num_heads=args.num_heads, lora_rank=args.lora_rank, seed=args.seed, verbose=2)
     metrics = result.test_metrics or {}
     summary = ", ".join(f"test {k}={v:.4f}" for k, v in metrics.items())
     print(f"Saved {os.path.join(result.run_dir, 'model.keras')} ({result.model.num_classes} classes, "

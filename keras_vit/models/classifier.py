@@ -10,7 +10,7 @@ class names and the preprocessing it expects.
 import keras
 
 from keras_vit.layers import AttentionPooling, TokenPooling, layer_norm
-from keras_vit.models.backbone import ChecksImages, ViTBackbone
+from keras_vit.models.backbone import ChecksImages, ViTBackbone, quantized_layers, requantize
 from keras_vit.models.presets import PRESETS, preset_config
 from keras_vit.utils.validation import check_choice, check_positive_int, check_rate
 
@@ -183,6 +183,36 @@ class ViTClassifier(ChecksImages, keras.Model):
         """
         return [v for v in self.trainable_variables if len(v.shape) <= 1 or v.name in NO_DECAY_NAMES]
 
+    def enable_lora(self, rank, target_names=None):
+        """Enables LoRA on the backbone (`ViTBackbone.enable_lora`: every
+        backbone weight but the LoRA matrices is frozen) and keeps the layers
+        after it trainable: the pooling, `fc_norm`, pre-logits and the head.
+        Compile (again) after this call.
+
+        Args:
+            rank: int > 0, the rank of the updates.
+            target_names: None (the attention's "qkv" and "proj") or a list
+                of names from "qkv", "proj", "mlp_dense1", "mlp_dense2".
+
+        Example:
+        >>> model = build_vit(image_size=16, num_classes=3, patch_size=4,
+        ...                   hidden_dim=8, depth=1, num_heads=2, mlp_dim=16)
+        >>> model.enable_lora(4)
+        >>> sorted(v.name for v in model.trainable_weights)
+        ['bias', 'kernel', 'lora_kernel_a', 'lora_kernel_a', 'lora_kernel_b', 'lora_kernel_b']
+        """
+        from keras_vit.models.backbone import check_lora_args
+
+        check_lora_args(rank, target_names)  # before anything changes
+        self.trainable = True
+        self.backbone.enable_lora(rank, target_names)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        """`keras.Model.load_weights`; with LoRA enabled, the LoRA matrices
+        can train on from the loaded weights (see `ViTBackbone.load_weights`)."""
+        super().load_weights(filepath, *args, **kwargs)
+        self.backbone._reseed_lora()
+
     # --- construction -----------------------------------------------------
 
     def get_config(self):
@@ -201,6 +231,7 @@ class ViTClassifier(ChecksImages, keras.Model):
             "class_names": self.class_names,
             "preprocessing": self.preprocessing,
             "outputs_logits": self.outputs_logits,
+            **({"quantized_layers": quantized} if (quantized := quantized_layers(self, skip=[self.backbone])) else {}),
         }
 
     @classmethod
@@ -209,7 +240,11 @@ class ViTClassifier(ChecksImages, keras.Model):
         config.pop("outputs_logits", None)  # recorded for readers; follows from the activation
         if isinstance(config["backbone"], dict):
             config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        quantized = config.pop("quantized_layers", None)
+        model = cls(**config)
+        if quantized:  # the head's; the backbone's own config quantized the backbone
+            requantize(model, quantized)
+        return model
 
     def save_to_preset(self, directory):
         """Writes a preset directory (config, weights, preprocessing) that

@@ -30,12 +30,18 @@ def set_backbone_trainable(model, trainable):
         model: a `ViTClassifier`.
         trainable: bool.
 
+    With LoRA enabled on the backbone (`ViTClassifier.enable_lora`),
+    unfreezing makes the LoRA matrices its only trainable weights again,
+    not the whole backbone.
+
     Example:
     >>> set_backbone_trainable(model, False)  # train the head only  # doctest: +SKIP
     """
     for part in (model.backbone, model.pooler, model.fc_norm, model.pre_logits):
         if part is not None:
             part.trainable = trainable
+    if trainable and getattr(model.backbone, "lora_enabled", False):
+        model.backbone._freeze_for_lora()
 
 
 def _load_splits(data, size, channels, *, batch_size, validation_split, test_split, seed, augment,
@@ -120,7 +126,7 @@ def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, e
               frozen_epochs=1, time_budget=None, budget_start=None, batch_size=32, learning_rate=1e-4,
               head_learning_rate=1e-3, weight_decay=0.05, warmup_epochs=0, label_smoothing=0.1, augment=None,
               validation_split=0.1, test_split=0.2, data_dir=None, num_heads=None,
-              keep_pre_logits=True, seed=0, resume="auto", verbose="auto", **build_kwargs):
+              keep_pre_logits=True, lora_rank=None, seed=0, resume="auto", verbose="auto", **build_kwargs):
     """Fine-tunes a pretrained checkpoint or preset on a new data set.
 
     Loads the checkpoint with a new head (`keras_vit.convert.from_checkpoint`
@@ -163,6 +169,13 @@ def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, e
         augment, validation_split, test_split, data_dir: see `load_data`.
         num_heads: heads, for timm files of non-standard width.
         keep_pre_logits: bool, keep the checkpoint's pre-logits layer.
+        lora_rank: None, or an int > 0: LoRA of that rank on the attention's
+            QKV and output projections (`ViTClassifier.enable_lora`). The
+            full stage then trains only the LoRA matrices and the layers
+            after the backbone (pooling, fc_norm, pre-logits, head); every
+            other backbone weight keeps the checkpoint's value. The head-only
+            stage is unchanged. The saved model holds the kernels with the
+            LoRA updates merged in, a plain model.
         seed: int.
         resume: "auto", True or False, as in `train`.
         verbose: `fit` verbosity.
@@ -187,6 +200,8 @@ def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, e
     if epochs is not None:
         check_positive_int(epochs, "epochs", minimum=0)
     check_positive_int(frozen_epochs, "frozen_epochs", minimum=0)
+    if lora_rank is not None:
+        check_positive_int(lora_rank, "lora_rank")
     if epochs == 0 and frozen_epochs == 0:
         raise ValueError("Nothing to train: `epochs` and `frozen_epochs` are both 0.")
     pretrained = _Pretrained(checkpoint, num_heads, keep_pre_logits)
@@ -200,9 +215,12 @@ def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, e
         build_kwargs.setdefault("class_names", list(info.class_names))
     keras.utils.set_random_seed(seed)
     model = pretrained.build(num_classes, size, **build_kwargs)
+    if lora_rank is not None:
+        model.enable_lora(lora_rank)
     common = dict(weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed, resume=resume,
                   verbose=verbose, budget_start=budget_start,
-                  config=dict(checkpoint=pretrained.source, num_classes=num_classes, image_size=list(size)))
+                  config=dict(checkpoint=pretrained.source, num_classes=num_classes, image_size=list(size),
+                              **({} if lora_rank is None else {"lora_rank": lora_rank})))
     history, result = [], None
     if frozen_epochs:
         head_budget = None
