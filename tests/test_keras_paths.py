@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vit.layers.attention import fast_inference
+from keras_vit.export import inference_model
 from keras_vit.models import ViTClassifier
 from keras_vit.models.backbone import LORA_TARGETS
 from keras_vit.training.finetune import set_backbone_trainable
@@ -67,11 +67,10 @@ def test_int8_classifier_predicts_close_to_float(int8_pair, batch):
     assert np.mean(expected.argmax(-1) == got.argmax(-1)) >= 0.95
     assert np.abs(expected - got).max() < 0.03
     assert np.abs(expected - got).mean() < 3e-3
-    # The inference rewrites (`_call_heads_first`, `LayerNorm.fold`) read
-    # Dense kernels directly; on a quantized Dense they must step aside.
-    with fast_inference(False):
-        plain = predict(model, batch[:8])
-    np.testing.assert_allclose(predict(model, batch[:8]), plain, atol=1e-6)
+    # `inference_model`'s rewrites read Dense kernels directly; on a
+    # quantized Dense they must step aside.
+    plain = predict(model, batch[:8])
+    np.testing.assert_allclose(predict(inference_model(model), batch[:8]), plain, atol=1e-6)
     np.testing.assert_allclose(model.predict(batch[:8], verbose=0), plain, atol=1e-6)  # traced too
     # The backbone alone (quantized with the classifier): tokens close to float.
     tokens, float_tokens = predict(model.backbone, batch[:8]), predict(float_model.backbone, batch[:8])
@@ -214,9 +213,8 @@ def test_classifier_lora_trains_only_lora_and_head(tiny_vit, batch, tmp_path):
     assert changed == ids(lora_weights(model.backbone) + head)
 
     expected = predict(model, batch[:8])
-    if BACKEND == "tensorflow":  # the inference rewrites read `Dense.kernel`, which merges LoRA
-        with fast_inference(False):
-            np.testing.assert_allclose(predict(model, batch[:8]), expected, atol=1e-5)
+    # `inference_model` reads `Dense.kernel`, which merges LoRA.
+    np.testing.assert_allclose(predict(inference_model(model), batch[:8]), expected, atol=1e-5)
     model.save(tmp_path / "lora.keras")
     reloaded = keras.saving.load_model(tmp_path / "lora.keras")
     assert isinstance(reloaded, ViTClassifier)
@@ -337,25 +335,3 @@ def test_keras_export_litert(float_model, batch, tmp_path):
         interpreter.set_tensor(inp["index"], image[None])
         interpreter.invoke()
         np.testing.assert_allclose(interpreter.get_tensor(out["index"])[0], want, atol=1e-4)
-
-
-def _onnx_invalid_graph():
-    try:
-        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph
-    except ImportError:
-        return Exception
-    return InvalidGraph
-
-
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="Keras' ONNX export is tested on TensorFlow (tf2onnx)")
-# Fails exactly at onnxruntime's load: tf2onnx has no Erfc, which exact GELU
-# becomes ("No Op registered for Erfc").
-@pytest.mark.xfail(strict=True, raises=_onnx_invalid_graph(), reason="Erfc until the onnx branch lands")
-def test_keras_export_onnx(float_model, batch, tmp_path):
-    import onnxruntime
-
-    path = tmp_path / "model.onnx"
-    float_model.export(str(path), format="onnx", verbose=False)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (name,) = [i.name for i in session.get_inputs()]
-    np.testing.assert_allclose(session.run(None, {name: batch[:8]})[0], predict(float_model, batch[:8]), atol=1e-4)
