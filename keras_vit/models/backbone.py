@@ -124,6 +124,70 @@ def _check_config(c):
         raise ValueError(f"`norm_epsilon` must be a number > 0. Received: norm_epsilon={c['norm_epsilon']!r}")
 
 
+def _resolve_config(arguments):
+    """Checks the constructor's arguments and resolves them to the stored
+    config: pixel statistics as lists, `kernels` resolved, `patch_size` and
+    `stride` as pairs, `image_size` and `reference_image_size` as pairs (the
+    first None for a model of any size). Returns (config, patch grid)."""
+    config = dict(arguments)
+    for key in ("pixel_mean", "pixel_std"):
+        if isinstance(config[key], (int, float)) and not isinstance(config[key], bool):
+            config[key] = (config[key],)
+        if isinstance(config[key], tuple):
+            config[key] = list(config[key])
+    _check_config(config)
+    config["kernels"] = resolve_kernels(config["kernels"])
+    patch = pair(config["patch_size"], "patch_size")
+    stride = patch_stride(patch, config["stride"])
+    image_size = config["image_size"]
+    if image_size is None:
+        reference = pair(config["reference_image_size"] or 224, "reference_image_size")
+    else:
+        reference = pair(image_size, "image_size")
+    grid = grid_size(reference, patch, stride, "image_size" if image_size else "reference_image_size")
+    _check_size(config, grid)
+    config.update(patch_size=patch, stride=stride, image_size=None if image_size is None else reference,
+                  reference_image_size=reference)
+    return config, grid
+
+
+def _make_layers(c, grid, policy):
+    """The backbone's layers from its resolved config, as the keyword
+    arguments of `ViTBackbone._set_parts`."""
+    kernels, epsilon, depth = c["kernels"], c["norm_epsilon"], c["depth"]
+    patch_encoder = PatchEncoder(
+        c["hidden_dim"], c["patch_size"], stride=c["stride"], grid_size=grid, use_cls_token=c["class_token"],
+        num_registers=c["num_registers"], pos_embedding=c["pos_embedding"], interpolation=c["interpolation"],
+        patch_embedding=c["patch_embedding"], sincos_layout=c["sincos_layout"], patch_bias=c["patch_bias"],
+        conv_stem=c["conv_stem"], dtype=policy, name="patch_encoder")
+    blocks = [
+        TransformerBlock(
+            c["num_heads"], c["mlp_dim"], dropout=c["dropout"], attention_dropout=c["attention_dropout"],
+            drop_path=c["drop_path_rate"] * i / max(depth - 1, 1), layer_scale=c["layer_scale"],
+            qk_norm=c["qk_norm"], activation=c["activation"], norm_epsilon=epsilon,
+            use_qkv_bias=c["use_qkv_bias"], fused_attention=c["fused_attention"], kernels=kernels,
+            dtype=policy, name=f"encoder_block_{i}")
+        for i in range(depth)
+    ]
+    return dict(
+        rescaling=_rescaling(c["pixel_mean"], c["pixel_std"], policy) if c["include_rescaling"] else None,
+        patch_encoder=patch_encoder,
+        embedding_dropout=keras.layers.Dropout(c["dropout"], dtype=policy, name="embedding_dropout"),
+        norm_pre=layer_norm(epsilon, "norm_pre", kernels) if c["pre_norm"] else None,
+        blocks=blocks,
+        norm=layer_norm(epsilon, "encoder_norm", kernels) if c["final_norm"] else None)
+
+
+def _wire(parts, c):
+    """The functional graph through `parts`: (input, output) tensors."""
+    input_hw = (None, None) if c["image_size"] is None else c["image_size"]
+    images = keras.Input(shape=(*input_hw, c["channels"]), name="images")
+    x = _embed(images, parts["rescaling"], parts["patch_encoder"], parts["embedding_dropout"], parts["norm_pre"])
+    for block in parts["blocks"]:
+        x = block(x)
+    return images, parts["norm"](x) if parts["norm"] is not None else x
+
+
 # --- quantization and LoRA ------------------------------------------------
 
 # The Dense layers of a block LoRA can target, by the names `enable_lora` takes.
@@ -267,61 +331,22 @@ class ViTBackbone(ChecksImages, keras.Model):
         kernels=None,
         **kwargs,
     ):
-        config = dict(locals())
+        arguments = dict(locals())  # the signature above is the whole config
         for key in ("self", "kwargs", "__class__"):
-            config.pop(key, None)
-        for key in ("pixel_mean", "pixel_std"):
-            if isinstance(config[key], (int, float)) and not isinstance(config[key], bool):
-                config[key] = (config[key],)
-            if isinstance(config[key], tuple):
-                config[key] = list(config[key])
-        _check_config(config)
-        config["kernels"] = kernels = resolve_kernels(kernels)
-        patch = pair(patch_size, "patch_size")
-        stride = patch_stride(patch, stride)
-        if image_size is None:
-            reference = pair(reference_image_size or 224, "reference_image_size")
-            input_hw = (None, None)
-        else:
-            reference = input_hw = pair(image_size, "image_size")
-        grid = grid_size(reference, patch, stride, "image_size" if image_size else "reference_image_size")
-        _check_size(config, grid)
-
+            arguments.pop(key, None)
+        config, grid = _resolve_config(arguments)
         policy = keras.dtype_policies.get(kwargs.pop("dtype", None) or keras.config.dtype_policy())
-
-        # === Layers ===
-        # Built as locals and set as attributes after `keras.Model.__init__`:
+        # Built before `keras.Model.__init__` and set as attributes after it:
         # on the torch backend a layer is a `torch.nn.Module`, which cannot be
         # assigned to a module that is not initialised yet.
-        rescaling = _rescaling(config["pixel_mean"], config["pixel_std"], policy) if include_rescaling else None
-        patch_encoder = PatchEncoder(
-            hidden_dim, patch, stride=stride, grid_size=grid, use_cls_token=class_token,
-            num_registers=num_registers, pos_embedding=pos_embedding, interpolation=interpolation,
-            patch_embedding=patch_embedding, sincos_layout=sincos_layout, patch_bias=patch_bias,
-            conv_stem=conv_stem, dtype=policy, name="patch_encoder")
-        embedding_dropout = keras.layers.Dropout(dropout, dtype=policy, name="embedding_dropout")
-        norm_pre = layer_norm(norm_epsilon, "norm_pre", kernels) if pre_norm else None
-        blocks = [
-            TransformerBlock(
-                num_heads, mlp_dim, dropout=dropout, attention_dropout=attention_dropout,
-                drop_path=drop_path_rate * i / max(depth - 1, 1), layer_scale=layer_scale,
-                qk_norm=qk_norm, activation=activation, norm_epsilon=norm_epsilon,
-                use_qkv_bias=use_qkv_bias, fused_attention=fused_attention, kernels=kernels,
-                dtype=policy,
-                name=f"encoder_block_{i}")
-            for i in range(depth)
-        ]
-        norm = layer_norm(norm_epsilon, "encoder_norm", kernels) if final_norm else None
-
-        # === Functional model ===
-        images = keras.Input(shape=(*input_hw, channels), name="images")
-        x = _embed(images, rescaling, patch_encoder, embedding_dropout, norm_pre)
-        for block in blocks:
-            x = block(x)
-        outputs = norm(x) if norm is not None else x
+        parts = _make_layers(config, grid, policy)
+        images, outputs = _wire(parts, config)
         super().__init__(inputs=images, outputs=outputs, **{"name": "vit_backbone", **kwargs})
-
         self.dtype_policy = policy  # a functional model ignores `dtype`; the config keeps it
+        self._set_parts(**parts)
+        self._set_config(config)
+
+    def _set_parts(self, *, rescaling, patch_encoder, embedding_dropout, norm_pre, blocks, norm):
         self.rescaling = rescaling
         self.patch_encoder = patch_encoder
         self.embedding_dropout = embedding_dropout
@@ -329,13 +354,26 @@ class ViTBackbone(ChecksImages, keras.Model):
         self.blocks = blocks
         self.norm = norm
 
-        # === Config ===
-        config.update(patch_size=patch, stride=stride,
-                      image_size=None if image_size is None else reference,
-                      reference_image_size=reference)
-        self._vit_config = config
-        for key, value in config.items():  # hidden_dim, patch_size, ... read as attributes
-            setattr(self, key, value)
+    def _set_config(self, c):
+        """Keeps the config (`get_config`) and its values as attributes, read
+        elsewhere as `backbone.hidden_dim`, `backbone.patch_size`, ..."""
+        self._vit_config = c
+        self.image_size, self.reference_image_size = c["image_size"], c["reference_image_size"]
+        self.patch_size, self.stride, self.channels = c["patch_size"], c["stride"], c["channels"]
+        self.hidden_dim, self.depth = c["hidden_dim"], c["depth"]
+        self.num_heads, self.mlp_dim = c["num_heads"], c["mlp_dim"]
+        self.pos_embedding, self.interpolation = c["pos_embedding"], c["interpolation"]
+        self.sincos_layout = c["sincos_layout"]
+        self.num_registers, self.class_token = c["num_registers"], c["class_token"]
+        self.patch_embedding, self.patch_bias, self.conv_stem = c["patch_embedding"], c["patch_bias"], c["conv_stem"]
+        self.dropout, self.attention_dropout = c["dropout"], c["attention_dropout"]
+        self.drop_path_rate, self.layer_scale = c["drop_path_rate"], c["layer_scale"]
+        self.qk_norm, self.use_qkv_bias = c["qk_norm"], c["use_qkv_bias"]
+        self.activation, self.fused_attention = c["activation"], c["fused_attention"]
+        self.include_rescaling = c["include_rescaling"]
+        self.pixel_mean, self.pixel_std = c["pixel_mean"], c["pixel_std"]
+        self.norm_epsilon, self.pre_norm, self.final_norm = c["norm_epsilon"], c["pre_norm"], c["final_norm"]
+        self.kernels = c["kernels"]
 
     def _embed(self, images):
         return _embed(images, self.rescaling, self.patch_encoder, self.embedding_dropout, self.norm_pre)
