@@ -18,6 +18,7 @@ import tempfile
 import numpy as np
 
 from keras_vit import explain as attention
+from keras_vit.models.preset_io import load_model
 
 
 def demo_model_and_image(workdir):
@@ -63,7 +64,7 @@ def main(argv=None):
     elif not (args.image and args.model):
         parser.error("pass IMAGE and --model, or --demo")
 
-    model = attention.load_any_model(args.model)
+    model = load_model(args.model)
     image = attention.model_image(args.image, model)
     maps = attention.attention_maps(model, image[None])  # (depth, 1, heads, N, N)
     prefix = model.backbone.num_prefix_tokens

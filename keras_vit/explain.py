@@ -14,8 +14,9 @@ import keras
 import numpy as np
 
 from keras_vit import preprocessing
+from keras_vit.export.geometry import image_settings
 from keras_vit.layers import grid_size
-from keras_vit.utils.io import load_keras_file, write_png
+from keras_vit.utils.io import write_png
 from keras_vit.utils.validation import check_choice
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -240,24 +241,6 @@ def save_attention_overlay(image, heatmap, path, alpha=0.5, cmap="jet"):
     return path
 
 
-def load_any_model(path):
-    """A `.keras` file (loaded in safe mode), a preset (`ViTClassifier.from_preset`:
-    a directory, ``hf://owner/repo`` or a known name) or a checkpoint file.
-
-    Example:
-    >>> model = load_any_model("vit.keras")
-    """
-    from keras_vit.models import ViTClassifier
-
-    if os.fspath(path).endswith(".keras"):
-        return load_keras_file(path, safe_mode=True)
-    if os.path.isfile(path):
-        from keras_vit.convert import from_checkpoint
-
-        return from_checkpoint(path)
-    return ViTClassifier.from_preset(path)
-
-
 def model_image(source, model):
     """An image (file, bytes or array) prepared for `model` through
     `keras_vit.preprocessing`: the model's channels, its size (when fixed)
@@ -267,9 +250,7 @@ def model_image(source, model):
     >>> model_image("cat.jpg", model).shape
     (224, 224, 3)
     """
-    settings = dict(getattr(model, "preprocessing", None) or {})
-    settings.update(image_size=model.image_size, channels=model.channels)
-    return preprocessing.load_image(source, preprocessing.ImageSettings.from_dict(settings))
+    return preprocessing.load_image(source, image_settings(model))
 
 
 def explain(image_path, model, output, head_fusion="mean", alpha=0.5, cmap="jet"):
@@ -277,7 +258,7 @@ def explain(image_path, model, output, head_fusion="mean", alpha=0.5, cmap="jet"
     (path, predicted class index or None).
 
     Example:
-    >>> explain("cat.jpg", load_any_model("vit.keras"), "cat_attention.png")
+    >>> explain("cat.jpg", load_model("vit.keras"), "cat_attention.png")
     """
     check_choice(head_fusion, "head_fusion", HEAD_FUSIONS)
     image = model_image(image_path, model)

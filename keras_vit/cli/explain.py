@@ -22,9 +22,10 @@ def add_parser(subparsers):
 
 
 def run(args):
-    from keras_vit.explain import explain, load_any_model
+    from keras_vit.explain import explain
+    from keras_vit.models.preset_io import load_model
 
-    model = load_any_model(args.model)
+    model = load_model(args.model)
     output = args.output or os.path.splitext(os.path.basename(args.image))[0] + "_attention.png"
     path, prediction = explain(args.image, model, output, args.head_fusion, args.alpha, args.cmap)
     print(f"Wrote {path}" + ("" if prediction is None else f" (predicted class {prediction})"))

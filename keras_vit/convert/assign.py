@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from keras_vit.convert.readers import CheckpointError
-from keras_vit.layers import AttentionPooling, resample_posemb
+from keras_vit.layers import AttentionPooling, resample_position_table
 
 # First path components of classifier parts: all of them are left out when
 # loading a backbone; the head parts may be replaced by a fresh head.
@@ -175,8 +175,9 @@ def checkpoint_grid(converted, model_grid=None):
 def fit_position_embedding(table, new_grid, has_cls_token, old_grid=None, interpolation="bicubic"):
     """Resamples learned positions (1, [cls] + h*w, D) to a new patch grid.
 
-    The patch rows are resampled on their 2-D grid by
-    `keras_vit.layers.resample_posemb`; the class-token row is kept as is.
+    The patch rows are resampled on their 2-D grid
+    (`keras_vit.layers.resample_position_table`); the class-token row is
+    kept as is.
 
     Args:
         table: numpy array (1, rows, D) from a checkpoint.
@@ -197,9 +198,8 @@ def fit_position_embedding(table, new_grid, has_cls_token, old_grid=None, interp
     patches = table[:, prefix:]
     if patches.shape[1] == new_grid[0] * new_grid[1]:
         return table
-    old_grid = tuple(old_grid or square_grid(patches.shape[1], "position_embedding"))
-    resampled = np.asarray(resample_posemb(patches.astype("float32"), tuple(new_grid), old_grid, interpolation))
-    return np.concatenate([table[:, :prefix].astype("float32"), resampled], axis=1)
+    old_grid = old_grid or square_grid(patches.shape[1], "position_embedding")
+    return resample_position_table(table, new_grid, old_grid, prefix, interpolation)
 
 
 def _fit_positions(converted, encoder):

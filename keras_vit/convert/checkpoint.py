@@ -11,12 +11,11 @@ from keras_vit.convert.big_vision import convert_npz
 from keras_vit.convert.readers import CheckpointError, read_checkpoint
 from keras_vit.convert.rules import Converted
 from keras_vit.convert.timm import convert_timm
-from keras_vit.layers import ACTIVATIONS, grid_size
+from keras_vit.layers import ACTIVATIONS, POOLINGS, grid_size
 from keras_vit.models.presets import heads_for_width
 from keras_vit.preprocessing import INTERPOLATIONS
 from keras_vit.utils.validation import check_choice, pair
 
-POOLINGS = ("cls", "gap", "map")
 TIMM_POOLING = {"token": "cls", "avg": "gap", "map": "map"}  # timm's global_pool -> pooling
 
 

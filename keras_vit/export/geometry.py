@@ -142,12 +142,16 @@ def warn_if_not_pixels(model):
         )
 
 
-def image_settings(model, geo):
-    """The `ImageSettings` an artifact prepares encoded images with: the
-    model's recorded preprocessing (interpolation, antialias, resize mode)
-    at the artifact's size and channels."""
+def image_settings(model, geo=None):
+    """The `ImageSettings` images are prepared with for `model`: its
+    recorded preprocessing (interpolation, antialias, resize mode) at an
+    artifact's size and channels (`geo`, from `model_geometry`), or by
+    default at the model's own (`model.image_size`, None for any size)."""
     recorded = dict(getattr(model, "preprocessing", None) or {})
-    recorded.update(image_size=geo["size"], channels=geo["channels"])
+    if geo is None:
+        recorded.update(image_size=model.image_size, channels=model.channels)
+    else:
+        recorded.update(image_size=geo["size"], channels=geo["channels"])
     return ImageSettings.from_dict(recorded)
 
 

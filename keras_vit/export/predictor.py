@@ -16,8 +16,8 @@ from keras_vit.export.inference import inference_model
 from keras_vit.export.saved_model import read_saved_model_metadata
 from keras_vit.export.tflite import tflite_metadata
 from keras_vit.layers import grid_size
+from keras_vit.models.preset_io import load_model
 from keras_vit.preprocessing import IMAGE_EXTENSIONS, ImageSettings
-from keras_vit.utils.io import load_keras_file
 from keras_vit.utils.validation import pair
 
 
@@ -114,7 +114,7 @@ class KerasPredictor(Predictor):
     kind = "keras"
 
     def __init__(self, path, class_names=None, model=None):
-        self.model = load_keras_file(path) if model is None else model
+        self.model = load_model(path) if model is None else model
         geo = model_geometry(self.model)
         names = class_names or getattr(self.model, "class_names", None)
         super().__init__(
@@ -152,9 +152,7 @@ class PresetPredictor(KerasPredictor):
     kind = "preset"
 
     def __init__(self, handle, class_names=None):
-        from keras_vit.models import ViTClassifier
-
-        super().__init__(handle, class_names, model=ViTClassifier.from_preset(handle))
+        super().__init__(handle, class_names, model=load_model(handle))
         self.path = handle  # a handle, not necessarily a local path
 
 

@@ -29,15 +29,15 @@ from keras_vit.layers.patching import (
     grid_size,
     patch_stride,
 )
-from keras_vit.layers.positions import INTERPOLATIONS, resample_posemb, sincos_posemb_2d
+from keras_vit.layers.positions import INTERPOLATIONS, resample_position_table, resample_posemb, sincos_posemb_2d
 from keras_vit.layers.norm import LayerNorm, layer_norm
 from keras_vit.layers.stem import ConvStem
-from keras_vit.layers.pooling import AttentionPooling, TokenPooling
+from keras_vit.layers.pooling import POOLINGS, AttentionPooling, TokenPooling
 from keras_vit.utils.validation import check_choice, check_rate, pair
 
 __all__ = [
-    "ACTIVATIONS", "INTERPOLATIONS", "PATCH_EMBEDDINGS", "POS_EMBEDDINGS",
+    "ACTIVATIONS", "INTERPOLATIONS", "PATCH_EMBEDDINGS", "POOLINGS", "POS_EMBEDDINGS",
     "AttentionPooling", "ConvStem", "DropPath", "LayerNorm", "LayerScale", "MultiHeadSelfAttention", "PatchEncoder",
     "Patches", "TokenPooling", "TransformerBlock", "check_choice", "check_images", "check_rate",
-    "grid_size", "layer_norm", "pair", "patch_stride", "resample_posemb", "sincos_posemb_2d", "use_fused_attention",
+    "grid_size", "layer_norm", "pair", "patch_stride", "resample_position_table", "resample_posemb", "sincos_posemb_2d", "use_fused_attention",
 ]

@@ -9,6 +9,10 @@ from keras_vit.layers.attention import layer_norm
 from keras_vit.layers.block import ACTIVATIONS
 from keras_vit.utils.validation import check_choice
 
+# The ways a classifier pools its tokens: the class token, the mean of the
+# patch tokens (both `TokenPooling`) or attention pooling (`AttentionPooling`).
+POOLINGS = ("cls", "gap", "map")
+
 
 @keras.saving.register_keras_serializable(package="keras_vit")
 class TokenPooling(keras.layers.Layer):
@@ -27,7 +31,7 @@ class TokenPooling(keras.layers.Layer):
 
     def __init__(self, mode="cls", num_prefix_tokens=0, **kwargs):
         super().__init__(**kwargs)
-        self.mode = check_choice(mode, "pooling", ("cls", "gap"))
+        self.mode = check_choice(mode, "pooling", POOLINGS[:2])
         self.num_prefix_tokens = num_prefix_tokens
 
     def call(self, x):

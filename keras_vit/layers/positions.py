@@ -4,6 +4,7 @@ table (`sincos_posemb_2d`) and resampling learned positions on their grid
 
 import math
 
+import numpy as np
 from keras import ops
 
 from keras_vit.utils.validation import check_choice
@@ -116,3 +117,18 @@ def resample_posemb(posemb, new_grid, old_grid=None, method="bicubic", antialias
     table = ops.einsum("ih,hwd,jw->ijd", rows, table, cols)
     table = ops.reshape(table, (-1, posemb.shape[-1]))
     return table[None] if rank == 3 else table
+
+
+def resample_position_table(table, new_grid, old_grid, num_prefix=0, method="bicubic"):
+    """A learned position table (1, prefix + h * w, D), as numpy, on a new
+    patch grid: the patch rows go through `resample_posemb`, the
+    `num_prefix` rows before them (a class token's) are kept as they are.
+    What loading a checkpoint or a preset at another image size does.
+
+    Example:
+    >>> resample_position_table(np.zeros((1, 1 + 4 * 4, 8)), (2, 3), (4, 4), num_prefix=1).shape
+    (1, 7, 8)
+    """
+    table = np.asarray(table).astype("float32")
+    patches = resample_posemb(table[:, num_prefix:], tuple(new_grid), tuple(old_grid), method)
+    return np.concatenate([table[:, :num_prefix], ops.convert_to_numpy(patches)], axis=1)

@@ -9,15 +9,26 @@ class names and the preprocessing it expects.
 
 import keras
 
-from keras_vit.layers import AttentionPooling, TokenPooling, layer_norm
+from keras_vit.layers import POOLINGS, AttentionPooling, TokenPooling, layer_norm
 from keras_vit.models.backbone import ChecksImages, ViTBackbone, quantized_layers, requantize
 from keras_vit.models.presets import PRESETS, preset_config
 from keras_vit.utils.validation import check_choice, check_positive_int, check_rate
 
-POOLINGS = ("cls", "gap", "map")
-# Variable names (as Keras names them) that get no weight decay besides every
-# 0-D and 1-D variable: biases of any rank, tokens, positions, the MAP probe.
+# The one home of the no-weight-decay rule (`no_weight_decay`): every 0-D and
+# 1-D variable (biases, norm scales and offsets, LayerScale), and the variables
+# of these names (as Keras names them): biases of any rank, tokens, positions,
+# the MAP probe.
 NO_DECAY_NAMES = ("bias", "cls_token", "registers", "position_embedding", "probe")
+# The same rule by name alone, for an optimizer made before it sees a model
+# (`keras.optimizers.Optimizer.exclude_from_weight_decay(var_names=...)`):
+# the norms' 1-D variables by their names.
+NO_DECAY_NAME_PATTERNS = ("gamma", "beta", *NO_DECAY_NAMES)
+
+
+def no_weight_decay(variables):
+    """The variables of `variables` that get no weight decay (see
+    `NO_DECAY_NAMES`)."""
+    return [v for v in variables if len(v.shape) <= 1 or v.name in NO_DECAY_NAMES]
 
 
 def _check_head(num_classes, pooling, representation_size, head_units, dropout,
@@ -181,7 +192,7 @@ class ViTClassifier(ChecksImages, keras.Model):
         >>> all(v.name != "kernel" for v in model.no_weight_decay())
         True
         """
-        return [v for v in self.trainable_variables if len(v.shape) <= 1 or v.name in NO_DECAY_NAMES]
+        return no_weight_decay(self.trainable_variables)
 
     def enable_lora(self, rank, target_names=None):
         """Enables LoRA on the backbone (`ViTBackbone.enable_lora`: every

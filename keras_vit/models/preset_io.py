@@ -9,13 +9,13 @@ Loading builds the saved model, loads its weights, and applies overrides
 learned positions).
 """
 
+import os
 from pathlib import Path
 
 import keras
-import numpy as np
 
-from keras_vit.layers import resample_posemb
-from keras_vit.utils.io import atomic_path, write_json
+from keras_vit.layers import resample_position_table
+from keras_vit.utils.io import atomic_path, load_keras_file, write_json
 
 PRESET_FORMAT = "keras_vit.preset/1"
 CONFIG_FILE, WEIGHTS_FILE, PREPROCESSING_FILE = "config.json", "model.weights.h5", "preprocessing.json"
@@ -112,9 +112,7 @@ def transfer_weights(source, target):
 def _resample_positions(table, source, target):
     old = getattr(source, "backbone", source).patch_encoder
     new = getattr(target, "backbone", target).patch_encoder
-    prefix = int(old.use_cls_token)
-    patches = resample_posemb(table[:, prefix:], new.grid_size, old.grid_size, new.interpolation)
-    return np.concatenate([table[:, :prefix], keras.ops.convert_to_numpy(patches)], axis=1)
+    return resample_position_table(table, new.grid_size, old.grid_size, int(old.use_cls_token), new.interpolation)
 
 
 def load_preset(cls, handle, **overrides):
@@ -131,3 +129,18 @@ def load_preset(cls, handle, **overrides):
     from keras_vit.convert import from_timm_preset
 
     return from_timm_preset(files, cls, **overrides)
+
+
+def load_model(handle):
+    """A model from any handle: a ``.keras`` file (loaded in safe mode), or
+    what `ViTClassifier.from_preset` loads (a preset directory, a known
+    pretrained name, ``hf://owner/repo`` or a checkpoint file).
+
+    Example:
+    >>> model = load_model("vit.keras")  # doctest: +SKIP
+    """
+    if os.fspath(handle).endswith(".keras"):
+        return load_keras_file(handle, safe_mode=True)
+    from keras_vit.models.classifier import ViTClassifier
+
+    return ViTClassifier.from_preset(handle)
