@@ -17,6 +17,7 @@ import torch
 
 from keras_vit import build_vit
 from keras_vit import convert
+from keras_vit.models import pretrained
 from keras_vit.layers import pair, resample_posemb
 from tests.conftest import import_timm, run_python
 
@@ -167,7 +168,7 @@ def test_timm_state_dict_gives_timm_logits(timm_vit, tmp_path, name):
     timm_kwargs, build_kwargs, suffix = TIMM_CONFIGS[name]
     reference = random_timm(VisionTransformer, **timm_kwargs)
     path = save_state_dict(reference.state_dict(), tmp_path / f"vit{suffix}")
-    model = convert.from_checkpoint(path, num_heads=timm_kwargs["num_heads"], **build_kwargs)
+    model = pretrained.from_checkpoint(path, num_heads=timm_kwargs["num_heads"], **build_kwargs)
     h, w = pair(timm_kwargs["img_size"], "img_size")
     assert model.image_size == (h, w)
     images = pixels(h, w)
@@ -187,7 +188,7 @@ def test_pre_logits_state_dict_matches_torch_reference(timm_vit, tmp_path):
     state.update({f"pre_logits.fc.{k}": v for k, v in pre_logits.state_dict().items()})
     state.update({f"head.{k}": v for k, v in head.state_dict().items()})
     path = save_state_dict(state, tmp_path / "vit.pth")
-    model = convert.from_checkpoint(path, num_heads=2)
+    model = pretrained.from_checkpoint(path, num_heads=2)
     assert model.pre_logits.units == 12
     images = pixels(32, 32)
     expected = timm_logits(backbone, images, head=lambda f: head(torch.tanh(pre_logits(f))))
@@ -196,13 +197,13 @@ def test_pre_logits_state_dict_matches_torch_reference(timm_vit, tmp_path):
     assert diff < TOL
 
     # Keep the pre-logits but replace the head: pre-logit features equal.
-    new = convert.from_checkpoint(path, num_classes=3, num_heads=2)
+    new = pretrained.from_checkpoint(path, num_classes=3, num_heads=2)
     features = build_features(new, new.pre_logits)(images)
     with torch.no_grad():
         ref = torch.tanh(pre_logits(torch.from_numpy(timm_logits(backbone, images)))).numpy()
     assert np.abs(np.asarray(features) - ref).max() < TOL
     assert new.output_shape == (None, 3)
-    dropped = convert.from_checkpoint(path, num_classes=3, num_heads=2, keep_pre_logits=False)
+    dropped = pretrained.from_checkpoint(path, num_classes=3, num_heads=2, keep_pre_logits=False)
     assert dropped.pre_logits is None
 
 
@@ -270,7 +271,7 @@ def test_npz_matches_timms_own_npz_loader(timm_vit, tmp_path, layout):
         class_token=cls, global_pool={"cls": "token", "gap": "avg", "map": "map"}[pooling], fc_norm=False,
     ).eval()
     timm_load_npz(reference, str(path))
-    model = convert.from_checkpoint(path)  # heads read from the file
+    model = pretrained.from_checkpoint(path)  # heads read from the file
     assert model.backbone.blocks[0].num_heads == 2
     images = pixels(16, 16)
     diff = np.abs(model.predict(images, verbose=0) - timm_logits(reference, images)).max()
@@ -307,7 +308,7 @@ def test_resolution_change_resamples_positions_like_timm(timm_vit, tmp_path):
     source = random_timm(VisionTransformer, img_size=16, patch_size=4, num_classes=3,
                          embed_dim=16, depth=1, num_heads=2)
     path = save_state_dict(source.state_dict(), tmp_path / "vit.safetensors")
-    model = convert.from_checkpoint(path, image_size=24, num_heads=2)
+    model = pretrained.from_checkpoint(path, image_size=24, num_heads=2)
     table = model.backbone.patch_encoder.position_embedding.numpy()
     old = source.pos_embed.detach().numpy()
     assert table.shape == (1, 1 + 6 * 6, 16)
@@ -345,7 +346,7 @@ def test_resampled_checkpoint_matches_timms_own_resampling(timm_vit, tmp_path, n
     reference = timm.create_model(
         "vit_tiny_patch16_224", pretrained=True, img_size=new_size, **arch,
         pretrained_cfg_overlay=dict(file=str(path), input_size=(3, old_h, old_w), num_classes=3)).eval()
-    model = convert.from_checkpoint(path, image_size=new_size, checkpoint_image_size=old_size, num_heads=2)
+    model = pretrained.from_checkpoint(path, image_size=new_size, checkpoint_image_size=old_size, num_heads=2)
     images = pixels(*pair(new_size, "new_size"))
     diff = np.abs(model.predict(images, verbose=0) - timm_logits(reference, images)).max()
     print(f"resampled {name}: max |logit difference| = {diff:.2e}")
@@ -376,9 +377,9 @@ def test_new_head_when_num_classes_differs(timm_vit, tmp_path):
     source = random_timm(VisionTransformer, img_size=16, patch_size=4, num_classes=3,
                          embed_dim=16, depth=1, num_heads=2)
     path = save_state_dict(source.state_dict(), tmp_path / "vit.safetensors")
-    model = convert.from_checkpoint(path, num_classes=7, num_heads=2)
+    model = pretrained.from_checkpoint(path, num_classes=7, num_heads=2)
     assert model.output_shape == (None, 7)
-    features = convert.from_checkpoint(path, num_classes=0, num_heads=2)
+    features = pretrained.from_checkpoint(path, num_classes=0, num_heads=2)
     images = pixels(16, 16)
     with torch.no_grad():
         ref = source.forward_head(
@@ -542,7 +543,7 @@ def test_pickle_with_payload_is_refused(tmp_path, monkeypatch, pickler):
     with pytest.raises(ValueError, match="Refused to load"):
         convert.load_timm(model, path)
     with pytest.raises(ValueError, match="Refused to load"):
-        convert.from_checkpoint(path)
+        pretrained.from_checkpoint(path)
     assert not marker.exists()
 
 
@@ -592,7 +593,7 @@ def test_truncated_and_unknown_files_fail_clearly(tmp_path, tiny_checkpoint):
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated or corrupt"):
-        convert.from_checkpoint(truncated)
+        pretrained.from_checkpoint(truncated)
     from safetensors.numpy import save_file
 
     st = tmp_path / "w.safetensors"
@@ -610,7 +611,7 @@ def test_truncated_and_unknown_files_fail_clearly(tmp_path, tiny_checkpoint):
     text = tmp_path / "notes.txt"
     text.write_text("not weights")
     with pytest.raises(ValueError, match="Unknown checkpoint format.*npz, safetensors, torch"):
-        convert.from_checkpoint(text)
+        pretrained.from_checkpoint(text)
     other_zip = tmp_path / "other.zip"
     with zipfile.ZipFile(other_zip, "w") as archive:
         archive.writestr("readme.txt", "hello")
@@ -660,6 +661,15 @@ def test_wrong_loader_and_bad_arguments(tmp_path, tiny_checkpoint):
     with pytest.raises(ValueError, match="use `load_npz`"):
         convert.load_timm(tiny_model(), tiny_checkpoint)
     with pytest.raises(ValueError, match="Unknown `pooling`: 'mean'"):
-        convert.from_checkpoint(tiny_checkpoint, pooling="mean")
+        pretrained.from_checkpoint(tiny_checkpoint, pooling="mean")
     with pytest.raises(ValueError, match="Pass `num_heads`"):
-        convert.default_num_heads(40)
+        pretrained.default_num_heads(40)
+
+
+@pytest.mark.backend_independent
+def test_names_moved_to_models_pretrained_still_load_from_convert_with_a_warning():
+    for name in convert.MOVED:
+        with pytest.warns(DeprecationWarning, match=f"keras_vit.models.pretrained.{name}"):
+            assert getattr(convert, name) is getattr(pretrained, name)
+    with pytest.raises(AttributeError):
+        convert.no_such_name

@@ -20,6 +20,7 @@ MODULES = (
     "keras_vit.models.backbone",
     "keras_vit.models.classifier",
     "keras_vit.models.preset_io",
+    "keras_vit.models.pretrained",
     "keras_vit.utils.validation",
     "keras_vit.utils.io",
     "keras_vit.utils.locks",

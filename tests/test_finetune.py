@@ -5,7 +5,8 @@ resolution; the saved model reloads in a fresh process."""
 import numpy as np
 import pytest
 
-from keras_vit.convert import from_checkpoint, variable_table
+from keras_vit.convert import variable_table
+from keras_vit.models import from_checkpoint
 from keras_vit.models import build_vit
 from keras_vit.training.finetune import fine_tune, set_backbone_trainable
 from tests.conftest import REPO, run_python

@@ -237,7 +237,7 @@ def test_classifier_lora_trains_only_lora_and_head(tiny_vit, batch, tmp_path):
 def test_fine_tune_with_lora_rank_keeps_the_backbone(tiny_checkpoint, image_folder, tmp_path):
     """The full stage trains the LoRA matrices and the head; every weight the
     checkpoint provides keeps its value."""
-    from keras_vit.convert import from_checkpoint
+    from keras_vit.models import from_checkpoint
     from keras_vit.training.finetune import fine_tune
 
     def values(model):

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import keras
 
+from keras_vit.hub import resolve_preset
 from keras_vit.layers import resample_position_table
+from keras_vit.models.pretrained import from_timm_preset
 from keras_vit.utils.io import atomic_path, load_keras_file, write_json
 
 PRESET_FORMAT = "keras_vit.preset/1"
@@ -119,15 +121,10 @@ def load_preset(cls, handle, **overrides):
     """`cls.from_preset(handle)` for anything but an architecture name: a
     keras_vit preset directory, or a pretrained checkpoint (a known name,
     ``hf://owner/repo``, a timm-style directory or a checkpoint file),
-    converted by `keras_vit.convert`."""
-    from keras_vit.hub import resolve_preset
-
+    converted by `keras_vit.convert` (`keras_vit.models.pretrained`)."""
     files = resolve_preset(handle)
     if files.directory is not None and is_keras_vit_preset(files.config):
         return load_saved_preset(files.directory, files.config, cls, overrides)
-    # Imported here: conversion builds on the models, not the other way round.
-    from keras_vit.convert import from_timm_preset
-
     return from_timm_preset(files, cls, **overrides)
 
 
