@@ -1,11 +1,11 @@
 """`fine_tune`: a pretrained checkpoint, a new head, a new data set.
 
 Loads the checkpoint or preset with a new head
-(`keras_vit.convert.from_checkpoint`, `ViTClassifier.from_preset`), trains
+(`keras_vit.models.from_checkpoint`, `ViTClassifier.from_preset`), trains
 the head alone with what the checkpoint provides frozen, then the whole
 network, both with `keras_vit.training.train` (to a time budget if asked);
-the data come from `load_data`. `keras_vit.convert` is imported when
-called: conversion sits after training in the package's layering.
+the data come from `load_data`. Models and conversion are imported when
+called, so importing this module stays light.
 """
 
 import os
@@ -84,7 +84,8 @@ class _Pretrained:
     and `build(num_classes, image_size, **kwargs)` for the model to train."""
 
     def __init__(self, checkpoint, num_heads, keep_pre_logits):
-        from keras_vit.convert import convert_file, infer_config
+        from keras_vit.convert import convert_file
+        from keras_vit.models.pretrained import infer_config
 
         self.checkpoint, self.num_heads, self.keep_pre_logits = checkpoint, num_heads, keep_pre_logits
         text = os.fspath(checkpoint)
@@ -110,7 +111,7 @@ class _Pretrained:
 
     def build(self, num_classes, image_size, **build_kwargs):
         if self.is_file:
-            from keras_vit.convert import from_checkpoint
+            from keras_vit.models import from_checkpoint
 
             return from_checkpoint(self.converted, num_classes=num_classes, image_size=image_size,
                                    num_heads=self.num_heads, keep_pre_logits=self.keep_pre_logits, **build_kwargs)

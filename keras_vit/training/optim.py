@@ -9,9 +9,8 @@
 
 import keras
 
+from keras_vit.models.classifier import NO_DECAY_NAME_PATTERNS as NO_WEIGHT_DECAY
 from keras_vit.utils.validation import check_choice
-
-NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "position_embedding", "cls_token", "registers", "probe")
 
 
 def make_schedule(learning_rate, total_steps=None, warmup_steps=0, min_learning_rate=0.0):
