@@ -11,9 +11,10 @@ Two kinds of tests:
   backend's reload (a fresh process) must match to 1e-6, another backend's
   to 1e-5. Six processes in all, each batch of three run at once.
 * The rest run on the backend pytest runs on (`KERAS_BACKEND=jax python -m
-  pytest tests/test_backends.py`): `train` and `keras-vit train` on the
-  offline digits with augmentation, EMA and mixed precision, and the clear
-  errors of what is TensorFlow-only.
+  pytest tests/test_backends.py`): `train` with tf.data augmentation and
+  EMA, `keras-vit train` under mixed precision, both on numpy data in full
+  batches (each short last batch costs JAX one more compilation), and the
+  clear errors of what is TensorFlow-only.
 """
 
 import concurrent.futures
@@ -139,14 +140,16 @@ def test_train_with_augmentation_and_ema(tmp_path):
                                keras.ops.convert_to_numpy(result.model.predict_on_batch(x)), atol=1e-6)
 
 
-def test_the_train_command_on_digits_with_mixed_precision(tmp_path, capsys):
+def test_the_train_command_with_mixed_precision(tmp_path, capsys):
     from keras_vit.cli.main import main
 
+    # an .npz of full batches (digits' short last batches cost JAX a compile each)
+    np.savez(tmp_path / "data.npz", **dict(zip(("x", "y"), _images())))
     run_dir = tmp_path / "run"
-    code = main(["train", "--epochs", "1", "--image-size", "8", "--patch-size", "4", "--hidden-dim", "16",
-                 "--depth", "1", "--num-heads", "2", "--mlp-dim", "32", "--batch-size", "128",
-                 "--warmup-epochs", "0", "--precision", "mixed_bfloat16", "--run-dir", str(run_dir),
-                 "--verbose", "0"])
+    code = main(["train", "--dataset", str(tmp_path / "data.npz"), "--epochs", "1", "--image-size", "8",
+                 "--patch-size", "4", "--hidden-dim", "16", "--depth", "1", "--num-heads", "2", "--mlp-dim", "32",
+                 "--batch-size", "8", *SPLITS_FLAGS, "--warmup-epochs", "0", "--precision", "mixed_bfloat16",
+                 "--run-dir", str(run_dir), "--verbose", "0"])
     assert code == 0, capsys.readouterr()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0 <= metrics["test"]["accuracy"] <= 1
@@ -182,14 +185,21 @@ def test_steps_per_execution_on_torch_is_a_clear_error():
         compile_model(_tiny_model(), steps_per_execution=2)
 
 
+SPLITS = dict(test_split=0.2, validation_split=0.125)
+SPLITS_FLAGS = ["--test-split", "0.2", "--validation-split", "0.125"]
+
+
+def _images():
+    """80 random 8x8 grey images of 10 classes: in batches of 8 with
+    `SPLITS`, 56 train, 8 validation and 16 test images, all full batches."""
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 255, (80, 8, 8, 1)).astype("float32"), np.arange(80) % 10
+
+
 def _arrays(**kwargs):
-    """load_data of 80 random 8x8 images in full batches of 8: 56 train,
-    8 validation, 16 test."""
     from keras_vit.data import load_data
 
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (80, 8, 8, 1)).astype("float32")
-    return load_data((x, np.arange(80) % 10), 8, 8, test_split=0.2, validation_split=0.125, **kwargs)
+    return load_data(_images(), 8, 8, **SPLITS, **kwargs)
 
 
 if os.environ.get("KERAS_VIT_TEST_TORCH_COMPILE"):  # minutes on CPU: opt in
