@@ -157,7 +157,7 @@ def torch_contenders(cfg):
         loss = loss_fn(reference(images), labels)
         loss.backward()
         optimizer.step()
-        float(loss)
+        loss.item()
 
     return {
         "keras_vit predict_on_batch": lambda: model.predict_on_batch(x),

@@ -91,7 +91,7 @@ def matrix(tmp_path_factory):
     """{reader backend: {"<model>/<writer backend>": max abs difference}}."""
     out = str(tmp_path_factory.mktemp("backends"))
     env = lambda b: {"KERAS_BACKEND": b, "TF_CPP_MIN_LOG_LEVEL": "3"}  # noqa: E731
-    # TensorFlow writes the shared input first (the other writers do not need it)
+    # every writer draws the same input; TensorFlow's also saves it for the readers
     _in_parallel([((["-c", WRITE, out, json.dumps(MODELS), json.dumps(JIT[b])],), dict(env=env(b)))
                   for b in BACKENDS])
     procs = _in_parallel([((["-c", READ, out, json.dumps(list(MODELS)), json.dumps(BACKENDS)],),
