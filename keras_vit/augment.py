@@ -17,6 +17,18 @@ AUGMENTATIONS = {
 }
 
 
+class _ZeroPad:
+    """Zero-pads a batch of images by (pad_h, pad_w) on each side with
+    `tf.pad`. The random Keras preprocessing layers switch to TensorFlow
+    inside `tf.data` on every backend; `keras.layers.ZeroPadding2D` does not."""
+
+    def __init__(self, pad_h, pad_w):
+        self.paddings = [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]]
+
+    def __call__(self, images, training=True):
+        return tf.pad(images, self.paddings)
+
+
 def augmentation_options(augment):
     """Resolves `augment` (a name from `AUGMENTATIONS`, a strength in
     [0, 1], a dict of `build_augmentation` options or None) to a dict.
@@ -116,7 +128,9 @@ def build_augmentation(
         steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if crop_padding:
         pad_h, pad_w = max(1, round(crop_padding * height)), max(1, round(crop_padding * width))
-        steps.append(keras.layers.ZeroPadding2D((pad_h, pad_w)))
+        # tf.pad, not keras.layers.ZeroPadding2D: that layer runs on the Keras
+        # backend (JAX or torch arrays), which cannot take tf.data's symbolic tensors
+        steps.append(_ZeroPad(pad_h, pad_w))
         steps.append(keras.layers.RandomCrop(height, width, seed=seed))
     if translate:
         steps.append(keras.layers.RandomTranslation(translate, translate, fill_mode="constant", seed=seed))

@@ -1,6 +1,10 @@
 """Precision and distribution: mixed-precision policies, `tf.distribute`
 strategies (or Keras' JAX `DataParallel`), `TF_CONFIG` workers, and the
-preparation `fit` needs under `MultiWorkerMirroredStrategy`."""
+preparation `fit` needs under `MultiWorkerMirroredStrategy`.
+
+Mixed precision works on every backend; `tf.distribute` strategies and
+`TF_CONFIG` multi-worker training are TensorFlow-only (`get_strategy` says
+so, with what to use instead, on JAX and PyTorch)."""
 
 import json
 import os
@@ -57,36 +61,44 @@ def get_strategy(strategy="auto"):
     created before any other TensorFlow work in the process.
 
     On JAX: "auto" sets `keras.distribution.DataParallel` when there are
-    several devices and returns None; the other names raise.
+    several devices and returns None. On PyTorch: "auto" returns None (one
+    device). `tf.distribute` strategies ("mirrored", "multi_worker", "tpu",
+    a `tf.distribute.Strategy`, or several workers in `TF_CONFIG`) are
+    TensorFlow-only and raise a ValueError on the other backends: use
+    strategy="auto" on JAX (data parallel over the local devices; across
+    hosts, call `jax.distributed.initialize()` first) or run with
+    KERAS_BACKEND=tensorflow.
 
     Args:
         strategy: "auto", "mirrored", "multi_worker", "tpu", or a
             `tf.distribute.Strategy` (returned as is).
 
     Returns:
-        A `tf.distribute.Strategy`, or None on JAX.
+        A `tf.distribute.Strategy`, or None on JAX and PyTorch.
 
     Example:
     >>> strategy = get_strategy("auto")
     >>> with strategy.scope():
     ...     model = build_vit("Mu/4", image_size=32, num_classes=10)
     """
+    backend = keras.backend.backend()
     if not isinstance(strategy, str):
+        if backend != "tensorflow":
+            raise ValueError(_tensorflow_only(f"A {type(strategy).__name__} (tf.distribute)", backend))
         return strategy
     check_choice(strategy, "strategy", STRATEGIES)
-    backend = keras.backend.backend()
-    if backend == "jax":
+    if backend != "tensorflow":
         if strategy != "auto":
-            raise ValueError(
-                f"`strategy={strategy!r}` needs the TensorFlow backend; on JAX use "
-                "strategy='auto' (keras.distribution.DataParallel over all devices).")
+            raise ValueError(_tensorflow_only(f"`strategy={strategy!r}` (tf.distribute)", backend))
+        if worker_info()[1] > 1:
+            raise ValueError(_tensorflow_only(
+                "Multi-worker training from TF_CONFIG (tf.distribute.MultiWorkerMirroredStrategy)", backend))
+    if backend == "jax":
         devices = keras.distribution.list_devices()
         if len(devices) > 1:
             keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
         return None
     if backend != "tensorflow":
-        if strategy != "auto":
-            raise ValueError(f"`strategy={strategy!r}` needs the TensorFlow backend (backend: {backend}).")
         return None
     import tensorflow as tf
 
@@ -108,6 +120,17 @@ def get_strategy(strategy="auto"):
     except (ValueError, tf.errors.NotFoundError) as err:
         raise ValueError(f"`strategy='tpu'` but no TPU was found: {err}") from None
     return tf.distribute.TPUStrategy(resolver)
+
+
+def _tensorflow_only(feature, backend):
+    """The message of a feature that only the TensorFlow backend has."""
+    instead = {
+        "jax": "On JAX use strategy='auto' (keras.distribution.DataParallel over the local devices; "
+               "across hosts call jax.distributed.initialize() first)",
+        "torch": "Keras' PyTorch backend trains on one device here (strategy='auto')",
+    }.get(backend, "Use strategy='auto'")
+    return (f"{feature} is TensorFlow-only and the Keras backend is {backend!r}. {instead}, "
+            "or run with KERAS_BACKEND=tensorflow.")
 
 
 def prepare_multi_worker(model, train_ds):

@@ -148,8 +148,11 @@ def compile_model(
         gradient_accumulation_steps: see `make_optimizer`.
         label_smoothing: float in [0, 1); needs one-hot labels.
         sparse_labels: True for int labels (then no label smoothing).
-        jit_compile: True, False or "auto" (XLA where supported).
-        steps_per_execution: batches run per compiled call.
+        jit_compile: True, False or "auto": XLA on TensorFlow and JAX
+            ("auto" compiles there); on PyTorch "auto" runs eagerly and True
+            uses `torch.compile`, which on CPU compiles for minutes.
+        steps_per_execution: batches run per compiled call (TensorFlow and
+            JAX; must be 1 on PyTorch).
 
     Returns:
         The compiled model.
@@ -168,6 +171,11 @@ def compile_model(
     if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
         raise ValueError(
             f"`steps_per_execution` must be an int >= 1. Received: steps_per_execution={steps_per_execution!r}")
+    if steps_per_execution > 1 and keras.backend.backend() == "torch":
+        raise ValueError(
+            f"`steps_per_execution={steps_per_execution}` runs several batches per compiled call on the "
+            "TensorFlow and JAX backends only; Keras' PyTorch backend runs one batch per call. "
+            "Use steps_per_execution=1, or KERAS_BACKEND=jax or tensorflow.")
     check_choice(jit_compile, "jit_compile", (True, False, "auto"))
     from_logits = not outputs_probabilities(model)
     if sparse_labels:

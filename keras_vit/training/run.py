@@ -237,6 +237,7 @@ def train(
             model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                       callbacks=fit_callbacks, verbose=0 if budget else verbose,  # budgeted: one line an epoch
                       shuffle=False)  # the dataset shuffles
+            _unshare_ema_values(model)
             if backup.diverged_at is not None:
                 raise ValueError(
                     f"The loss became NaN or infinite in epoch {backup.diverged_at}; the run directory keeps "
@@ -258,6 +259,24 @@ def train(
 
 
 MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
+
+
+def _unshare_ema_values(model):
+    """Gives each weight its own copy of the EMA value `fit` ended with (JAX).
+
+    At the end of `fit`, Keras' optimizer assigns each moving average to its
+    weight; on JAX both variables then hold the same array, and the next
+    `evaluate` donates the weights' buffers to its compiled step, which
+    deletes the averages' too: saving the optimizer afterwards failed with
+    "Array has been deleted".
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if keras.backend.backend() != "jax" or not getattr(optimizer, "use_ema", False):
+        return
+    import jax.numpy as jnp
+
+    for variable in model.trainable_variables:
+        variable.assign(jnp.array(variable.value, copy=True))
 
 
 @contextlib.contextmanager

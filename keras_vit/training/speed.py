@@ -30,7 +30,7 @@ class _StepTimer(keras.callbacks.Callback):
         self.ends.append((time.perf_counter(), batch))
         timed = len(self.ends) - 1 - self.skip
         if timed >= self.min_steps and self.ends[-1][0] - self.ends[self.skip][0] >= self.min_seconds:
-            self.model.stop_training = True
+            self.model.stop_training = self.model.stop_evaluating = True
 
     on_train_batch_end = on_test_batch_end = _end
 
@@ -76,6 +76,8 @@ def measure_speed(model, train_ds, val_ds=None, *, min_steps=4, min_seconds=2.0,
     eval_step = train_step / 3  # a forward pass: about a third of a training step
     if val_ds is not None:
         evaluator = _StepTimer(skip=1, min_steps=min_steps, min_seconds=min_seconds / 2)
-        model.evaluate(val_ds.take(max_steps), verbose=0, callbacks=[evaluator])
+        # The first batch again and again: a short last batch has another shape, which
+        # JAX compiles anew (seconds) and which would be timed as a step of a 3-batch split.
+        model.evaluate(val_ds.take(1).repeat(min_steps + 2), verbose=0, callbacks=[evaluator])
         eval_step = evaluator.seconds_per_step() or eval_step
     return Speed(train_step, eval_step, time.perf_counter() - start)
