@@ -108,6 +108,17 @@ def _bookkeeping(name):
     return name.startswith(".keras_vit.") or (name.startswith(".") and (".tmp-" in name or ".old-" in name))
 
 
+def _ours_only(entry):
+    """Whether `entry` holds nothing a user wrote: our bookkeeping, or a
+    folder carrying the marker (another worker's or a fine-tune's head-stage
+    run directory), or a folder of only such entries (e.g. temporaries)."""
+    if _bookkeeping(entry.name):
+        return True
+    if not entry.is_dir() or entry.is_symlink():
+        return False
+    return (entry / MARKER_NAME).is_file() or all(_ours_only(child) for child in entry.iterdir())
+
+
 def _matches(name, kind):
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in kind.entries)
 
@@ -160,8 +171,8 @@ def claim_directory(path, kind=RUN_DIR, *, inputs=(), flag=None, mark=True):
     """Checks that a command may write into the directory `path`, then
     (with `mark`) creates it if missing and marks it as ours.
 
-    Allowed: a missing or empty directory (hidden bookkeeping of ours
-    aside), one carrying the marker, or one `kind.recognise` knows as
+    Allowed: a missing or empty directory (hidden bookkeeping of ours and
+    folders of only that, or marked, aside), one carrying the marker, or one `kind.recognise` knows as
     written by an earlier version (the marker is then added). Refused with a
     `ValueError` naming `flag`: an empty name, a file, anything else, and a
     directory that is, lies inside or holds one of `inputs` (paths the
@@ -199,7 +210,7 @@ def claim_directory(path, kind=RUN_DIR, *, inputs=(), flag=None, mark=True):
                              f"never writes where it reads. Choose another {kind.name}.")
     known = path.is_dir() and (path / MARKER_NAME).is_file()
     if path.is_dir() and not known:
-        others = sorted(p.name for p in path.iterdir() if not _bookkeeping(p.name))
+        others = sorted(p.name for p in path.iterdir() if not _ours_only(p))
         if others and not (kind.recognise is not None and kind.recognise(path)):
             shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
             raise ValueError(
