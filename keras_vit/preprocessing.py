@@ -14,11 +14,21 @@ resize mode and crop — travel together as an `ImageSettings`, recorded in
 preset) resizes so that a centred crop of the model's size keeps that
 fraction of the image, then crops: what `predict`, `explain` and the
 exported serving signatures do; training data are resized without it.
+
+Files are read here too (`read_bytes`, `check_image_file`, `decode_file`,
+`load_image`): the package's one image reader. TensorFlow's decoder
+corrupts the heap on an animated WebP (a segfault or an abort, not an
+error), so those bytes never reach it: from Python they are decoded with
+Pillow (the first frame, as TensorFlow does for GIF and APNG); in a graph
+with no Python (the SavedModel ``serving_bytes`` signature) they are
+refused with an `InvalidArgumentError`.
 """
 
 import dataclasses
+import io
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -106,13 +116,65 @@ def convert_channels(image, channels):
         f"sources have 1, 2, 3 or 4 channels.")
 
 
-def decode_image(data, channels):
-    """Decodes encoded image bytes (PNG, JPEG, BMP, GIF; 16-bit PNGs are
-    scaled to 8 bits) to a float32 (H, W, channels) tensor in [0, 255].
-    Alpha is dropped; gray and RGB are converted as `convert_channels` does."""
+def is_animated_webp(data):
+    """Whether encoded bytes are an animated WebP (a VP8X header with its
+    animation flag), which TensorFlow's decoder must never see.
+
+    Example:
+    >>> is_animated_webp(b"RIFF\\0\\0\\0\\0WEBPVP8X\\0\\0\\0\\0\\x02")
+    True
+    """
+    return (len(data) >= 21 and data[:4] == b"RIFF" and data[8:12] == b"WEBP" and data[12:16] == b"VP8X"
+            and bool(data[20] & 0x02))
+
+
+def _animated_webp_tensor(data):
+    """`is_animated_webp` as TensorFlow ops on a scalar string tensor."""
     import tensorflow as tf
 
-    image = tf.cast(tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False), tf.float32)
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 21), "\0" * 21]), 0, 21)
+    head = tf.io.decode_raw(head, tf.uint8)
+    return (tf.reduce_all(tf.equal(head[:4], tf.constant(list(b"RIFF"), tf.uint8)))
+            & tf.reduce_all(tf.equal(head[8:16], tf.constant(list(b"WEBPVP8X"), tf.uint8)))
+            & tf.not_equal(tf.bitwise.bitwise_and(head[20], 2), 0))
+
+
+def first_frame(data):
+    """Decodes encoded bytes with Pillow: the first frame as uint8 RGB
+    (H, W, 3) (alpha dropped, as TensorFlow's path drops it)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.seek(0)
+        return np.asarray(image.convert("RGB"), dtype="uint8")
+
+
+def decode_image(data, channels, python_fallback=False):
+    """Decodes encoded image bytes (PNG, JPEG, BMP, GIF, WebP; 16-bit PNGs
+    are scaled to 8 bits; animations give their first frame) to a float32
+    (H, W, channels) tensor in [0, 255]. Alpha is dropped; gray and RGB are
+    converted as `convert_channels` does.
+
+    An animated WebP is decoded with Pillow where Python can run
+    (`python_fallback=True`, e.g. inside `tf.data`); otherwise it is refused
+    with an `InvalidArgumentError` (TensorFlow's decoder would crash)."""
+    import tensorflow as tf
+
+    def with_tensorflow():
+        check = tf.debugging.Assert(tf.logical_not(_animated_webp_tensor(data)), [
+            "Cannot decode an animated WebP here (TensorFlow's decoder crashes on it); send its first frame "
+            "as PNG or JPEG."])
+        with tf.control_dependencies([check]):
+            return tf.io.decode_image(tf.identity(data), channels=0, dtype=tf.uint8, expand_animations=False)
+
+    if python_fallback:
+        image = tf.cond(_animated_webp_tensor(data),
+                        lambda: tf.numpy_function(lambda d: first_frame(bytes(d)), [data], tf.uint8, stateful=False),
+                        with_tensorflow)
+        image = tf.ensure_shape(image, (None, None, None))
+    else:
+        image = with_tensorflow()
+    image = tf.cast(image, tf.float32)
     native = tf.shape(image)[-1]
     image = image[..., : tf.where(native % 2 == 0, native - 1, native)]  # drop alpha
     native = tf.shape(image)[-1]
@@ -123,6 +185,53 @@ def decode_image(data, channels):
         image = tf.cond(native == 3, lambda: tf.image.rgb_to_grayscale(tf.ensure_shape(image, (None, None, 3))),
                         lambda: image)
     return tf.ensure_shape(image, (None, None, channels))
+
+
+def decode_file(path, channels):
+    """Reads and decodes an image file inside a graph (`tf.data`): the
+    training path, with `decode_image`'s Pillow fallback."""
+    import tensorflow as tf
+
+    return decode_image(tf.io.read_file(path), channels, python_fallback=True)
+
+
+def check_image_file(path):
+    """Returns None for an image file that `decode_file` reads, else the
+    reason it is not one (checked with Pillow, then with the decoder that
+    will run). Never crashes the process, whatever the bytes.
+
+    Example:
+    >>> from pathlib import Path
+    >>> check_image_file(Path("notes.txt"))
+    'not an image file'
+    """
+    import tensorflow as tf
+
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return "not an image file"
+    if path.stat().st_size == 0:
+        return "zero bytes"
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            kind = image.format
+    except Exception as err:  # PIL raises many kinds of errors for bad files
+        return f"cannot be decoded ({type(err).__name__})"
+    data = path.read_bytes()
+    if is_animated_webp(data):
+        return None  # decoded with Pillow, which just read it
+    # Training and serving decode with TensorFlow, which reads fewer formats
+    # than Pillow (no TIFF, no 1-bit BMP): check with the decoder that will run.
+    try:
+        tf.io.decode_image(data, channels=0, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
+        reason = err.message.split("}} ")[-1].split(" [Op:")[0].strip()
+        return (f"{kind} data that TensorFlow's image decoder cannot read ({reason}); accepted: "
+                f"PNG, JPEG, GIF, BMP of 8, 24 or 32 bits, WebP")
+    return None
 
 
 def resize_image(image, settings):
@@ -199,12 +308,16 @@ def prepare_bytes(data, settings):
 
 
 def read_bytes(path):
-    """The bytes of an image file; a `ValueError` names a missing file."""
+    """The bytes of an image file; a `ValueError` names a missing or empty
+    file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"No such image file: {path!r}")
     with open(path, "rb") as f:
-        return f.read()
+        data = f.read()
+    if not data:
+        raise ValueError(f"Cannot decode {path!r} as an image: the file is empty (zero bytes).")
+    return data
 
 
 def load_image(source, settings):
@@ -227,9 +340,16 @@ def load_image(source, settings):
                              f"{array.dtype} {source.shape}.")
         return prepare(tf.constant(array.astype("float32")), settings).numpy()
     data = source if isinstance(source, bytes) else read_bytes(source)
+    name = "the image bytes" if isinstance(source, bytes) else repr(os.fspath(source))
+    if is_animated_webp(data):  # never given to TensorFlow's decoder, which crashes on it
+        try:
+            array = first_frame(data)
+        except Exception as err:  # PIL raises many kinds of errors for bad files
+            raise ValueError(f"Cannot decode {name} as an image: an animated WebP that Pillow cannot read "
+                             f"({type(err).__name__}: {err})") from None
+        return prepare(tf.constant(array.astype("float32")), settings).numpy()
     try:
         return prepare_bytes(tf.constant(data), settings).numpy()
-    except tf.errors.InvalidArgumentError as err:
-        name = "the image bytes" if isinstance(source, bytes) else repr(os.fspath(source))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
         reason = err.message.split("}} ")[-1].split(" [Op:")[0]
         raise ValueError(f"Cannot decode {name} as an image: {reason}") from None

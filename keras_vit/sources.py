@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vit import preprocessing
-from keras_vit.preprocessing import IMAGE_EXTENSIONS
+from keras_vit.preprocessing import check_image_file
 
 AUTOTUNE = tf.data.AUTOTUNE
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation", "valid"), "test": ("test",)}
@@ -156,31 +156,6 @@ def _npz_arrays(path, data):
     return arrays, class_names
 
 
-def check_image_file(path):
-    """Returns None for a readable image, else the reason it is not one."""
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return "not an image file"
-    if path.stat().st_size == 0:
-        return "zero bytes"
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            kind = image.format
-    except Exception as err:  # PIL raises many kinds of errors for bad files
-        return f"cannot be decoded ({type(err).__name__})"
-    # Training and serving decode with TensorFlow, which reads fewer formats
-    # than Pillow (no TIFF, no 1-bit BMP): check with the decoder that will run.
-    try:
-        tf.io.decode_image(path.read_bytes(), channels=0, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
-        reason = err.message.split("}} ")[-1].split(" [Op:")[0].strip()
-        return (f"{kind} data that TensorFlow's image decoder cannot read ({reason}); accepted: "
-                f"PNG, JPEG, GIF, BMP of 8, 24 or 32 bits, WebP")
-    return None
-
-
 def list_class_folder(root, bad):
     """Lists (paths, labels, class_names) of `root/<class>/*`."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -236,7 +211,7 @@ def folder_splits(root, channels, on_bad_files, test_split, validation_split, se
     carve_splits(arrays, test_split, validation_split, seed)
 
     def decode(path, label):
-        return preprocessing.decode_image(tf.io.read_file(path), channels), label
+        return preprocessing.decode_file(path, channels), label
 
     splits = {
         s: tf.data.Dataset.from_tensor_slices(a).map(decode, num_parallel_calls=AUTOTUNE) if len(a[0]) else None

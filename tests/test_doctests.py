@@ -24,6 +24,7 @@ MODULES = (
     "keras_vit.utils.validation",
     "keras_vit.utils.io",
     "keras_vit.utils.locks",
+    "keras_vit.utils.ownership",
     "keras_vit.training.budget",
     "keras_vit.training.auto",
     "keras_vit.hub",

@@ -84,9 +84,12 @@ def kill_points(command, triggers, first):
     return points
 
 
+OURS = (".keras_vit.lock", ".keras_vit.dir")  # the lock and the marker of a directory of ours
+
+
 def leftovers(root):
     return [str(p.relative_to(root)) for p in root.rglob("*")
-            if LEFTOVER.search(p.name) or (p.name.startswith(".") and p.name != ".keras_vit.lock")]
+            if LEFTOVER.search(p.name) or (p.name.startswith(".") and p.name not in OURS)]
 
 
 def read_json(path, default=None):

@@ -62,7 +62,13 @@ def add_parser(subparsers):
 
 def run(args):
     from keras_vit.tuning import tune
+    from keras_vit.tuning.search import project_path
 
+    try:
+        project_path(args.directory, args.project_name)  # before the data load
+    except ValueError as err:
+        raise ValueError(str(err).replace("`project_name`", "`--project-name`")
+                         .replace("`directory`", "`--directory`")) from None
     space = _parse_space(args.space, "space")
     fixed = _parse_space(args.fix, "fix")
     _, best_hp = tune(
@@ -75,7 +81,7 @@ def run(args):
     if best_hp is None:
         print("Worker finished; the chief writes the results.")
         return 0
-    out_dir = os.path.join(args.directory, args.project_name)
+    out_dir = project_path(args.directory, args.project_name)
     with open(os.path.join(out_dir, "results.json")) as f:
         rows = json.load(f)["trials"]
     done = [r for r in rows if r["score"] is not None]

@@ -18,6 +18,7 @@ from keras_vit.hub import resolve_preset
 from keras_vit.layers import resample_position_table
 from keras_vit.models.pretrained import from_timm_preset
 from keras_vit.utils.io import atomic_path, load_keras_file, write_json
+from keras_vit.utils.ownership import PRESET_DIR, claim_directory
 
 PRESET_FORMAT = "keras_vit.preset/1"
 CONFIG_FILE, WEIGHTS_FILE, PREPROCESSING_FILE = "config.json", "model.weights.h5", "preprocessing.json"
@@ -47,9 +48,7 @@ def save_to_preset(model, directory):
     >>> sorted(p.name for p in path.iterdir())
     ['config.json', 'model.weights.h5', 'preprocessing.json']
     """
-    directory = Path(directory)
-    if directory.exists() and not (directory / CONFIG_FILE).is_file():
-        raise ValueError(f"`directory` exists and is not a preset; refusing to replace it: {directory}")
+    directory = claim_directory(directory, PRESET_DIR, flag="directory")  # new, empty, or a preset of ours
     with atomic_path(directory) as tmp:
         tmp.mkdir()
         write_json(tmp / CONFIG_FILE, dict(format=PRESET_FORMAT, class_name=type(model).__name__,

@@ -13,6 +13,7 @@ import time
 
 from keras_vit.training.budget import parse_duration
 from keras_vit.training.run import TrainResult, train
+from keras_vit.utils.ownership import RUN_DIR, claim_directory
 from keras_vit.utils.validation import check_positive_int, pair
 
 DEFAULT_EPOCHS = 3  # of full fine-tuning, without a time budget
@@ -205,6 +206,7 @@ def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, e
         check_positive_int(lora_rank, "lora_rank")
     if epochs == 0 and frozen_epochs == 0:
         raise ValueError("Nothing to train: `epochs` and `frozen_epochs` are both 0.")
+    claim_directory(run_dir, RUN_DIR, inputs=(checkpoint, data), flag="run_dir", mark=False)  # refused before any work
     pretrained = _Pretrained(checkpoint, num_heads, keep_pre_logits)
     size = pretrained.image_size if image_size is None else pair(image_size, "image_size")
     splits = _load_splits(data, size, pretrained.channels, batch_size=batch_size,

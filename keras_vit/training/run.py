@@ -31,6 +31,7 @@ from keras_vit.training.recipe import DATA, HARDWARE, MODEL, OPTIM, RUN
 from keras_vit.training.rundir import RunBackup, model_settings, prepare_run_dir, to_float, write_history_files
 from keras_vit.utils.io import DiskFullError, atomic_path, is_disk_full, remove_stale_temporaries, write_json
 from keras_vit.utils.locks import exclusive_lock
+from keras_vit.utils.ownership import check_directory_name
 from keras_vit.utils.validation import check_choice, check_positive_int
 
 
@@ -191,6 +192,7 @@ def train(
         raise ValueError("`time_budget` does not work with multi-worker training yet: each worker would plan its "
                          "own number of steps and the collective steps would not match. Give `epochs` instead.")
     # Non-chief workers keep their own state so that files never collide.
+    check_directory_name(run_dir, "run_dir")  # Path("") would be the current directory
     run_dir = Path(run_dir) if is_chief else Path(run_dir) / "workers" / f"worker_{worker}"
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"`run_dir` names a file, not a directory: {run_dir}")

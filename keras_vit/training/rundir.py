@@ -7,12 +7,14 @@ leaves the last committed epoch intact.
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
 import keras
 
 from keras_vit.utils.io import atomic_path, new_figure, save_figure, write_csv, write_json
+from keras_vit.utils.ownership import RUN_DIR, claim_directory, owned_entries
 from keras_vit.utils.validation import check_choice
 
 RESUME_MODES = ("auto", True, False)
@@ -189,16 +191,40 @@ def _comparable(config):
     return json.loads(json.dumps(flat, default=str))
 
 
+# What a run's configuration names that it reads: never its run directory.
+INPUT_KEYS = ("dataset", "checkpoint", "preset", "config")
+
+
+def run_inputs(config):
+    """The paths a run reads, from its recorded configuration: the data
+    set, checkpoint, preset and settings file, and the folder or .npz that
+    `load_data` described as its source."""
+    inputs = [config.get(key) for key in INPUT_KEYS]
+    source = (config.get("data") or {}).get("source") or ""
+    for prefix in ("folder:", "npz:"):
+        if isinstance(source, str) and source.startswith(prefix):
+            inputs.append(source[len(prefix):])
+    return [item for item in inputs if isinstance(item, (str, os.PathLike))]
+
+
 def prepare_run_dir(run_dir, config, resume):
-    """Checks and prepares `run_dir`; returns True when a run resumes."""
+    """Checks and prepares `run_dir`; returns True when a run resumes.
+
+    The directory must be new, empty or a run directory of ours, and not one
+    of the run's inputs (`keras_vit.utils.ownership.claim_directory`, which
+    marks it). `resume=False` deletes only what a run writes there."""
     check_choice(resume, "resume", RESUME_MODES)
-    run_dir = Path(run_dir)
+    inputs = run_inputs(config)
+    run_dir = claim_directory(run_dir, RUN_DIR, inputs=inputs, flag="run_dir", mark=False)  # before any change
     state = RunBackup.read_state(run_dir)
     if resume is False:
-        for name in ("backup", "checkpoints", "logs"):
-            shutil.rmtree(run_dir / name, ignore_errors=True)
-        for name in ("history.csv", "history.png", "metrics.json", "model.keras", "config.json", "plan.json"):
-            (run_dir / name).unlink(missing_ok=True)
+        for entry in owned_entries(run_dir, RUN_DIR):
+            if entry.name in ("head", "workers"):
+                continue  # a fine-tune's head stage and other workers' state are their own runs
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
         state = None
     elif resume is True and state is None:
         raise ValueError(
@@ -217,6 +243,6 @@ def prepare_run_dir(run_dir, config, resume):
                 f"The run directory {run_dir} holds a run with a different configuration "
                 f"(changed: {details}{' ...' if len(changed) > 12 else ''}). Use another run directory, "
                 "the same settings, or resume=False to start over there.")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim_directory(run_dir, RUN_DIR, inputs=inputs, flag="run_dir")  # creates and marks it
     write_json(run_dir / "config.json", config)
     return state is not None

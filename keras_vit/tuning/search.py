@@ -19,6 +19,7 @@ import numpy as np
 from keras_vit.tuning.hypermodel import OBJECTIVES, TUNERS, ViTHyperModel, heads_name
 from keras_vit.utils.io import atomic_path, new_figure, remove_stale_temporaries, save_figure, write_csv, write_json
 from keras_vit.utils.locks import LOCK_NAME, exclusive_lock
+from keras_vit.utils.ownership import TUNING_PROJECT, check_directory_name, claim_directory, owned_entries
 from keras_vit.utils.validation import check_choice
 
 
@@ -167,7 +168,10 @@ def tune(
         max_trials: int >= 1 (for hyperband, the budget comes from `epochs`).
         executions_per_trial: models trained per trial (scores averaged).
         objective: "val_accuracy", "val_loss", "accuracy" or "loss".
-        directory, project_name: where the search lives.
+        directory, project_name: where the search lives: the folder
+            `directory/project_name`, which must be new, empty or a tuning
+            project of keras_vit (`keras_vit.utils.ownership`); with
+            `overwrite`, only what a search wrote there is deleted.
         epochs: epochs per trial; patience: early-stopping patience.
         image_size: image size for `load_data` (default 16 for digits).
         batch_size: batch size used to load the data (each trial re-batches).
@@ -198,6 +202,9 @@ def tune(
             f"`executions_per_trial` must be an int >= 1. Received: executions_per_trial={executions_per_trial!r}")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"`epochs` must be an int >= 1. Received: epochs={epochs!r}")
+    out_dir = project_path(directory, project_name)
+    inputs = (data,) if isinstance(data, (str, os.PathLike)) else ()
+    claim_directory(out_dir, TUNING_PROJECT, inputs=inputs, flag="directory/project_name", mark=False)
     from keras_vit.data import load_data
 
     if isinstance(data, tuple) and len(data) == 4:
@@ -216,8 +223,8 @@ def tune(
         from keras_vit.training import get_strategy
 
         strategy = get_strategy(strategy)
-    out_dir = os.path.join(str(directory), project_name)
     with _project_lock(out_dir):
+        claim_directory(out_dir, TUNING_PROJECT, inputs=inputs, flag="directory/project_name")
         _prepare_project(out_dir, overwrite)
         search = make_tuner(
             tuner, hypermodel, objective=objective, max_trials=max_trials,
@@ -243,6 +250,25 @@ def tune(
     return best_model, best_hp
 
 
+def project_path(directory, project_name):
+    """The folder of a search, `directory/project_name`; refuses an empty
+    name for either and a `project_name` that would leave `directory`
+    (absolute, or with a ``..``).
+
+    Example:
+    >>> project_path("tuning", "vit")
+    'tuning/vit'
+    """
+    check_directory_name(directory, "directory")
+    if not isinstance(project_name, str) or not project_name.strip():
+        raise ValueError(f"`project_name` must name a sub-folder of `directory`. Received: "
+                         f"project_name={project_name!r}")
+    if os.path.isabs(project_name) or ".." in project_name.replace("\\", "/").split("/"):
+        raise ValueError(f"`project_name` must be a folder name inside `directory` ({os.fspath(directory)!r}), "
+                         f"not an absolute path or one with '..'. Received: project_name={project_name!r}")
+    return os.path.join(os.fspath(directory), project_name)
+
+
 def _project_lock(out_dir):
     """The tuning project's exclusive lock; in KerasTuner's chief/worker
     mode every tuner process shares the folder, so each locks its own id."""
@@ -252,15 +278,15 @@ def _project_lock(out_dir):
 
 
 def _prepare_project(out_dir, overwrite):
-    """Under the lock: deletes an earlier search for `overwrite` (keeping the
-    lock file; KerasTuner's own overwrite would delete it) and the
-    temporaries of killed writes."""
-    for entry in os.scandir(out_dir):
-        if overwrite and not entry.name.startswith(".keras_vit."):
-            if entry.is_dir():
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
+    """Under the lock: deletes an earlier search for `overwrite` (only what a
+    search writes, `TUNING_PROJECT.entries`: a user's file there is kept, as
+    are the lock and the marker; KerasTuner's own overwrite would delete
+    everything) and the temporaries of killed writes."""
+    for entry in owned_entries(out_dir, TUNING_PROJECT) if overwrite else ():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     for folder in [out_dir] + [e.path for e in os.scandir(out_dir) if e.is_dir() and e.name.startswith("trial_")]:
         remove_stale_temporaries(folder)
         remove_stale_temporaries(os.path.join(folder, "backup"))

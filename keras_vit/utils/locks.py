@@ -75,6 +75,7 @@ def exclusive_lock(directory, what="directory", *, lock_name=LOCK_NAME, target=N
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / lock_name
+    fresh = not path.exists()
     fd = _lock_fd(path)
     if fd is None:
         try:
@@ -93,9 +94,10 @@ def exclusive_lock(directory, what="directory", *, lock_name=LOCK_NAME, target=N
         held = True
         yield record
     except BaseException:
-        if held and created and [p.name for p in directory.iterdir()] == [lock_name]:
-            path.unlink()  # a refused first run leaves no directory behind
-            directory.rmdir()
+        if held and fresh:
+            path.unlink(missing_ok=True)  # a refused run leaves no lock file behind (in a user's folder)
+            if created and not any(directory.iterdir()):
+                directory.rmdir()  # nor a directory
         raise
     finally:
         if remove and path.exists():

@@ -1,0 +1,337 @@
+"""Issue 26, items 1 and 2: a command never writes or deletes what is not
+ours (`keras_vit.utils.ownership`), and no input file crashes the
+interpreter (`keras_vit.preprocessing`, the one image reader).
+
+Each image format is decoded in its own forked child of one Python process
+(importing TensorFlow once): a crash fails that format's test, not pytest."""
+
+import io
+import json
+import os
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_vit import build_vit
+from keras_vit.cli.main import main as cli_main
+from keras_vit.data import load_data
+from keras_vit.training import train
+from keras_vit.utils.ownership import MARKER_NAME, RUN_DIR, TUNING_PROJECT, claim_directory
+from tests.conftest import run_python, tiny_vit_kwargs
+
+# ---------------------------------------------------------------------------
+# Item 1: never touch what is not ours
+# ---------------------------------------------------------------------------
+
+
+def snapshot(root):
+    """Every file under `root` with its bytes (hidden ones included)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def users_folder(root):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model.keras").write_bytes(b"the user's own model")
+    (root / "metrics.json").write_text('{"mine": true}')
+    (root / "logs").mkdir(exist_ok=True)
+    (root / "logs" / "a.txt").write_text("my log")
+    return snapshot(root)
+
+
+def tiny_model():
+    keras.utils.set_random_seed(0)
+    return build_vit(**tiny_vit_kwargs(image_size=8, num_classes=10, channels=1, depth=1))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """40 random 8x8 gray images of 10 classes (a run of one epoch is quick)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (40, 8, 8, 1)).astype("uint8"), np.arange(40) % 10
+    return load_data((x, y), 8, 16, validation_split=0.25, test_split=0)
+
+
+def test_cli_train_with_an_empty_run_dir_and_restart_leaves_the_users_folder_alone(tmp_path):
+    before = users_folder(tmp_path)
+    proc = run_python(["-m", "keras_vit.cli", "train", "--dataset", "digits", "--image-size", "8",
+                       "--epochs", "1", "--run-dir", "", "--restart"], cwd=tmp_path, check=False, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "`run_dir` is an empty string" in proc.stderr and "Traceback" not in proc.stderr
+    assert snapshot(tmp_path) == before  # nothing replaced, deleted or added (no lock file, no marker)
+
+
+def test_train_refuses_a_users_folder_and_restart_deletes_only_what_a_run_wrote(tmp_path, digits):
+    user = tmp_path / "user"
+    before = users_folder(user)
+    for resume in ("auto", False):
+        with pytest.raises(ValueError, match=r"run directory .*user.*already holds files that keras_vit did not "
+                                             r"write \(logs, metrics.json, model.keras\)"):
+            train(tiny_model(), digits, epochs=1, run_dir=user, resume=resume, verbose=0)
+        assert snapshot(user) == before
+    # a run directory of an earlier version (no marker): recognised by its content, resumed, then marked
+    run = tmp_path / "run"
+    train(tiny_model(), digits, epochs=1, run_dir=run, verbose=0)
+    assert (run / MARKER_NAME).is_file()
+    (run / MARKER_NAME).unlink()
+    (run / "notes.txt").write_text("the user's notes")
+    result = train(tiny_model(), digits, epochs=2, run_dir=run, verbose=0)
+    assert result.initial_epoch == 1 and (run / MARKER_NAME).is_file()
+    # --restart deletes what a run wrote, never the user's file
+    from keras_vit.training.rundir import prepare_run_dir
+
+    assert prepare_run_dir(run, {"epochs": 1}, resume=False) is False
+    assert sorted(p.name for p in run.iterdir()) == [MARKER_NAME, ".keras_vit.lock", "config.json", "notes.txt"]
+    assert (run / "notes.txt").read_text() == "the user's notes"
+
+
+def test_train_refuses_a_run_dir_inside_its_image_folder(tmp_path):
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype="uint8")).save(root / label / f"{i}.png")
+    data = load_data(str(root), 8, 4, validation_split=0, test_split=0)
+    model = build_vit(**tiny_vit_kwargs(image_size=8, num_classes=2, depth=1))
+    with pytest.raises(ValueError, match=r"lies inside the input .*images.* keras_vit never writes where it reads"):
+        train(model, data, epochs=1, run_dir=root / "a" / "run", verbose=0)
+    assert not (root / "a" / "run").exists()
+
+
+def test_finetune_into_its_own_preset_directory_is_refused_and_the_preset_still_loads(tmp_path, capsys):
+    from keras_vit.models import ViTClassifier
+
+    preset = tmp_path / "preset"
+    tiny_model().save_to_preset(preset)
+    before = snapshot(preset)
+    code = cli_main(["finetune", str(preset), "digits", "--run-dir", str(preset), "--epochs", "1"])
+    assert code == 2
+    assert "is the input" in capsys.readouterr().err
+    assert snapshot(preset) == before
+    assert ViTClassifier.from_preset(str(preset)).num_classes == 10
+
+
+def test_tune_refuses_empty_and_absolute_project_names_and_users_folders(tmp_path, capsys):
+    folder = tmp_path / "D"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("keep")
+    other = tmp_path / "x" / "proj"
+    other.mkdir(parents=True)
+    (other / "keep.txt").write_text("keep")
+    for name, message in (("", "`--project-name` must name a sub-folder"),
+                          (str(other), "`--project-name` must be a folder name inside `--directory`")):
+        code = cli_main(["tune", "--directory", str(folder), "--project-name", name, "--overwrite",
+                         "--max-trials", "1", "--epochs", "1"])
+        assert code == 2 and message in capsys.readouterr().err
+    code = cli_main(["tune", "--directory", "", "--max-trials", "1", "--epochs", "1"])
+    assert code == 2 and "`--directory` is an empty string" in capsys.readouterr().err
+    # a project folder that a user filled is refused, with --overwrite too, before the data load
+    code = cli_main(["tune", "--directory", str(tmp_path), "--project-name", "D", "--overwrite",
+                     "--max-trials", "1", "--epochs", "1"])
+    assert code == 2 and "already holds files that keras_vit did not write (keep.txt)" in capsys.readouterr().err
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"] and (other / "keep.txt").read_text() == "keep"
+
+
+def test_tune_overwrite_deletes_only_what_a_search_wrote(tmp_path):
+    from keras_vit.tuning.search import _prepare_project
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "oracle.json").write_text("{}")  # an earlier version's search: recognised, then marked
+    for name in ("trial_00", "logs"):
+        (project / name).mkdir()
+    (project / "results.csv").write_text("")
+    (project / "tuner0.json").write_text("{}")
+    (project / "notes.txt").write_text("mine")
+    claim_directory(project, TUNING_PROJECT)
+    _prepare_project(str(project), overwrite=True)
+    assert sorted(p.name for p in project.iterdir()) == [MARKER_NAME, "notes.txt"]
+
+
+def test_save_to_preset_replaces_only_a_preset(tmp_path):
+    model = tiny_model()
+    target = tmp_path / "p"
+    model.save_to_preset(target)
+    model.save_to_preset(target)  # a preset of ours: replaced
+    (target / "README.md").write_text("my notes")
+    with pytest.raises(ValueError, match=r"holds files that are not part of a preset directory \(README.md\)"):
+        model.save_to_preset(target)
+    assert (target / "README.md").read_text() == "my notes"
+    before = users_folder(tmp_path / "user")
+    with pytest.raises(ValueError, match="already holds files that keras_vit did not write"):
+        model.save_to_preset(tmp_path / "user")
+    assert snapshot(tmp_path / "user") == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert sorted(p.name for p in model.save_to_preset(empty).iterdir()) == [
+        "config.json", "model.weights.h5", "preprocessing.json"]
+
+
+def test_claim_directory_refuses_files_empty_names_and_inputs(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="names a file"):
+        claim_directory(tmp_path / "f", flag="run_dir")
+    with pytest.raises(ValueError, match="`--run-dir` is an empty string"):
+        claim_directory("", flag="--run-dir")
+    with pytest.raises(ValueError, match="holds the input"):
+        claim_directory(tmp_path, RUN_DIR, inputs=[str(tmp_path / "f")])
+    claim_directory(tmp_path / "new", RUN_DIR, inputs=["digits", None, ("not", "a path")])
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [MARKER_NAME]
+
+
+# ---------------------------------------------------------------------------
+# Item 2: no input file crashes the interpreter
+# ---------------------------------------------------------------------------
+
+
+def frames(n=3, size=8):
+    rng = np.random.default_rng(1)
+    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype="uint8")) for _ in range(n)]
+
+
+def save_animation(path, kind, **kwargs):
+    first, *rest = frames()
+    first.save(path, kind, save_all=True, append_images=rest, duration=100, loop=0, **kwargs)
+
+
+def cmyk_jpeg(path):
+    frames(1)[0].convert("CMYK").save(path, "JPEG")
+
+
+def png16(path):
+    Image.fromarray(np.random.default_rng(2).integers(0, 65535, (8, 8)).astype("uint16")).save(path, "PNG")
+
+
+def truncated(path):
+    buffer = io.BytesIO()
+    frames(1)[0].save(buffer, "PNG")
+    path.write_bytes(buffer.getvalue()[:30])
+
+
+# name -> (writer, what happens: "ok" = decoded everywhere; else the reason the file is skipped in training)
+FORMATS = {
+    "animated.webp": (lambda p: save_animation(p, "WEBP", lossless=True), "ok"),
+    "animated_webp_named.png": (lambda p: save_animation(p, "WEBP"), "ok"),  # the bytes decide, not the name
+    "animated.gif": (lambda p: save_animation(p, "GIF"), "ok"),
+    "apng.png": (lambda p: save_animation(p, "PNG"), "ok"),
+    "sixteen_bit.png": (png16, "ok"),
+    "cmyk.jpg": (cmyk_jpeg, "ok"),
+    "multi_frame_tiff.png": (lambda p: save_animation(p, "TIFF"), "TIFF data that TensorFlow's image decoder"),
+    "truncated.png": (truncated, "cannot be decoded"),
+    "zero_bytes.png": (lambda p: p.write_bytes(b""), "zero bytes"),
+    "text.png": (lambda p: p.write_text("not an image"), "cannot be decoded"),
+}
+
+CHILD = textwrap.dedent("""
+    import json, os, sys, warnings
+    import numpy as np
+    import tensorflow as tf  # imported once (no op run yet); each file is decoded in a forked child
+    from keras_vit import preprocessing
+    from keras_vit.data import load_data
+
+    root, out = sys.argv[1], sys.argv[2]
+    results = {}
+    for name in sorted(os.listdir(os.path.join(root, "files"))):
+        path = os.path.join(root, "files", name)
+        pid = os.fork()
+        if pid == 0:
+            report = {"check": preprocessing.check_image_file(path)}
+            folder = os.path.join(root, "folders", name)  # two classes of 3 PNGs, and this file in class a
+            with warnings.catch_warnings(record=True):
+                warnings.simplefilter("always")
+                train = load_data(folder, 16, 4, validation_split=0, test_split=0, seed=0)[0]
+                report["trained_on"] = int(sum(len(y) for _, y in train))  # the training (tf.data) path
+            try:  # predict and explain read with load_image
+                report["load"] = list(preprocessing.load_image(path, preprocessing.ImageSettings((16, 16), 3)).shape)
+            except ValueError as err:
+                report["load"] = str(err)
+            try:  # the SavedModel serving path: no Python there, so a clean refusal at worst
+                settings = preprocessing.ImageSettings((16, 16), 3)
+                report["serving"] = list(preprocessing.prepare_bytes(tf.constant(open(path, "rb").read()),
+                                                                     settings).shape)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
+                report["serving"] = "refused: " + err.message[-200:]
+            with open(os.path.join(out, name + ".json"), "w") as f:
+                json.dump(report, f)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        results[name] = status
+    with open(os.path.join(out, "status.json"), "w") as f:
+        json.dump(results, f)
+""")
+
+
+@pytest.fixture(scope="module")
+def decoded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("formats")
+    (root / "files").mkdir()
+    rng = np.random.default_rng(0)
+    for name, (write, _) in FORMATS.items():
+        write(root / "files" / name)
+        folder = root / "folders" / name
+        for label in ("a", "b"):
+            (folder / label).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype="uint8")).save(folder / label / f"{i}.png")
+        (folder / "a" / name).write_bytes((root / "files" / name).read_bytes())
+    out = root / "out"
+    out.mkdir()
+    proc = run_python(["-c", CHILD, str(root), str(out)], check=False, timeout=300)
+    status = json.loads((out / "status.json").read_text()) if (out / "status.json").exists() else {}
+    return root, out, status, proc
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_no_image_file_crashes_the_process(decoded, name):
+    root, out, status, proc = decoded
+    assert name in status, f"the decoding process died: rc={proc.returncode}\n{proc.stderr[-3000:]}"
+    assert os.WIFEXITED(status[name]) and os.WEXITSTATUS(status[name]) == 0, (
+        f"{name}: the decoding child ended with status {status[name]} (a signal: a crash)")
+    report = json.loads((out / f"{name}.json").read_text())
+    expected = FORMATS[name][1]
+    if expected == "ok":
+        assert report["check"] is None and report["trained_on"] == 7 and report["load"] == [16, 16, 3]
+        assert report["serving"] == [16, 16, 3] or "animated WebP" in report["serving"]
+    else:
+        assert expected in report["check"] and report["trained_on"] == 6  # skipped with a warning
+        assert report["load"].startswith(f"Cannot decode {str(root / 'files' / name)!r} as an image")
+
+
+def test_animated_webp_gives_its_first_frame():
+    from keras_vit.preprocessing import ImageSettings, is_animated_webp, load_image
+
+    buffer = io.BytesIO()
+    first, *rest = frames()
+    first.save(buffer, "WEBP", save_all=True, append_images=rest, duration=100, loop=0, lossless=True)
+    assert is_animated_webp(buffer.getvalue())
+    np.testing.assert_array_equal(load_image(buffer.getvalue(), ImageSettings(None, 3)), np.asarray(first))
+
+
+def test_train_predict_and_explain_commands_on_animated_images(tmp_path):
+    """The crashes seen on main, end to end: train on a folder mixing
+    animated GIF and WebP, then predict and explain one WebP."""
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype="uint8")).save(tmp_path / "data" / label / f"{i}.png")
+        save_animation(tmp_path / "data" / label / "anim.webp", "WEBP")
+        save_animation(tmp_path / "data" / label / "anim.gif", "GIF")
+    code = textwrap.dedent(f"""
+        import sys
+        from keras_vit.cli.main import main
+        data, run = {str(tmp_path / 'data')!r}, {str(tmp_path / 'run')!r}
+        webp = data + "/a/anim.webp"
+        assert main(["train", "--dataset", data, "--recipe", "digits", "--warmup-epochs", "0", "--augment", "0", "--image-size", "16", "--epochs", "1",
+                     "--batch-size", "4", "--patch-size", "8", "--hidden-dim", "16", "--depth", "1",
+                     "--num-heads", "2", "--mlp-dim", "16", "--validation-split", "0", "--test-split", "0",
+                     "--verbose", "0", "--run-dir", run]) == 0
+        assert main(["predict", run + "/model.keras", webp, "--resize"]) == 0
+        assert main(["explain", webp, "--model", run + "/model.keras", "-o", run + "/attention.png"]) == 0
+    """)
+    proc = run_python(code, cwd=tmp_path, check=False, timeout=300)
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert "anim.webp" in proc.stdout and (tmp_path / "run" / "attention.png").is_file()
