@@ -217,9 +217,12 @@ def test_predict_command_on_a_known_name_matches_timm(tmp_path, hub_preset):
 
 def test_commands_refuse_an_uncached_preset_offline(tmp_path, hub_preset):
     env, _, _ = hub_preset
-    image = photo(tmp_path / "cat.png")
+    (tmp_path / "data").mkdir()
+    image = photo(tmp_path / "data" / "cat.png")
+    # The run directory lies beside the data: one inside the folder a
+    # command reads is refused before the preset is looked at.
     for args in (["predict", "hf://timm/not_cached", str(image)],
-                 ["finetune", "vit_base_patch16_224.augreg2_in21k_ft_in1k", str(tmp_path), "--run-dir",
+                 ["finetune", "vit_base_patch16_224.augreg2_in21k_ft_in1k", str(tmp_path / "data"), "--run-dir",
                   str(tmp_path / "run")]):
         proc = run_python(["-m", "keras_vit.cli", *args], env=env, check=False)
         assert proc.returncode == 2, proc.stderr
