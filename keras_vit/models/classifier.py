@@ -10,7 +10,7 @@ class names and the preprocessing it expects.
 import keras
 
 from keras_vit.layers import POOLINGS, AttentionPooling, TokenPooling, layer_norm
-from keras_vit.models.backbone import ChecksImages, ViTBackbone, quantized_layers, requantize
+from keras_vit.models.backbone import ChecksImages, ViTBackbone, check_lora_args, quantized_layers, requantize
 from keras_vit.models.presets import PRESETS, preset_config
 from keras_vit.utils.validation import check_choice, check_positive_int, check_rate
 
@@ -212,8 +212,6 @@ class ViTClassifier(ChecksImages, keras.Model):
         >>> sorted(v.name for v in model.trainable_weights)
         ['bias', 'kernel', 'lora_kernel_a', 'lora_kernel_a', 'lora_kernel_b', 'lora_kernel_b']
         """
-        from keras_vit.models.backbone import check_lora_args
-
         check_lora_args(rank, target_names)  # before anything changes
         self.trainable = True
         self.backbone.enable_lora(rank, target_names)
