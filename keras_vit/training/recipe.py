@@ -71,25 +71,35 @@ def read_config_file(path):
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"The config file does not exist: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"The config file {path} is not UTF-8 text (a binary file?): {err}") from None
+    try:
+        data = _parse_config_text(path, text)
+    except RecursionError:
+        raise ValueError(f"The config file {path} is nested too deeply to read; settings are a flat "
+                         "mapping of names to values.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"The config file {path} must hold a mapping of settings, not {type(data).__name__}.")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _parse_config_text(path, text):
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            return yaml.safe_load(text)
         except yaml.YAMLError as err:  # syntax errors, and tags such as !!python/... that safe_load refuses
             raise ValueError(f"The config file {path} is not valid YAML (or uses tags that are not "
                              f"allowed): {' '.join(str(err).split())}") from None
-    elif path.suffix.lower() == ".json":
+    if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            return json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"The config file {path} is not valid JSON: {err}") from None
-    else:
-        raise ValueError(f"The config file must end in .yaml, .yml or .json. Received: {path}")
-    if not isinstance(data, dict):
-        raise ValueError(f"The config file {path} must hold a mapping of settings, not {type(data).__name__}.")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    raise ValueError(f"The config file must end in .yaml, .yml or .json. Received: {path}")
 
 
 def _field(default, group, help, kind=None, choices=None):
@@ -132,6 +142,8 @@ class Recipe:
     augment: object = _field(None, DATA, f"augmentation: one of {', '.join(AUGMENT_NAMES)} or a strength in [0, 1]",
                              "augment")
     channels: int = _field(None, DATA, "convert images to 1 or 3 channels", int, (1, 3))
+    remap_labels: bool = _field(False, DATA, "number the distinct labels of .npz data 0..K-1 (without it, labels "
+                                "must be the class indices 0..K-1 already)", bool)
     preset: str = _field(None, MODEL, "ViT preset", str, tuple(PRESETS))
     patch_size: int = _field(None, MODEL, "patch size", int)
     stride: int = _field(None, MODEL, "patch stride (default: the patch size; smaller overlaps the patches)", int)
@@ -245,10 +257,15 @@ class Recipe:
                 f"warmup_epochs={warmup} is not shorter than epochs={epochs}; using warmup_epochs="
                 f"{0.1 * epochs:g} (10% of the run).", stacklevel=2)
             values["warmup_epochs"] = 0.1 * epochs
+            derived = ("warmup_epochs",)
+        else:
+            derived = ()
         if values.get("run_dir") is None:
             dataset = Path(str(values.get("dataset", "digits"))).name or "data"
             values["run_dir"] = os.path.join("runs", f"{dataset}-{name}".replace(":", "_"))
-        return cls(**values).validate()
+        recipe = cls(**values).validate()
+        recipe.derived = derived  # worked out from other settings: a resumed run does not compare them
+        return recipe
 
     def group(self, group, keep_none=True):
         """The fields of one group as a dict (None values left out unless

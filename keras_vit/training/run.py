@@ -19,6 +19,7 @@ file where a good one was.
 import contextlib
 import dataclasses
 import errno
+import os
 import time
 from pathlib import Path
 
@@ -28,10 +29,11 @@ from keras_vit.training.budget import parse_duration, plan_record, start_budget
 from keras_vit.training.distribute import PRECISIONS, get_strategy, prepare_multi_worker, set_precision, worker_info
 from keras_vit.training.optim import compile_model
 from keras_vit.training.recipe import DATA, HARDWARE, MODEL, OPTIM, RUN
-from keras_vit.training.rundir import RunBackup, model_settings, prepare_run_dir, to_float, write_history_files
+from keras_vit.training.rundir import (RunBackup, model_settings, prepare_run_dir, run_inputs, to_float,
+                                      write_history_files)
 from keras_vit.utils.io import DiskFullError, atomic_path, is_disk_full, remove_stale_temporaries, write_json
 from keras_vit.utils.locks import exclusive_lock
-from keras_vit.utils.ownership import check_directory_name
+from keras_vit.utils.ownership import RUN_DIR, check_directory_name, claim_directory
 from keras_vit.utils.validation import check_choice, check_positive_int, strict_keywords
 
 
@@ -176,6 +178,11 @@ def train(
         raise ValueError("`epochs` is required unless a `time_budget` is given.")
     train_ds, val_ds, test_ds, info = _split_data(data)
     steps_per_epoch = _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds)
+    if isinstance(gradient_accumulation_steps, int) and gradient_accumulation_steps > steps_per_epoch:
+        raise ValueError(
+            f"`gradient_accumulation_steps={gradient_accumulation_steps}` is more than the {steps_per_epoch} "
+            "steps of an epoch: the weights would rarely or never be updated. Use at most "
+            f"gradient_accumulation_steps={steps_per_epoch} (or smaller batches).")
     if val_ds is None and monitor.startswith("val_"):
         monitor = monitor[len("val_"):]
     recipe = dict(
@@ -195,7 +202,7 @@ def train(
     # Non-chief workers keep their own state so that files never collide.
     check_directory_name(run_dir, "run_dir")  # Path("") would be the current directory
     run_dir = Path(run_dir) if is_chief else Path(run_dir) / "workers" / f"worker_{worker}"
-    if run_dir.exists() and not run_dir.is_dir():
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):  # os.path: False, not OSError, for odd names
         raise ValueError(f"`run_dir` names a file, not a directory: {run_dir}")
     scope = strategy.scope if strategy is not None else contextlib.nullcontext
     if seed is not None:
@@ -215,6 +222,9 @@ def train(
             sparse_labels=_is_sparse(train_ds), jit_compile=jit_compile,
             steps_per_execution=steps_per_execution,
         )
+    # Ours to write into? Before the lock file and the cleaning of temporaries touch it.
+    claim_directory(run_dir, RUN_DIR, inputs=run_inputs({**(config or {}), "data": info.to_dict() if info else None}),
+                    flag="run_dir", mark=False)
     with exclusive_lock(run_dir, "run directory"), _disk_full_is_named(run_dir):
         budget = None
         if time_budget is not None:
@@ -378,9 +388,11 @@ def train_from_config(recipe, budget_start=None):
     model["conv_stem"] = model.get("conv_stem") or None  # [] ("none") turns off a stem a recipe chose
 
     def build():
-        return build_vit(preset, image_size=size, num_classes=info.num_classes, channels=info.channels, **model)
+        return build_vit(preset, image_size=size, num_classes=info.num_classes, channels=info.channels,
+                         class_names=list(info.class_names), **model)
 
     run = {k: v for k, v in {**recipe.group(RUN), **recipe.group(OPTIM), **recipe.group(HARDWARE)}.items()
            if k not in ("recipe", "strategy")}
-    return train(build, (train_ds, val_ds, test_ds, info), **run, strategy=strategy, config=recipe.to_dict(),
+    return train(build, (train_ds, val_ds, test_ds, info), **run, strategy=strategy,
+                 config={**recipe.to_dict(), "derived": list(getattr(recipe, "derived", ()))},
                  budget_start=budget_start)
