@@ -71,6 +71,16 @@ def describe_source(source, data_dir=None):
     >>> describe_source("digits")
     DataShape(height=8, width=8, channels=1, num_examples=1797, num_classes=10)
     """
+    shape = _describe(source, data_dir)
+    if shape.num_examples == 0:
+        where = source if isinstance(source, (str, os.PathLike)) else "arrays"
+        raise ValueError(f"The data source {where} holds no images" + (
+            f" in data_dir={data_dir!r} (is the TFDS dataset prepared there? --download prepares it)"
+            if data_dir is not None else "") + "; the auto recipe cannot size a model for it.")
+    return shape
+
+
+def _describe(source, data_dir):
     if isinstance(source, (tuple, list)) and len(source) == 2:
         return _describe_arrays(np.asarray(source[0]), np.asarray(source[1]))
     text = str(source)
@@ -104,8 +114,10 @@ def _describe_folder(root):
 
     from keras_vit.preprocessing import IMAGE_EXTENSIONS
 
+    if (root / "train").is_dir():  # train/, val/, test/ split folders: the classes are those of train/
+        root = root / "train"
     classes = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    files = [f for d in classes for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS]
+    files = [f for d in classes for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS]
     sizes = []
     for path in files[:: max(1, len(files) // 16)][:16]:  # a spread sample of the sizes
         try:
