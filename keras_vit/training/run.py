@@ -32,7 +32,7 @@ from keras_vit.training.rundir import RunBackup, model_settings, prepare_run_dir
 from keras_vit.utils.io import DiskFullError, atomic_path, is_disk_full, remove_stale_temporaries, write_json
 from keras_vit.utils.locks import exclusive_lock
 from keras_vit.utils.ownership import check_directory_name
-from keras_vit.utils.validation import check_choice, check_positive_int
+from keras_vit.utils.validation import check_choice, check_positive_int, strict_keywords
 
 
 
@@ -86,6 +86,7 @@ def _is_sparse(dataset):
     return False
 
 
+@strict_keywords()
 def train(
     model,
     data,
