@@ -30,7 +30,7 @@ from keras_vit import preprocessing
 from keras_vit.augment import AUGMENTATIONS, augmentation_options, build_augmentation  # noqa: F401 (public here too)
 from keras_vit.preprocessing import INTERPOLATIONS, RESIZE_MODES, ImageSettings
 from keras_vit.sources import SPLIT_FOLDERS, array_splits, digits, folder_splits, read_npz, tfds_splits
-from keras_vit.utils.validation import check_choice, check_positive_int, pair
+from keras_vit.utils.validation import check_choice, check_positive_int, pair, strict_keywords
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABEL_MODES = ("categorical", "int")
@@ -94,6 +94,7 @@ def _check_cache(cache):
 # --------------------------------------------------------------------------
 
 
+@strict_keywords()
 def load_data(
     source="digits",
     image_size=32,

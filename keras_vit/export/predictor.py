@@ -16,12 +16,13 @@ from keras_vit.export.runtimes.keras_model import KerasPredictor, PresetPredicto
 from keras_vit.export.runtimes.onnx_graph import ONNXPredictor
 from keras_vit.export.runtimes.tf_graph import SavedModelPredictor, TFLitePredictor
 from keras_vit.preprocessing import IMAGE_EXTENSIONS
-from keras_vit.utils.validation import pair
+from keras_vit.utils.validation import pair, strict_keywords
 
 __all__ = ["KerasPredictor", "ONNXPredictor", "Predictor", "PresetPredictor", "SavedModelPredictor",
            "TFLitePredictor", "benchmark", "find_images", "load_predictor", "predict_files", "read_image"]
 
 
+@strict_keywords()
 def load_predictor(path, *, class_names=None, num_threads=None):
     """Loads any artifact behind the `Predictor` interface.
 
@@ -98,6 +99,7 @@ def read_image(path, predictor, resize=False):
     return preprocessing.load_image(path, dataclasses.replace(predictor.settings, image_size=size))
 
 
+@strict_keywords()
 def predict_files(predictor, inputs, *, top_k=5, resize=False, batch_size=32):
     """Top-k classes of image files, folders or glob patterns.
 
@@ -139,6 +141,7 @@ def predict_files(predictor, inputs, *, top_k=5, resize=False, batch_size=32):
     return results
 
 
+@strict_keywords()
 def benchmark(predictor, batch_sizes=(1, 8), *, iterations=50, warmup=5, image_size=None):
     """Latency and throughput of a predictor on random images.
 

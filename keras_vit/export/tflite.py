@@ -12,7 +12,7 @@ from keras_vit.export.geometry import (
     image_settings, model_geometry, warn_if_not_pixels)
 from keras_vit.utils.io import atomic_path, scratch_dir
 from keras_vit.utils.locks import destination_lock
-from keras_vit.utils.validation import check_choice
+from keras_vit.utils.validation import check_choice, strict_keywords
 
 
 def _sample_arrays(data):
@@ -82,6 +82,7 @@ def calibration_samples(representative_data, image_shape, limit=100):
     return np.concatenate(samples)
 
 
+@strict_keywords()
 def export_tflite(
     model,
     path,

@@ -17,7 +17,8 @@ from keras_vit.layers.stem import check_conv_stem
 from keras_vit.models.features import FeatureExtraction
 from keras_vit.models.lora import LoRA, quantized_layers, requantize
 from keras_vit.models.presets import PRESETS, SIZE_FIELDS, preset_config
-from keras_vit.utils.validation import check_choice, check_positive_int, check_rate, pair
+from keras_vit.utils.validation import (MODEL_KEYWORDS, check_choice, check_keywords, check_positive_int, check_rate,
+                                        pair, parameter_names, strict_keywords)
 
 # Beyond these a model cannot be trained or run on any machine this package
 # targets; refusing them up front beats an out-of-memory error deep in the backend.
@@ -294,6 +295,7 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
         arguments = dict(locals())  # the signature above is the whole config
         for key in ("self", "kwargs", "__class__"):
             arguments.pop(key, None)
+        check_keywords(kwargs, parameter_names(ViTBackbone) | set(MODEL_KEYWORDS), "ViTBackbone()")
         config, grid = _resolve_config(arguments)
         policy = keras.dtype_policies.get(kwargs.pop("dtype", None) or keras.config.dtype_policy())
         # Built before `keras.Model.__init__` and set as attributes after it:
@@ -371,6 +373,7 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
             requantize(backbone, quantized)
         return backbone
 
+    @strict_keywords()
     def save_to_preset(self, directory):
         """Writes a preset directory that `from_preset(directory)` loads."""
         from keras_vit.models.preset_io import save_to_preset
@@ -378,6 +381,8 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
         return save_to_preset(self, directory)
 
     @classmethod
+    @strict_keywords("keras_vit.models.backbone:ViTBackbone", "keras_vit.models.pretrained:from_checkpoint",
+                     extra=MODEL_KEYWORDS, exclude=("path",))
     def from_preset(cls, name, **overrides):
         """A backbone of architecture preset `name` ("B/16", "Mu/4", ...),
         with its own image size unless `image_size` is given, and other

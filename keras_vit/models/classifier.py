@@ -13,7 +13,8 @@ from keras_vit.layers import POOLINGS, AttentionPooling, TokenPooling, layer_nor
 from keras_vit.models.backbone import ChecksImages, ViTBackbone
 from keras_vit.models.lora import check_lora_args, quantized_layers, requantize
 from keras_vit.models.presets import PRESETS, preset_config
-from keras_vit.utils.validation import check_choice, check_positive_int, check_rate
+from keras_vit.utils.validation import (MODEL_KEYWORDS, check_choice, check_keywords,
+                                        check_positive_int, check_rate, parameter_names, strict_keywords)
 
 # The one home of the no-weight-decay rule (`no_weight_decay`): every 0-D and
 # 1-D variable (biases, norm scales and offsets, LayerScale), and the variables
@@ -124,6 +125,7 @@ class ViTClassifier(ChecksImages, keras.Model):
                  preprocessing=None, **kwargs):
         if not isinstance(backbone, ViTBackbone):
             raise ValueError(f"`backbone` must be a ViTBackbone. Received: {type(backbone).__name__}")
+        check_keywords(kwargs, parameter_names(ViTClassifier) | set(MODEL_KEYWORDS), "ViTClassifier()")
         _check_head(num_classes, pooling, representation_size, head_units, dropout,
                     classifier_activation, class_names, backbone)
         check_choice(fc_norm, "fc_norm", (True, False))
@@ -205,6 +207,7 @@ class ViTClassifier(ChecksImages, keras.Model):
         """
         return no_weight_decay(self.trainable_variables)
 
+    @strict_keywords()
     def enable_lora(self, rank, target_names=None):
         """Enables LoRA on the backbone (`ViTBackbone.enable_lora`: every
         backbone weight but the LoRA matrices is frozen) and keeps the layers
@@ -266,6 +269,7 @@ class ViTClassifier(ChecksImages, keras.Model):
             requantize(model, quantized)
         return model
 
+    @strict_keywords()
     def save_to_preset(self, directory):
         """Writes a preset directory (config, weights, preprocessing) that
         `ViTClassifier.from_preset(directory)` loads in any process."""
@@ -274,6 +278,8 @@ class ViTClassifier(ChecksImages, keras.Model):
         return save_to_preset(self, directory)
 
     @classmethod
+    @strict_keywords("keras_vit.models.classifier:build_vit", "keras_vit.models.pretrained:from_checkpoint",
+                     exclude=("variant", "path"))
     def from_preset(cls, name, **overrides):
         """A classifier of architecture preset `name` with the preset's image
         size and class count unless overridden (see `build_vit` for the
@@ -306,6 +312,7 @@ class _FromPreset:
 FROM_PRESET = _FromPreset()
 
 
+@strict_keywords(ViTBackbone, extra=(*_HEAD_ARGS, *MODEL_KEYWORDS))
 def build_vit(variant=None, *, image_size=FROM_PRESET, num_classes=FROM_PRESET, patch_size=None,
               hidden_dim=None, depth=None, num_heads=None, mlp_dim=None, pooling="cls",
               class_token=None, dropout=0.0, name=None, **kwargs):

@@ -4,7 +4,7 @@
 
 from keras import ops
 
-from keras_vit.utils.validation import check_choice
+from keras_vit.utils.validation import check_choice, strict_keywords
 
 FEATURE_FORMATS = ("tokens", "maps")
 
@@ -13,6 +13,7 @@ class FeatureExtraction:
     """Mixin of `ViTBackbone`: needs its `blocks`, `norm`, `_embed`,
     `patch_size`, `stride` and `num_prefix_tokens`."""
 
+    @strict_keywords()
     def forward_intermediates(self, images, indices=None, *, output="tokens", norm=False,
                               training=False):
         """Per-block outputs, for feature extraction and dense tasks.

@@ -8,7 +8,7 @@ config, for the backbone and the classifier alike.
 
 import keras
 
-from keras_vit.utils.validation import check_positive_int
+from keras_vit.utils.validation import check_positive_int, strict_keywords
 
 # The Dense layers of a block LoRA can target, by the names `enable_lora` takes.
 LORA_TARGETS = ("qkv", "proj", "mlp_dense1", "mlp_dense2")
@@ -51,6 +51,7 @@ def check_lora_args(rank, target_names):
 class LoRA:
     """Mixin of `ViTBackbone`: LoRA on the Dense layers of its `blocks`."""
 
+    @strict_keywords()
     def enable_lora(self, rank, target_names=None):
         """Enables LoRA (low-rank adaptation, `keras.layers.Dense.enable_lora`)
         on Dense layers of every block and freezes every other weight of the

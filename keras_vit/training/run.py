@@ -30,7 +30,7 @@ from keras_vit.training.rundir import RunBackup
 from keras_vit.training.session import TrainSession
 from keras_vit.utils.io import DiskFullError, is_disk_full
 from keras_vit.utils.locks import exclusive_lock
-from keras_vit.utils.validation import check_choice, check_positive_int
+from keras_vit.utils.validation import check_choice, check_positive_int, strict_keywords
 
 
 @dataclasses.dataclass
@@ -75,6 +75,7 @@ def _split_data(data):
     return splits
 
 
+@strict_keywords()
 def train(
     model,
     data,

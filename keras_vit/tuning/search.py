@@ -20,7 +20,7 @@ from keras_vit.tuning.hypermodel import OBJECTIVES, TUNERS, ViTHyperModel, heads
 from keras_vit.utils.io import atomic_path, new_figure, remove_stale_temporaries, save_figure, write_csv, write_json
 from keras_vit.utils.locks import LOCK_NAME, exclusive_lock
 from keras_vit.utils.ownership import TUNING_PROJECT, check_directory_name, claim_directory, owned_entries
-from keras_vit.utils.validation import check_choice
+from keras_vit.utils.validation import check_choice, strict_keywords
 
 
 class _ResumableTuner:
@@ -126,6 +126,7 @@ def write_results(rows, out_dir, objective):
     save_figure(fig, os.path.join(out_dir, "trials.png"))
 
 
+@strict_keywords()
 def tune(
     data="digits",
     *,
