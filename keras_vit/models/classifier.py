@@ -10,7 +10,8 @@ class names and the preprocessing it expects.
 import keras
 
 from keras_vit.layers import POOLINGS, AttentionPooling, TokenPooling, layer_norm
-from keras_vit.models.backbone import ChecksImages, ViTBackbone, check_lora_args, quantized_layers, requantize
+from keras_vit.models.backbone import ChecksImages, ViTBackbone
+from keras_vit.models.lora import check_lora_args, quantized_layers, requantize
 from keras_vit.models.presets import PRESETS, preset_config
 from keras_vit.utils.validation import (MODEL_KEYWORDS, check_choice, check_class_names, check_keywords,
                                         check_positive_int, check_rate, parameter_names, strict_keywords)
@@ -30,6 +31,32 @@ def no_weight_decay(variables):
     """The variables of `variables` that get no weight decay (see
     `NO_DECAY_NAMES`)."""
     return [v for v in variables if len(v.shape) <= 1 or v.name in NO_DECAY_NAMES]
+
+
+def _head_layers(backbone, policy, num_classes, pooling, fc_norm, representation_size, head_units, dropout,
+                 classifier_activation):
+    """(pooler, fc_norm, pre_logits, head_hidden, head_dropout, head, predictions) of a classifier;
+    None for a part it does not have."""
+    if pooling == "map":
+        pooler = AttentionPooling(
+            backbone.num_heads, backbone.mlp_dim, backbone.activation, backbone.norm_epsilon,
+            dtype=policy, name="map_pooling")
+    else:
+        pooler = TokenPooling(pooling, num_prefix_tokens=backbone.num_prefix_tokens,
+                              dtype=policy, name=f"{pooling}_pooling")
+    fc_norm_layer = layer_norm(backbone.norm_epsilon, "fc_norm") if fc_norm else None
+    pre_logits = (
+        keras.layers.Dense(representation_size, activation="tanh", dtype=policy, name="pre_logits")
+        if representation_size else None)
+    head_hidden = [
+        keras.layers.Dense(units, activation="gelu", dtype=policy, name=f"head_dense_{i}")
+        for i, units in enumerate(head_units or ())]
+    head_dropout = keras.layers.Dropout(dropout, dtype=policy, name="head_dropout")
+    head = keras.layers.Dense(num_classes, dtype="float32", name="head") if num_classes else None
+    predictions = (
+        keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")
+        if num_classes and classifier_activation else None)
+    return pooler, fc_norm_layer, pre_logits, head_hidden, head_dropout, head, predictions
 
 
 def _check_head(num_classes, pooling, representation_size, head_units, dropout,
@@ -105,25 +132,9 @@ class ViTClassifier(ChecksImages, keras.Model):
 
         # === Layers === (set as attributes after `keras.Model.__init__`, as
         # the torch backend needs: see `ViTBackbone`)
-        if pooling == "map":
-            pooler = AttentionPooling(
-                backbone.num_heads, backbone.mlp_dim, backbone.activation, backbone.norm_epsilon,
-                dtype=policy, name="map_pooling")
-        else:
-            pooler = TokenPooling(pooling, num_prefix_tokens=backbone.num_prefix_tokens,
-                                  dtype=policy, name=f"{pooling}_pooling")
-        fc_norm_layer = layer_norm(backbone.norm_epsilon, "fc_norm") if fc_norm else None
-        pre_logits = (
-            keras.layers.Dense(representation_size, activation="tanh", dtype=policy, name="pre_logits")
-            if representation_size else None)
-        head_hidden = [
-            keras.layers.Dense(units, activation="gelu", dtype=policy, name=f"head_dense_{i}")
-            for i, units in enumerate(head_units or ())]
-        head_dropout = keras.layers.Dropout(dropout, dtype=policy, name="head_dropout")
-        head = keras.layers.Dense(num_classes, dtype="float32", name="head") if num_classes else None
-        predictions = (
-            keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")
-            if num_classes and classifier_activation else None)
+        layers = _head_layers(backbone, policy, num_classes, pooling, fc_norm, representation_size,
+                              head_units, dropout, classifier_activation)
+        pooler, fc_norm_layer, pre_logits, head_hidden, head_dropout, head, predictions = layers
 
         # === Functional model ===
         images = keras.Input(shape=backbone.input_shape[1:], name="images")
