@@ -50,6 +50,12 @@ TARGET_EPOCHS = ((5_000, 100), (50_000, 40), (math.inf, 15))
 SUSTAINED_FLOPS_PER_CORE = 6e10
 # The smallest model worth a finer grid: below it, a coarser grid is used.
 MIN_RUNG = (64, 6, 4)
+# Budget tools pay when a budget sees the data fewer times than this at full size.
+PROGRESSIVE_MAX_PASSES = 30
+# The fraction of a run that progressive resizing trains at the low size.
+PROGRESSIVE_FRACTION = 0.5
+# Patch dropout only on grids of at least this many tokens (a quarter of 16 leaves too little to see).
+PATCH_DROPOUT_MIN_TOKENS = 64
 
 
 @dataclasses.dataclass
@@ -61,6 +67,8 @@ class DataShape:
     channels: int
     num_examples: int
     num_classes: int
+    # what `probe_images` found on a sample of the images (None: not probed)
+    probe: dict = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def describe_source(source, data_dir=None):
@@ -96,7 +104,66 @@ def describe_source(source, data_dir=None):
 
 def _describe_arrays(x, y):
     channels = 1 if x.ndim == 3 else int(x.shape[-1])
-    return DataShape(int(x.shape[1]), int(x.shape[2]), channels, int(len(x)), int(len(np.unique(y))))
+    return DataShape(int(x.shape[1]), int(x.shape[2]), channels, int(len(x)), int(len(np.unique(y))),
+                     probe=probe_images(x, y))
+
+
+def _small(x, side=16):
+    """Images as float32 (n, <=side, <=side, channels), each standardised;
+    by block means, so no resampling library is needed."""
+    x = np.asarray(x, "float32")
+    x = x[..., None] if x.ndim == 3 else x
+    n, h, w, c = x.shape
+    fh, fw = max(1, h // side), max(1, w // side)
+    x = x[:, : h - h % fh, : w - w % fw].reshape(n, h // fh, fh, w // fw, fw, c).mean((2, 4))
+    x = x - x.mean((1, 2, 3), keepdims=True)
+    return x / (x.std((1, 2, 3), keepdims=True) + 1e-6)
+
+
+def probe_images(x, y, sample=2000, seed=0):
+    """A cheap look at the images (well under a second): pixel statistics,
+    and whether mirrored images keep their label.
+
+    The mirror probe classifies half of a sample by the nearest class mean
+    of the other half, as the images are and mirrored left to right: when
+    mirroring costs more than a quarter of the accuracy above chance (digits,
+    letters), random flips would teach wrong labels; when it costs little
+    (photos of objects), flips are a free augmentation. Too few images or
+    an accuracy within 0.1 of chance leave the answer open (None).
+
+    Returns:
+        dict: pixel_mean, pixel_std (of [0, 255] pixels), dark_background
+        (the border is darker than the centre), flip_keeps_label (bool or
+        None), nearest_mean_accuracy and its mirrored value.
+    """
+    x, y = np.asarray(x), np.asarray(y).reshape(-1)
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(x))[:sample]
+    raw = np.asarray(x[pick], "float32")
+    raw = raw * 255.0 if raw.max(initial=0) <= 1.0 else raw
+    gray = raw.mean(-1) if raw.ndim == 4 else raw
+    border = np.concatenate([gray[:, 0], gray[:, -1], gray[:, :, 0], gray[:, :, -1]], axis=1).mean()
+    h, w = gray.shape[1:3]
+    centre = gray[:, h // 4: h - h // 4, w // 4: w - w // 4].mean()
+    result = dict(pixel_mean=round(float(raw.mean()), 2), pixel_std=round(float(raw.std()), 2),
+                  dark_background=bool(border < centre), flip_keeps_label=None)
+    labels, small = y[pick], _small(raw)
+    half = len(pick) // 2
+    classes = np.unique(labels[:half])
+    if half < 4 * len(classes) or len(classes) < 2:
+        return result
+    means = np.stack([small[:half][labels[:half] == c].mean(0) for c in classes]).reshape(len(classes), -1)
+
+    def accuracy(images):
+        distances = ((images.reshape(len(images), 1, -1) - means[None]) ** 2).sum(-1)
+        return float((classes[distances.argmin(1)] == labels[half:]).mean())
+
+    plain, mirrored = accuracy(small[half:]), accuracy(small[half:, :, ::-1])
+    chance = 1.0 / len(classes)
+    result.update(nearest_mean_accuracy=round(plain, 4), mirrored_accuracy=round(mirrored, 4))
+    if plain - chance >= 0.1:
+        result["flip_keeps_label"] = bool(plain - mirrored <= 0.25 * (plain - chance))
+    return result
 
 
 def _describe_folder(root):
@@ -227,15 +294,25 @@ def choose_recipe(shape, time_budget=None, cores=None):
         flops_per_second = SUSTAINED_FLOPS_PER_CORE * (cores or os.cpu_count() or 1) * time_budget
         ladder = MODEL_LADDER[:next(i for limit, i in LARGEST_RUNG if n < limit) + 1]
         for patch_size, stride, stem in grids:  # the finest grid that trains at least MIN_RUNG `epochs` times
-            fits = [r for r in ladder if flops_per_second * cpu_efficiency(r[0]) >= epochs * n_train * training_flops(
-                image_size, patch_size, *r[:2], stride=stride, conv_stem=stem_channels(r[0], stem) if stem else None)]
+            cost = progressive_cost(image_size, patch_size, stride)
+            fits = [r for r in ladder if flops_per_second * cpu_efficiency(r[0]) >= cost * epochs * n_train * (
+                training_flops(image_size, patch_size, *r[:2], stride=stride,
+                               conv_stem=stem_channels(r[0], stem) if stem else None))]
             rung = fits[-1] if fits else ladder[0]
             if rung >= min(MIN_RUNG, ladder[-1]):
                 break
     width, depth, heads = rung
+    passes = None if time_budget is None else SUSTAINED_FLOPS_PER_CORE * cpu_efficiency(width) * (
+        cores or os.cpu_count() or 1) * time_budget / (n_train * training_flops(
+            image_size, patch_size, width, depth, stride=stride, conv_stem=stem_channels(width, stem) if stem else None))
+    tools = budget_tools(image_size, patch_size, stride, stem_channels(width, stem) if stem else None, width, depth,
+                         passes)
     batch_size = 128 if n >= 10_000 else 64 if n >= 2_000 else 32
-    if shape.channels == 1:
-        augment = "digits"
+    flips = (shape.probe or {}).get("flip_keeps_label")
+    if flips is None:  # not probed, or the probe could not tell: one channel suggests shapes such as letters
+        flips = shape.channels != 1
+    if not flips:
+        augment = "digits"  # translations and small rotations, never mirrored
     else:
         augment = "medium" if epochs >= 50 else "light"
     return dict(
@@ -247,5 +324,77 @@ def choose_recipe(shape, time_budget=None, cores=None):
         warmup_epochs=round(max(0.5, 0.05 * epochs), 2), label_smoothing=0.1, clipnorm=1.0,
         augment=augment, validation_split=validation_split, test_split=test_split,
         # with a budget, a cap the budget rarely reaches
-        epochs=epochs if time_budget is None else 10 * epochs,
+        epochs=epochs if time_budget is None else 10 * epochs, **tools,
     )
+
+
+def progressive_cost(image_size, patch_size, stride):
+    """The cost of a budgeted run with progressive resizing, as a fraction of
+    the same steps at full size: half the steps at the low size, whose work
+    scales with the pixels (1.0 where the grid is too small to resize).
+
+    Example:
+    >>> progressive_cost(32, 8, None), progressive_cost(16, 8, None)
+    (0.625, 1.0)
+    """
+    from keras_vit.training.progressive import low_resolution
+
+    low = low_resolution(image_size, patch_size, stride)
+    if low is None or (image_size - patch_size) // (stride or patch_size) + 1 < 4:
+        return 1.0
+    return 1 - PROGRESSIVE_FRACTION + PROGRESSIVE_FRACTION * (low / image_size) ** 2
+
+
+def budget_tools(image_size, patch_size, stride, conv_stem, width, depth, passes):
+    """The budget tools for a model and the passes over the training data
+    its budget pays for at full size (None: no budget), as `Recipe` fields.
+
+    Example:
+    >>> budget_tools(32, 8, None, [8, 16, 32], 32, 2, passes=12)
+    {'progressive_resize': 0.5, 'patch_dropout': 0.0}
+    >>> budget_tools(32, 8, None, [8, 16, 32], 32, 2, passes=None)
+    {'progressive_resize': 0.0, 'patch_dropout': 0.0}
+    """
+    from keras_vit.training.progressive import low_resolution
+
+    grid = (image_size - patch_size) // (stride or patch_size) + 1
+    short = passes is not None and passes < PROGRESSIVE_MAX_PASSES
+    low = low_resolution(image_size, patch_size, stride)
+    progressive = PROGRESSIVE_FRACTION if short and low is not None and grid >= 4 else 0.0
+    # patch dropout saves block work only: worth it where the blocks, not a stem, dominate a step
+    blocks = training_flops(image_size, patch_size, width, depth, stride=stride)
+    stem_share = 1 - blocks / training_flops(image_size, patch_size, width, depth, stride=stride, conv_stem=conv_stem)
+    patch_dropout = 0.25 if short and grid * grid >= PATCH_DROPOUT_MIN_TOKENS and stem_share < 0.5 else 0.0
+    return dict(progressive_resize=progressive, patch_dropout=patch_dropout)
+
+
+# The budget tools the auto recipe can turn on, and the rule each follows.
+TOOL_RULES = {
+    "progressive_resize": "the first part of a budgeted run trains at about half the image side (a quarter of the "
+                          "tokens and stem work), then at the full size; on when the budget pays for fewer than "
+                          f"{{passes}} passes over the data at full size and the grid is at least 4x4",
+    "patch_dropout": "a random three quarters of the patch tokens in each training step; on when the budget pays "
+                     "for fewer than {passes} passes, the grid has at least {tokens} tokens and the blocks, not a "
+                     "convolution stem, do most of the work",
+    "ema_momentum": "an average of the weights; pays only when the run has many steps after the learning rate "
+                    "has decayed, which a cosine to zero over the budget does not leave",
+}
+
+
+def tool_record(config, measured=None):
+    """`plan.json`'s "tools": for each budget tool, the setting the run used
+    and why (the auto recipe's rule, or the recipe or flag that set it),
+    merged with what the budget measured (`measured`, e.g. the step times
+    of each resolution).
+
+    Example:
+    >>> tool_record({"recipe": "digits", "patch_dropout": None})["patch_dropout"]["value"]
+    0.0
+    """
+    record = {}
+    auto = config.get("recipe") == "auto"
+    for name, rule in TOOL_RULES.items():
+        value = config.get(name) or 0.0
+        why = rule.format(passes=PROGRESSIVE_MAX_PASSES, tokens=PATCH_DROPOUT_MIN_TOKENS) if auto else f"set by the recipe {config.get('recipe')!r} or a flag"
+        record[name] = {**(measured or {}).get(name, {}), "value": value, "why": why}
+    return record

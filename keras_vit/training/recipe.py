@@ -147,6 +147,7 @@ class Recipe:
     drop_path_rate: float = _field(None, MODEL, "stochastic depth rate of the last block", float)
     num_registers: int = _field(None, MODEL, "register tokens", int)
     pos_embedding: str = _field(None, MODEL, "position embeddings", str, ("learned", "sincos", "none"))
+    patch_dropout: float = _field(None, MODEL, "fraction of patch tokens dropped in each training step", float)
     epochs: int = _field(10, OPTIM, "total epochs (with a time budget: the most epochs)", int)
     learning_rate: float = _field(1e-3, OPTIM, "peak learning rate (AdamW)", float)
     weight_decay: float = _field(0.05, OPTIM, "AdamW weight decay (not on biases, norms, tokens)", float)
@@ -155,6 +156,8 @@ class Recipe:
     label_smoothing: float = _field(0.1, OPTIM, "label smoothing", float)
     clipnorm: float = _field(1.0, OPTIM, "global gradient-norm clipping", float)
     ema_momentum: float = _field(None, OPTIM, "EMA of the weights with this momentum", float)
+    progressive_resize: float = _field(0.0, OPTIM, "fraction of the run trained at about half the image side "
+                                       "before the full one (0: off)", float)
     gradient_accumulation_steps: int = _field(None, OPTIM, "batches whose gradients are averaged per update", int)
     precision: str = _field(None, HARDWARE, "float32 (default) or mixed precision", str, PRECISIONS)
     jit_compile: object = _field("auto", HARDWARE, "XLA compilation", None, ("auto", True, False))
@@ -183,7 +186,8 @@ class Recipe:
                 stem_filters(value, f.name)
             elif meta["kind"] in (str, bool) and not isinstance(value, meta["kind"]):
                 raise ValueError(f"`{f.name}` must be a {meta['kind'].__name__}. Received: {f.name}={value!r}")
-        for name in ("validation_split", "test_split", "dropout", "drop_path_rate", "label_smoothing"):
+        for name in ("validation_split", "test_split", "dropout", "drop_path_rate", "label_smoothing",
+                     "patch_dropout", "progressive_resize"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")

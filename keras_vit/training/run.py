@@ -26,7 +26,9 @@ import keras
 
 from keras_vit.training.budget import parse_duration, plan_record, start_budget
 from keras_vit.training.distribute import PRECISIONS, get_strategy, prepare_multi_worker, set_precision, worker_info
+from keras_vit.training.auto import tool_record
 from keras_vit.training.optim import compile_model
+from keras_vit.training.progressive import progressive_callbacks
 from keras_vit.training.recipe import DATA, HARDWARE, MODEL, OPTIM, RUN
 from keras_vit.training.rundir import RunBackup, model_settings, prepare_run_dir, to_float, write_history_files
 from keras_vit.utils.io import DiskFullError, atomic_path, is_disk_full, remove_stale_temporaries, write_json
@@ -102,6 +104,7 @@ def train(
     clipnorm=1.0,
     ema_momentum=None,
     gradient_accumulation_steps=None,
+    progressive_resize=0.0,
     precision=None,
     jit_compile="auto",
     steps_per_execution=1,
@@ -141,6 +144,8 @@ def train(
         clipnorm, ema_momentum, gradient_accumulation_steps: the recipe, see
             `make_optimizer` and `compile_model`.
         warmup_epochs: epochs (may be fractional) of linear warmup.
+        progressive_resize: the fraction of the run trained at about half
+            the image side (`keras_vit.training.progressive`); 0 for none.
         precision: None (keep the global policy), "float32",
             "mixed_float16" or "mixed_bfloat16".
         jit_compile: True, False or "auto".
@@ -182,7 +187,7 @@ def train(
         warmup_epochs=warmup_epochs, min_learning_rate=min_learning_rate,
         label_smoothing=label_smoothing, clipnorm=clipnorm, ema_momentum=ema_momentum,
         gradient_accumulation_steps=gradient_accumulation_steps, precision=precision,
-        jit_compile=jit_compile, steps_per_execution=steps_per_execution,
+        progressive_resize=progressive_resize, jit_compile=jit_compile, steps_per_execution=steps_per_execution,
         strategy=strategy if isinstance(strategy, (str, type(None))) else type(strategy).__name__,
         steps_per_epoch=steps_per_epoch, monitor=monitor, seed=seed, time_budget=time_budget,
     )
@@ -215,22 +220,24 @@ def train(
             steps_per_execution=steps_per_execution,
         )
     with exclusive_lock(run_dir, "run directory"), _disk_full_is_named(run_dir):
-        budget = None
+        budget, timers = None, [] if time_budget is not None else progressive_callbacks(
+            model, progressive_resize, epochs)
         if time_budget is not None:
             with scope():
-                budget, timer, epochs, previous = start_budget(
+                budget, timers, epochs, previous = start_budget(
                     model, run_dir, time_budget, budget_start, (train_ds, val_ds, test_ds),
                     steps_per_epoch=steps_per_epoch, max_epochs=epochs, warmup_epochs=warmup_epochs,
                     learning_rate=learning_rate, min_learning_rate=min_learning_rate, resume=resume,
-                    verbose=verbose != 0)
+                    verbose=verbose != 0, progressive_resize=progressive_resize)
+                budget.tools.update(tool_record(config or recipe, budget.tools))
         for folder in (run_dir, run_dir / "checkpoints", run_dir / "backup"):
             remove_stale_temporaries(folder)
         prepare_run_dir(run_dir, {**(config or {}), **recipe, "data": info.to_dict() if info else None,
                                   "model": model_settings(model)}, resume)
         if budget is not None:
-            write_json(run_dir / "plan.json", plan_record(budget, timer, budget_start, False, previous))
+            write_json(run_dir / "plan.json", plan_record(budget, timers, budget_start, False, previous))
         backup = RunBackup(run_dir, monitor=monitor, artifacts=True)
-        fit_callbacks = [*([timer] if budget else []), backup, keras.callbacks.TerminateOnNaN(),
+        fit_callbacks = [*timers, backup, keras.callbacks.TerminateOnNaN(),
                          keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")), *(callbacks or [])]
         start = time.time()
         with scope():
@@ -255,7 +262,7 @@ def train(
         with atomic_path(run_dir / "model.keras") as tmp:
             model.save(tmp)
         if budget is not None:
-            write_json(run_dir / "plan.json", plan_record(budget, timer, budget_start, True, previous))
+            write_json(run_dir / "plan.json", plan_record(budget, timers, budget_start, True, previous))
     return TrainResult(model=model, history=backup.history_rows, test_metrics=metrics.get("test"),
                        run_dir=str(run_dir), initial_epoch=backup.restored_epoch)
 
