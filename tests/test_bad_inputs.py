@@ -223,3 +223,52 @@ def test_train_names_a_model_or_data_of_the_wrong_kind_and_a_floor_above_the_pea
     with pytest.raises(ValueError, match=r"`min_learning_rate` must be a number in \[0, learning_rate=0.001\]"):
         train(small, data, epochs=1, run_dir=tmp_path / "a", learning_rate=1e-3, min_learning_rate=1.0)
     assert not (tmp_path / "a").exists()
+
+
+def _unknown_word_calls(tmp_path):
+    """(call, misspelt word, the name it should have been) across the public API."""
+    from keras_vit.explain import explain
+    from keras_vit.export import export_onnx, export_saved_model, export_tflite, load_predictor
+    from keras_vit.models import ViTBackbone, ViTClassifier, from_checkpoint
+    from keras_vit.training import fine_tune
+    from keras_vit.tuning import tune
+
+    model = build_vit(**tiny_vit_kwargs(depth=1))
+    body = {k: v for k, v in tiny_vit_kwargs(depth=1).items() if k != "num_classes"}
+    data = (np.zeros((8, 16, 16, 3), "uint8"), np.arange(8) % 4)
+    out = tmp_path / "out"
+    return [
+        (lambda: build_vit("Mu/4", num_clases=5), "num_clases", "num_classes"),
+        (lambda: ViTClassifier.from_preset("Mu/4", num_clases=5), "num_clases", "num_classes"),
+        (lambda: ViTClassifier.from_preset("Mu/4", bogus=1), "bogus", None),
+        (lambda: ViTBackbone.from_preset("Mu/4", hiden_dim=8), "hiden_dim", "hidden_dim"),
+        (lambda: ViTBackbone(**body, num_register=1), "num_register", "num_registers"),
+        (lambda: ViTClassifier(model.backbone, pooling="gap", num_clases=3), "num_clases", "num_classes"),
+        (lambda: train(model, data, run_dir=out, epoch=1), "epoch", "epochs"),
+        (lambda: fine_tune("Mu/4", data, run_dir=out, learning_rat=1e-3), "learning_rat", "learning_rate"),
+        (lambda: fine_tune("Mu/4", data, run_dir=out, drop_path=0.1), "drop_path", "drop_path_rate"),
+        (lambda: tune(data, directory=out, max_trial=2), "max_trial", "max_trials"),
+        (lambda: load_data(data, 16, 4, validation_splt=0.1), "validation_splt", "validation_split"),
+        (lambda: export_saved_model(model, out, topk=3), "topk", "top_k"),
+        (lambda: export_tflite(model, out, quantisation="int8"), "quantisation", "quantization"),
+        (lambda: export_onnx(model, out, opst=17), "opst", "opset"),
+        (lambda: load_predictor(out, class_name=["a"]), "class_name", "class_names"),
+        (lambda: explain(out, model, out, alpa=0.5), "alpa", "alpha"),
+        (lambda: from_checkpoint(out, num_clases=3), "num_clases", "num_classes"),
+        (lambda: model.backbone.save_to_preset(directry=out), "directry", "directory"),
+        (lambda: model.enable_lora(4, target_name=["qkv"]), "target_name", "target_names"),
+        (lambda: model.backbone.forward_intermediates(data[0], indice=[0]), "indice", "indices"),
+    ]
+
+
+def test_unknown_keyword_arguments_are_refused_with_the_closest_name(tmp_path):
+    for call, word, closest in _unknown_word_calls(tmp_path):
+        with pytest.raises(TypeError) as info:
+            call()
+        assert isinstance(info.value, ValueError)  # keras_vit's argument errors are ValueErrors too
+        assert f"`{word}`" in str(info.value), str(info.value)
+        assert (f"Did you mean `{closest}`?" if closest else "Accepted: ") in str(info.value), str(info.value)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    kept = build_vit("Mu/4", depth=1, name="mine", dtype="float32")  # Keras' own words still work
+    assert kept.name == "mine" and keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(kept)).name == "mine"

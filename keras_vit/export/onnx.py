@@ -19,6 +19,7 @@ from keras_vit.export.geometry import (
     warn_if_not_pixels)
 from keras_vit.utils.io import atomic_path
 from keras_vit.utils.locks import destination_lock
+from keras_vit.utils.validation import strict_keywords
 
 # Opset 17 has LayerNormalization; tf2onnx 1.17 writes opsets up to 18 and
 # ONNX Runtime 1.32 runs both.
@@ -60,6 +61,7 @@ def _check_opset(opset):
                          f"Received: opset={opset!r}")
 
 
+@strict_keywords()
 def export_onnx(model, path, *, opset=DEFAULT_OPSET, class_names=None, image_size=None, check=True):
     """Exports a classifier to an ``.onnx`` file for ONNX Runtime.
 

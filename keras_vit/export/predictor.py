@@ -18,7 +18,7 @@ from keras_vit.export.tflite import tflite_metadata
 from keras_vit.layers import grid_size
 from keras_vit.models.preset_io import load_model
 from keras_vit.preprocessing import IMAGE_EXTENSIONS, ImageSettings
-from keras_vit.utils.validation import pair
+from keras_vit.utils.validation import pair, strict_keywords
 
 
 class Predictor:
@@ -301,6 +301,7 @@ class ONNXPredictor(Predictor):
         return self.session.run([self.output_name], {self.input_name: images.astype("float32", copy=False)})[0]
 
 
+@strict_keywords()
 def load_predictor(path, *, class_names=None, num_threads=None):
     """Loads any artifact behind the `Predictor` interface.
 
@@ -377,6 +378,7 @@ def read_image(path, predictor, resize=False):
     return preprocessing.load_image(path, dataclasses.replace(predictor.settings, image_size=size))
 
 
+@strict_keywords()
 def predict_files(predictor, inputs, *, top_k=5, resize=False, batch_size=32):
     """Top-k classes of image files, folders or glob patterns.
 
@@ -418,6 +420,7 @@ def predict_files(predictor, inputs, *, top_k=5, resize=False, batch_size=32):
     return results
 
 
+@strict_keywords()
 def benchmark(predictor, batch_sizes=(1, 8), *, iterations=50, warmup=5, image_size=None):
     """Latency and throughput of a predictor on random images.
 

@@ -17,8 +17,10 @@ from keras_vit.export.geometry import (
     image_settings, model_geometry, warn_if_not_pixels)
 from keras_vit.utils.io import atomic_path
 from keras_vit.utils.locks import destination_lock
+from keras_vit.utils.validation import strict_keywords
 
 
+@strict_keywords()
 def export_saved_model(model, path, *, class_names=None, image_size=None, top_k=5):
     """Exports a classifier as a SavedModel with serving signatures.
 

@@ -16,7 +16,8 @@ from keras_vit.layers import PatchDropout, PatchEncoder, TransformerBlock, grid_
 from keras_vit.layers.patching import patch_stride
 from keras_vit.layers.stem import check_conv_stem
 from keras_vit.models.presets import PRESETS, SIZE_FIELDS, preset_config
-from keras_vit.utils.validation import check_choice, check_positive_int, check_rate, pair
+from keras_vit.utils.validation import (MODEL_KEYWORDS, check_choice, check_keywords, check_positive_int, check_rate,
+                                        pair, parameter_names, strict_keywords)
 
 FEATURE_FORMATS = ("tokens", "maps")
 # Beyond these a model cannot be trained or run on any machine this package
@@ -343,6 +344,7 @@ class ViTBackbone(ChecksImages, keras.Model):
         arguments = dict(locals())  # the signature above is the whole config
         for key in ("self", "kwargs", "__class__"):
             arguments.pop(key, None)
+        check_keywords(kwargs, parameter_names(ViTBackbone) | set(MODEL_KEYWORDS), "ViTBackbone()")
         config, grid = _resolve_config(arguments)
         policy = keras.dtype_policies.get(kwargs.pop("dtype", None) or keras.config.dtype_policy())
         # Built before `keras.Model.__init__` and set as attributes after it:
@@ -404,6 +406,7 @@ class ViTBackbone(ChecksImages, keras.Model):
 
     # --- feature extraction -----------------------------------------------
 
+    @strict_keywords()
     def forward_intermediates(self, images, indices=None, *, output="tokens", norm=False,
                               training=False):
         """Per-block outputs, for feature extraction and dense tasks.
@@ -456,6 +459,7 @@ class ViTBackbone(ChecksImages, keras.Model):
 
     # --- quantization and LoRA --------------------------------------------
 
+    @strict_keywords()
     def enable_lora(self, rank, target_names=None):
         """Enables LoRA (low-rank adaptation, `keras.layers.Dense.enable_lora`)
         on Dense layers of every block and freezes every other weight of the
@@ -558,6 +562,7 @@ class ViTBackbone(ChecksImages, keras.Model):
             requantize(backbone, quantized)
         return backbone
 
+    @strict_keywords()
     def save_to_preset(self, directory):
         """Writes a preset directory that `from_preset(directory)` loads."""
         from keras_vit.models.preset_io import save_to_preset
@@ -565,6 +570,8 @@ class ViTBackbone(ChecksImages, keras.Model):
         return save_to_preset(self, directory)
 
     @classmethod
+    @strict_keywords("keras_vit.models.backbone:ViTBackbone", "keras_vit.models.pretrained:from_checkpoint",
+                     extra=MODEL_KEYWORDS, exclude=("path",))
     def from_preset(cls, name, **overrides):
         """A backbone of architecture preset `name` ("B/16", "Mu/4", ...),
         with its own image size unless `image_size` is given, and other

@@ -19,6 +19,7 @@ from keras_vit.layers import resample_position_table
 from keras_vit.models.pretrained import from_timm_preset
 from keras_vit.utils.io import atomic_path, load_keras_file, write_json
 from keras_vit.utils.ownership import PRESET_DIR, claim_directory
+from keras_vit.utils.validation import strict_keywords
 
 PRESET_FORMAT = "keras_vit.preset/1"
 CONFIG_FILE, WEIGHTS_FILE, PREPROCESSING_FILE = "config.json", "model.weights.h5", "preprocessing.json"
@@ -37,6 +38,7 @@ def preprocessing_of(model):
     return info
 
 
+@strict_keywords()
 def save_to_preset(model, directory):
     """Writes `model` (a `ViTClassifier` or `ViTBackbone`) as a preset
     directory that `from_preset(directory)` loads in any process.

@@ -16,9 +16,14 @@ the low size; `set_training_size` sets the phase on a model (recompiling
 its training step, so every backend sees static shapes in each phase).
 """
 
+import weakref
+
 import keras
 
 from keras_vit.layers.patching import PatchEncoder
+
+# model -> {training size: its compiled training step}
+_TRAIN_FUNCTIONS = weakref.WeakKeyDictionary()
 
 
 def low_resolution(image_size, patch_size, stride=None, factor=0.5):
@@ -69,10 +74,18 @@ def set_training_size(model, size):
     pair = None if size is None else (size, size) if isinstance(size, int) else tuple(size)
     if all(encoder.training_image_size == pair for encoder in encoders):
         return
+    previous = encoders[0].training_image_size
     for encoder in encoders:
         encoder.training_image_size = pair
     if getattr(model, "compiled", False):
-        model.make_train_function(force=True)
+        # each size's compiled step is kept, so switching back and forth compiles each size once
+        steps = _TRAIN_FUNCTIONS.setdefault(model, {})
+        if model.train_function is not None:
+            steps[previous] = model.train_function
+        if steps.get(pair) is not None:
+            model.train_function = steps[pair]
+        else:
+            model.make_train_function(force=True)
 
 
 class ProgressiveResize(keras.callbacks.Callback):
