@@ -29,6 +29,7 @@ MODULES = (
     "keras_vit.training.budget",
     "keras_vit.training.auto",
     "keras_vit.training.progressive",
+    "keras_vit.training.probe",
     "keras_vit.hub",
     "keras_vit.convert.readers",
     "keras_vit.convert.rules",

@@ -244,11 +244,7 @@ class PatchEncoder(keras.layers.Layer):
             raise ValueError("`grid_size` is required with pos_embedding='learned'.")
         if pos_embedding == "sincos" and hidden_dim % 4:
             sincos_posemb_2d(1, 1, hidden_dim)  # raises the hidden_dim error
-        # Progressive resizing (`keras_vit.training.progressive`): when set to
-        # (h, w), training calls resize the images to it first and the
-        # positions are resampled to its grid; a transient training state,
-        # not part of the config. Inference always sees the images as given.
-        self.training_image_size = None
+        self.training_image_size = None  # (h, w): training calls resize to it (training.progressive)
         self.stem = None
         if self.conv_stem:
             self.stem = ConvStem(self.conv_stem, dtype=self.dtype_policy, name="stem")
