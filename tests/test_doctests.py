@@ -20,6 +20,7 @@ MODULES = (
     "keras_vit.models.presets",
     "keras_vit.models.backbone",
     "keras_vit.models.classifier",
+    "keras_vit.models.lora",
     "keras_vit.models.preset_io",
     "keras_vit.models.pretrained",
     "keras_vit.utils.validation",

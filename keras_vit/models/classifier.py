@@ -10,7 +10,8 @@ class names and the preprocessing it expects.
 import keras
 
 from keras_vit.layers import POOLINGS, AttentionPooling, TokenPooling, layer_norm
-from keras_vit.models.backbone import ChecksImages, ViTBackbone, check_lora_args, quantized_layers, requantize
+from keras_vit.models.backbone import ChecksImages, ViTBackbone
+from keras_vit.models.lora import check_lora_args, quantized_layers, requantize
 from keras_vit.models.presets import PRESETS, preset_config
 from keras_vit.utils.validation import (MODEL_KEYWORDS, check_choice, check_keywords,
                                         check_positive_int, check_rate, parameter_names, strict_keywords)

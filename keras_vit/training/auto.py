@@ -58,8 +58,6 @@ PROGRESSIVE_MAX_PASSES = 30
 PROGRESSIVE_FRACTION = 0.5
 # Progressive resizing only where the low size keeps at least this many patches a side.
 PROGRESSIVE_MIN_GRID = 4
-# Patch dropout only on grids of at least this many tokens (a quarter of 16 leaves too little to see).
-PATCH_DROPOUT_MIN_TOKENS = 64
 
 
 @dataclasses.dataclass
@@ -251,8 +249,7 @@ def choose_recipe(shape, time_budget=None, cores=None):
     passes = None if time_budget is None else SUSTAINED_FLOPS_PER_CORE * cpu_efficiency(width) * (
         cores or os.cpu_count() or 1) * time_budget / (n_train * training_flops(
             image_size, patch_size, width, depth, stride=stride, conv_stem=stem_channels(width, stem) if stem else None))
-    tools = budget_tools(image_size, patch_size, stride, stem_channels(width, stem) if stem else None, width, depth,
-                         passes)
+    tools = budget_tools(image_size, patch_size, stride, passes)
     batch_size = 128 if n >= 10_000 else 64 if n >= 2_000 else 32
     flips = (shape.probe or {}).get("flip_keeps_label")
     if flips is None:  # not probed, or the probe could not tell: one channel suggests shapes such as letters
@@ -309,25 +306,19 @@ def progressive_cost(image_size, patch_size, stride):
     return 1 - PROGRESSIVE_FRACTION + PROGRESSIVE_FRACTION * (low / image_size) ** 2
 
 
-def budget_tools(image_size, patch_size, stride, conv_stem, width, depth, passes):
-    """The budget tools for a model and the passes over the training data
-    its budget pays for at full size (None: no budget), as `Recipe` fields.
+def budget_tools(image_size, patch_size, stride, passes):
+    """The budget tools for data of this image and patch size and the passes
+    over the training data its budget pays for at full size (None: no
+    budget), as `Recipe` fields. Patch dropout is never chosen: nothing
+    measured here showed it paying (see `TOOL_RULES`).
 
     Example:
-    >>> budget_tools(64, 8, None, None, 96, 6, passes=12)
-    {'progressive_resize': 0.5, 'patch_dropout': 0.25}
-    >>> budget_tools(32, 8, None, [8, 16, 32], 32, 2, passes=12)   # a 4x4 grid: too coarse for either
-    {'progressive_resize': 0.0, 'patch_dropout': 0.0}
+    >>> budget_tools(16, 2, None, passes=12), budget_tools(32, 8, None, passes=12)   # 8x8 and 4x4 grids
+    ({'progressive_resize': 0.5, 'patch_dropout': 0.0}, {'progressive_resize': 0.0, 'patch_dropout': 0.0})
     """
-    grid = (image_size - patch_size) // (stride or patch_size) + 1
     short = passes is not None and passes < PROGRESSIVE_MAX_PASSES
     low = progressive_low_size(image_size, patch_size, stride)
-    progressive = PROGRESSIVE_FRACTION if short and low is not None else 0.0
-    # patch dropout saves block work only: worth it where the blocks, not a stem, dominate a step
-    blocks = training_flops(image_size, patch_size, width, depth, stride=stride)
-    stem_share = 1 - blocks / training_flops(image_size, patch_size, width, depth, stride=stride, conv_stem=conv_stem)
-    patch_dropout = 0.25 if short and grid * grid >= PATCH_DROPOUT_MIN_TOKENS and stem_share < 0.5 else 0.0
-    return dict(progressive_resize=progressive, patch_dropout=patch_dropout)
+    return dict(progressive_resize=PROGRESSIVE_FRACTION if short and low is not None else 0.0, patch_dropout=0.0)
 
 
 # The budget tools the auto recipe can turn on, and the rule each follows.
@@ -336,9 +327,9 @@ TOOL_RULES = {
                           "tokens and stem work), then at the full size; on when the budget pays for fewer than "
                           "{passes} passes over the data at full size and the low grid keeps at least {grid} "
                           "patches a side",
-    "patch_dropout": "a random three quarters of the patch tokens in each training step; on when the budget pays "
-                     "for fewer than {passes} passes, the grid has at least {tokens} tokens and the blocks, not a "
-                     "convolution stem, do most of the work",
+    "patch_dropout": "a random subset of the patch tokens in each training step; not chosen by the auto recipe: "
+                     "on the digits recipe (64 tokens) a quarter dropped cost 0.8 points of test accuracy at equal "
+                     "epochs (98.06 % against 98.89 %), and a 16-token stem grid has too few tokens to drop",
     "ema_momentum": "an average of the weights; pays only when the run has many steps after the learning rate "
                     "has decayed, which a cosine to zero over the budget does not leave",
 }
@@ -358,7 +349,6 @@ def tool_record(config, measured=None):
     auto = config.get("recipe") == "auto"
     for name, rule in TOOL_RULES.items():
         value = config.get(name) or 0.0
-        why = rule.format(passes=PROGRESSIVE_MAX_PASSES, tokens=PATCH_DROPOUT_MIN_TOKENS,
-                          grid=PROGRESSIVE_MIN_GRID) if auto else f"set by the recipe {config.get('recipe')!r} or a flag"
+        why = rule.format(passes=PROGRESSIVE_MAX_PASSES, grid=PROGRESSIVE_MIN_GRID) if auto else f"set by the recipe {config.get('recipe')!r} or a flag"
         record[name] = {**(measured or {}).get(name, {}), "value": value, "why": why}
     return record

@@ -34,6 +34,12 @@ def probe_images(x, y, sample=2000, seed=0):
         dict: pixel_mean, pixel_std (of [0, 255] pixels), dark_background
         (the border is darker than the centre), flip_keeps_label (bool or
         None), nearest_mean_accuracy and its mirrored value.
+
+    Example:
+    >>> from sklearn.datasets import load_digits
+    >>> digits = load_digits()
+    >>> probe_images(digits.images * 16, digits.target)["flip_keeps_label"]   # a mirrored 3 is no 3
+    False
     """
     x, y = np.asarray(x), np.asarray(y).reshape(-1)
     rng = np.random.default_rng(seed)
