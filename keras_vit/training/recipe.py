@@ -26,8 +26,8 @@ RECIPES = {
     # 2x2 patch per original pixel, a narrow 4-block ViT, mean pooling,
     # translations and small rotations, label smoothing, stochastic depth;
     # the first 30 epochs at the original 8 px (a 4x4 grid), the last 30 at
-    # 16 px: 99.44 % test where all 60 at 16 px gave 98.89 %, with about a
-    # third less training work.
+    # 16 px: 99.44 % and 98.89 % test in two runs where all 60 at 16 px gave
+    # 98.89 %, with about a third less training work.
     "digits": dict(
         dataset="digits", image_size=16, patch_size=2, hidden_dim=64, depth=4, num_heads=4,
         mlp_dim=128, pooling="gap", dropout=0.1, drop_path_rate=0.1, batch_size=64,
