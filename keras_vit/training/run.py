@@ -92,6 +92,7 @@ def train(
     clipnorm=1.0,
     ema_momentum=None,
     gradient_accumulation_steps=None,
+    progressive_resize=0.0,
     precision=None,
     jit_compile="auto",
     steps_per_execution=1,
@@ -131,6 +132,8 @@ def train(
         clipnorm, ema_momentum, gradient_accumulation_steps: the recipe, see
             `make_optimizer` and `compile_model`.
         warmup_epochs: epochs (may be fractional) of linear warmup.
+        progressive_resize: the fraction of the run trained at about half
+            the image side (`keras_vit.training.progressive`); 0 for none.
         precision: None (keep the global policy), "float32",
             "mixed_float16" or "mixed_bfloat16".
         jit_compile: True, False or "auto".
@@ -177,7 +180,7 @@ def train(
         warmup_epochs=warmup_epochs, min_learning_rate=min_learning_rate,
         label_smoothing=label_smoothing, clipnorm=clipnorm, ema_momentum=ema_momentum,
         gradient_accumulation_steps=gradient_accumulation_steps, precision=precision,
-        jit_compile=jit_compile, steps_per_execution=steps_per_execution,
+        progressive_resize=progressive_resize, jit_compile=jit_compile, steps_per_execution=steps_per_execution,
         strategy=strategy if isinstance(strategy, (str, type(None))) else type(strategy).__name__,
         steps_per_epoch=steps_per_epoch, monitor=monitor, seed=seed, time_budget=time_budget,
     )
