@@ -180,7 +180,7 @@ def _check_location(path, where):
     ancestor = path.absolute()
     while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
         ancestor = ancestor.parent
-    if not ancestor.is_dir():
+    if ancestor != path.absolute() and not ancestor.is_dir():  # the path itself a file: said by the caller
         raise ValueError(f"{where} lies under {str(ancestor)!r}, which is a file, not a directory.")
 
 
