@@ -284,7 +284,10 @@ def carve_tfds(train, test_split, validation_split):
     }
 
 
-def tfds_splits(name, data_dir, download, splits, validation_split, test_split):
+def tfds_builder(name, data_dir, download=False):
+    """The TFDS builder of `name` in `data_dir`, downloaded and prepared first
+    when `download` is true (a download that fails is a `ValueError` that
+    says what to do, not the downloader's traceback)."""
     import tensorflow_datasets as tfds
 
     try:
@@ -293,9 +296,21 @@ def tfds_splits(name, data_dir, download, splits, validation_split, test_split):
         raise ValueError(
             f"Unknown dataset {name!r}: it is neither 'digits', an existing folder or "
             f".npz file, nor a TFDS dataset name (see tfds.list_builders()).") from None
-    if download:
-        builder.download_and_prepare()
-    elif not builder.is_prepared():
+    if download:  # a no-op where it is prepared already
+        try:
+            builder.download_and_prepare()
+        except Exception as err:  # noqa: BLE001 - the downloader raises many types for one cause
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"download=True could not download and prepare the TFDS dataset {name!r} into "
+                f"{builder.data_dir} ({type(err).__name__}: {reason}). Run it where the network is "
+                f"reachable (`tfds build {name}`), then point `data_dir` at that folder.") from None
+    return builder
+
+
+def tfds_splits(name, data_dir, download, splits, validation_split, test_split):
+    builder = tfds_builder(name, data_dir, download)
+    if not download and not builder.is_prepared():
         raise ValueError(
             f"The TFDS dataset {name!r} is not prepared in {builder.data_dir} "
             f"(data_dir={data_dir!r}). Download it first (`tfds build {name}` or "

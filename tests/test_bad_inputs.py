@@ -337,3 +337,39 @@ def test_train_on_a_folder_keeps_its_class_names_through_export(tmp_path):
     model = keras.saving.load_model(tmp_path / "run" / "model.keras")
     export_saved_model(model, tmp_path / "sm")
     assert load_predictor(tmp_path / "sm").class_names == ["a", "b"]  # was ['0', '1']
+
+
+class _UnreachableDigits:
+    """A real TFDS builder whose download fails as it does with no network."""
+
+    @staticmethod
+    def builder_class():
+        import tensorflow_datasets as tfds
+
+        class UnreachableDigits(tfds.core.GeneratorBasedBuilder):
+            VERSION = tfds.core.Version("1.0.0")
+
+            def _info(self):
+                return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(
+                    {"image": tfds.features.Image(shape=(8, 8, 1)),
+                     "label": tfds.features.ClassLabel(num_classes=2)}))
+
+            def _split_generators(self, dl_manager):
+                raise ConnectionError("Max retries exceeded (name resolution failed)")
+
+            def _generate_examples(self):
+                yield from ()
+
+        return UnreachableDigits
+
+
+def test_a_download_that_fails_says_so_for_load_data_and_the_auto_recipe(tmp_path):
+    # Before: the auto recipe looked at the unprepared folder and told the user
+    # to pass --download, which they had; load_data raised the downloader's error.
+    _UnreachableDigits.builder_class()  # registered with TFDS by its name
+    with pytest.raises(ValueError, match="could not download and prepare the TFDS dataset 'unreachable_digits'"):
+        load_data("unreachable_digits", 8, 4, data_dir=str(tmp_path), download=True)
+    code = cli_main(["train", "--dataset", "unreachable_digits", "--download", "--data-dir", str(tmp_path),
+                     "--run-dir", str(tmp_path / "run"), "--epochs", "1"])
+    assert code == 2
+    assert not (tmp_path / "run").exists()

@@ -73,15 +73,16 @@ class DataShape:
     probe: dict = dataclasses.field(default=None, repr=False, compare=False)
 
 
-def describe_source(source, data_dir=None):
+def describe_source(source, data_dir=None, download=False):
     """Reads the image size, channels, number of images and classes of a
-    data source (as `load_data` takes it) without loading all of it.
+    data source (as `load_data` takes it) without loading all of it; a TFDS
+    source is downloaded and prepared first when `download` is true.
 
     Example:
     >>> describe_source("digits")
     DataShape(height=8, width=8, channels=1, num_examples=1797, num_classes=10)
     """
-    shape = _describe(source, data_dir)
+    shape = _describe(source, data_dir, download)
     if shape.num_examples == 0:
         where = source if isinstance(source, (str, os.PathLike)) else "arrays"
         raise ValueError(f"The data source {where} holds no images" + (
@@ -90,7 +91,7 @@ def describe_source(source, data_dir=None):
     return shape
 
 
-def _describe(source, data_dir):
+def _describe(source, data_dir, download):
     if isinstance(source, (tuple, list)) and len(source) == 2:
         return _describe_arrays(np.asarray(source[0]), np.asarray(source[1]))
     text = str(source)
@@ -111,7 +112,7 @@ def _describe(source, data_dir):
         if not os.path.isdir(text):
             raise ValueError(f"The image folder does not exist: {text}")
         return _describe_folder(Path(text))
-    return _describe_tfds(text.removeprefix("tfds:"), data_dir)
+    return _describe_tfds(text.removeprefix("tfds:"), data_dir, download)
 
 
 def _describe_arrays(x, y):
@@ -140,13 +141,10 @@ def _describe_folder(root):
     return DataShape(height, width, 3, len(files), len(classes))
 
 
-def _describe_tfds(name, data_dir):
-    import tensorflow_datasets as tfds
+def _describe_tfds(name, data_dir, download):
+    from keras_vit.sources import tfds_builder
 
-    try:
-        info = tfds.builder(name, data_dir=data_dir).info
-    except Exception as err:  # tfds raises several types for unknown names
-        raise ValueError(f"Cannot describe the data source {name!r} for the auto recipe: {err}") from None
+    info = tfds_builder(name, data_dir, download).info
     height, width, channels = info.features["image"].shape
     return DataShape(height or 224, width or 224, channels or 3,
                      sum(split.num_examples for split in info.splits.values()), info.features["label"].num_classes)

@@ -251,7 +251,7 @@ class Recipe:
             from keras_vit.training.auto import ARCHITECTURE_FIELDS, choose_recipe, describe_source
 
             budget = given.get("time_budget")
-            base = choose_recipe(describe_source(dataset, given.get("data_dir")),
+            base = choose_recipe(describe_source(dataset, given.get("data_dir"), bool(given.get("download"))),
                                  parse_duration(budget) if budget is not None else None)
             if given.get("preset") is not None:  # the preset's network; the data still choose the rest
                 base = {k: v for k, v in base.items() if k not in ARCHITECTURE_FIELDS}
