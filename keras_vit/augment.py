@@ -112,8 +112,6 @@ def build_augmentation(
     >>> augment = build_augmentation(16, 10, flip=True, mixup=0.2)
     >>> x, y = augment(tf.zeros((4, 16, 16, 3)), tf.one_hot([1, 2, 3, 4], 10))
     """
-    import keras
-
     height, width = pair(image_size, "image_size")
     for name, value in (("crop_padding", crop_padding), ("translate", translate),
                         ("rotate", rotate), ("zoom", zoom)):
@@ -122,6 +120,21 @@ def build_augmentation(
         raise ValueError(f"`rand_augment` must be in [0, 1]. Received: rand_augment={rand_augment!r}")
     if mixup < 0 or cutmix < 0:
         raise ValueError(f"`mixup` and `cutmix` must be >= 0. Received: mixup={mixup!r}, cutmix={cutmix!r}")
+    steps = _image_steps(height, width, flip, crop_padding, translate, rotate, zoom, rand_augment,
+                         rand_augment_ops, seed)
+    mixers = _mixers(mixup, cutmix, seed)
+    augment = _augment_fn(steps, mixers, num_classes, seed)
+    augment.options = dict(
+        flip=flip, crop_padding=crop_padding, translate=translate, rotate=rotate, zoom=zoom,
+        rand_augment=rand_augment, rand_augment_ops=rand_augment_ops, mixup=mixup, cutmix=cutmix,
+    )
+    return augment
+
+
+def _image_steps(height, width, flip, crop_padding, translate, rotate, zoom, rand_augment, rand_augment_ops,
+                 seed):
+    """The image-only augmentation layers, in order; a step whose option is off is left out."""
+    import keras
 
     steps = []
     if flip:
@@ -141,11 +154,23 @@ def build_augmentation(
     if rand_augment:
         steps.append(keras.layers.RandAugment(
             value_range=(0, 255), num_ops=rand_augment_ops, factor=rand_augment, seed=seed))
+    return steps
+
+
+def _mixers(mixup, cutmix, seed):
+    """The MixUp and CutMix layers that are on."""
+    import keras
+
     mixers = []
     if mixup:
         mixers.append(keras.layers.MixUp(alpha=mixup, seed=seed))
     if cutmix:
         mixers.append(keras.layers.CutMix(factor=cutmix, seed=seed))
+    return mixers
+
+
+def _augment_fn(steps, mixers, num_classes, seed):
+    """The function on batches: the image steps, then one mixer (a random one when both are on)."""
     rng = tf.random.Generator.from_seed(seed or 0) if len(mixers) == 2 else None
 
     def augment(images, labels):
@@ -169,8 +194,4 @@ def build_augmentation(
             images, labels = mix(mixers[0])
         return tf.clip_by_value(images, 0.0, 255.0), labels
 
-    augment.options = dict(
-        flip=flip, crop_padding=crop_padding, translate=translate, rotate=rotate, zoom=zoom,
-        rand_augment=rand_augment, rand_augment_ops=rand_augment_ops, mixup=mixup, cutmix=cutmix,
-    )
     return augment

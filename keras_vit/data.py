@@ -30,7 +30,7 @@ from keras_vit import preprocessing
 from keras_vit.augment import AUGMENTATIONS, augmentation_options, build_augmentation  # noqa: F401 (public here too)
 from keras_vit.preprocessing import INTERPOLATIONS, RESIZE_MODES, ImageSettings
 from keras_vit.sources import SPLIT_FOLDERS, array_splits, digits, folder_splits, read_npz, tfds_splits
-from keras_vit.utils.validation import check_choice, check_positive_int, pair
+from keras_vit.utils.validation import check_choice, check_class_names, check_positive_int, pair, strict_keywords
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABEL_MODES = ("categorical", "int")
@@ -94,6 +94,7 @@ def _check_cache(cache):
 # --------------------------------------------------------------------------
 
 
+@strict_keywords()
 def load_data(
     source="digits",
     image_size=32,
@@ -115,6 +116,7 @@ def load_data(
     cache=True,
     shuffle_buffer=10000,
     on_bad_files="warn",
+    remap_labels=False,
 ):
     """Loads a data source as train, validation and test `tf.data` datasets.
 
@@ -151,6 +153,11 @@ def load_data(
             when listed; "warn" skips zero-byte, corrupt and
             non-image files with one warning listing them; "error" raises a
             ValueError listing them.
+        remap_labels: bool; array and ``.npz`` labels must be the class
+            indices 0..K-1 (a label set with gaps is refused) unless True,
+            which numbers the distinct labels 0..K-1 in sorted order and
+            makes their values the class names. Float images whose pixels
+            all lie in [0, 1] are scaled to [0, 255], with a warning.
 
     Returns:
         (train, validation, test, info): batched datasets of (images,
@@ -164,6 +171,43 @@ def load_data(
     (TensorShape([32, 16, 16, 1]), TensorShape([32, 10]))
     """
     size = pair(image_size, "image_size")
+    _check_load_args(batch_size, validation_split, test_split, seed, channels, label_mode, resize,
+                     interpolation, shuffle_buffer, on_bad_files, cache)
+    check_choice(remap_labels, "remap_labels", (True, False))
+    datasets, class_names, source_channels, description = _read_source(
+        source, channels, num_classes, data_dir, download, splits, validation_split, test_split, seed,
+        on_bad_files, remap_labels)
+    num_classes = len(class_names)
+    try:
+        check_class_names(class_names, num_classes)
+    except ValueError as err:
+        raise ValueError(f"The classes of {description}: {err}") from None
+    if num_classes < 2:
+        raise ValueError(
+            f"The data has {num_classes} class ({', '.join(map(str, class_names))}); a classifier needs at "
+            "least 2 classes (every prediction would be right and nothing learned).")
+    channels = channels or source_channels
+    settings = ImageSettings(size, channels, interpolation, antialias, resize)
+    augment_fn = augment if callable(augment) else None
+    if augment_fn is None:
+        options = augmentation_options(augment)
+        if options:
+            augment_fn = build_augmentation(size, num_classes, seed=seed, **options)
+    out, sizes = {}, {}
+    for split in SPLIT_FOLDERS:
+        out[split], sizes[split] = _pipeline(
+            datasets.get(split), split, settings, num_classes, label_mode, batch_size, cache,
+            shuffle_buffer, seed, augment_fn)
+    info = DataInfo(
+        class_names=class_names, num_classes=num_classes, image_size=size, channels=channels,
+        split_sizes=sizes, source=description, label_mode=label_mode, preprocessing=settings.to_dict(),
+    )
+    return out["train"], out["validation"], out["test"], info
+
+
+def _check_load_args(batch_size, validation_split, test_split, seed, channels, label_mode, resize,
+                     interpolation, shuffle_buffer, on_bad_files, cache):
+    """Checks `load_data`'s settings before any source is read."""
     check_choice(label_mode, "label_mode", LABEL_MODES)
     check_choice(resize, "resize", RESIZE_MODES)
     check_choice(interpolation, "interpolation", INTERPOLATIONS)
@@ -173,88 +217,69 @@ def load_data(
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
         raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
     check_positive_int(shuffle_buffer, "shuffle_buffer")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"`seed` must be an int. Received: seed={seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32 - 1:
+        raise ValueError(f"`seed` must be an int. Received: seed={seed!r} (accepted: 0 to {2**32 - 2})")
     for name, value in (("validation_split", validation_split), ("test_split", test_split)):
         if not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
-
     _check_cache(cache)
 
+
+def _read_source(source, channels, num_classes, data_dir, download, splits, validation_split, test_split,
+                 seed, on_bad_files, remap_labels=False):
+    """(unbatched datasets by split, class names, the source's channels, a description) of a source."""
     if isinstance(source, (tuple, list)) and len(source) == 2:
         x, y = source
-        datasets, class_names, source_channels, num_classes = array_splits(
-            {"train": (x, y)}, num_classes, test_split, validation_split, seed)
-        description = "arrays"
-    elif not isinstance(source, (str, os.PathLike)):
+        datasets, class_names, source_channels, _ = array_splits(
+            {"train": (x, y)}, num_classes, test_split, validation_split, seed, remap_labels)
+        return datasets, class_names, source_channels, "arrays"
+    if not isinstance(source, (str, os.PathLike)):
         raise ValueError(
             "`source` must be 'digits', a TFDS name, a folder or .npz path, or a pair of "
             f"arrays (x, y). Received: source of type {type(source).__name__}")
-    elif str(source) == "digits":
+    if str(source) == "digits":
         x, y, names = digits()
-        datasets, _, source_channels, num_classes = array_splits(
-            {"train": (x, y)}, 10, test_split, validation_split, seed)
-        class_names, description = names, "digits (scikit-learn, 8x8)"
-    elif str(source).endswith(".npz"):
+        datasets, _, source_channels, _ = array_splits({"train": (x, y)}, 10, test_split, validation_split, seed)
+        return datasets, names, source_channels, "digits (scikit-learn, 8x8)"
+    if str(source).endswith(".npz"):
         arrays, names = read_npz(source)
         if names is not None and num_classes is None:
             num_classes = len(names)
-        datasets, class_names, source_channels, num_classes = array_splits(
-            arrays, num_classes, test_split, validation_split, seed)
-        class_names = names or class_names
-        description = f"npz:{source}"
-    elif not str(source).startswith("tfds:") and (
+        datasets, class_names, source_channels, _ = array_splits(
+            arrays, num_classes, test_split, validation_split, seed, remap_labels and names is None)
+        return datasets, names or class_names, source_channels, f"npz:{source}"
+    if not str(source).startswith("tfds:") and (
             os.sep in str(source) or os.path.isdir(source) or str(source).startswith(".")):
         source_channels = channels or 3
         datasets, class_names, _ = folder_splits(
             source, source_channels, on_bad_files, test_split, validation_split, seed)
-        description = f"folder:{source}"
-    else:
-        name = str(source).removeprefix("tfds:")
-        datasets, class_names, source_channels = tfds_splits(
-            name, data_dir, download, splits, validation_split, test_split)
-        description = f"tfds:{name}"
-    num_classes = len(class_names)
-    if num_classes < 2:
-        raise ValueError(
-            f"The data has {num_classes} class ({', '.join(map(str, class_names))}); a classifier needs at "
-            "least 2 classes (every prediction would be right and nothing learned).")
-    channels = channels or source_channels
+        return datasets, class_names, source_channels, f"folder:{source}"
+    name = str(source).removeprefix("tfds:")
+    datasets, class_names, source_channels = tfds_splits(
+        name, data_dir, download, splits, validation_split, test_split)
+    return datasets, class_names, source_channels, f"tfds:{name}"
 
-    settings = ImageSettings(size, channels, interpolation, antialias, resize)
+
+def _pipeline(ds, split, settings, num_classes, label_mode, batch_size, cache, shuffle_buffer, seed, augment_fn):
+    """(the batched dataset, its example count) of one split; (None, 0) for a missing split."""
+    if ds is None:
+        return None, 0
+    shape = (*settings.image_size, settings.channels)
 
     def prepare(image, label):
-        image = tf.ensure_shape(preprocessing.prepare(image, settings), (*size, channels))
+        image = tf.ensure_shape(preprocessing.prepare(image, settings), shape)
         label = tf.cast(label, "int32")
         if label_mode == "categorical":
             label = tf.one_hot(label, num_classes, dtype="float32")
         return image, label
 
-    augment_fn = augment if callable(augment) else None
-    if augment_fn is None:
-        options = augmentation_options(augment)
-        if options:
-            augment_fn = build_augmentation(size, num_classes, seed=seed, **options)
-
-    out, sizes = {}, {}
-    for split in SPLIT_FOLDERS:
-        ds = datasets.get(split)
-        if ds is None:
-            out[split], sizes[split] = None, 0
-            continue
-        ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
-        if cache:
-            ds = ds.cache(f"{cache}_{split}" if isinstance(cache, (str, os.PathLike)) else "")
-        count = int(ds.cardinality())
-        sizes[split] = count if count >= 0 else None
-        if split == "train":
-            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size)
-        if split == "train" and augment_fn is not None:
-            ds = ds.map(augment_fn, num_parallel_calls=AUTOTUNE)
-        out[split] = ds.prefetch(AUTOTUNE)
-    info = DataInfo(
-        class_names=class_names, num_classes=num_classes, image_size=size, channels=channels,
-        split_sizes=sizes, source=description, label_mode=label_mode, preprocessing=settings.to_dict(),
-    )
-    return out["train"], out["validation"], out["test"], info
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
+    if cache:
+        ds = ds.cache(f"{cache}_{split}" if isinstance(cache, (str, os.PathLike)) else "")
+    count = int(ds.cardinality())
+    if split == "train":
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if split == "train" and augment_fn is not None:
+        ds = ds.map(augment_fn, num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE), count if count >= 0 else None

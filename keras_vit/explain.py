@@ -17,7 +17,7 @@ from keras_vit import preprocessing
 from keras_vit.export.geometry import image_settings
 from keras_vit.layers import grid_size
 from keras_vit.utils.io import write_png
-from keras_vit.utils.validation import check_choice
+from keras_vit.utils.validation import check_choice, strict_keywords
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -69,6 +69,7 @@ def attention_model(model):
     return keras.Model(backbone.input, outputs, name=f"{model.name}_attention")
 
 
+@strict_keywords()
 def attention_maps(model, images, batch_size=32):
     """Attention weights of every block and head.
 
@@ -97,6 +98,7 @@ def attention_maps(model, images, batch_size=32):
     return np.stack([np.asarray(o, dtype="float32") for o in outputs])
 
 
+@strict_keywords()
 def attention_rollout(attention, head_fusion="mean", residual=True):
     """Attention rollout: how much each token draws on each input token.
 
@@ -134,6 +136,7 @@ def attention_rollout(attention, head_fusion="mean", residual=True):
     return rollout.astype("float32")
 
 
+@strict_keywords()
 def rollout_heatmap(model, images, head_fusion="mean"):
     """One attention-rollout map per image, on the patch grid.
 
@@ -170,6 +173,7 @@ def _resize_map(heatmap, size):
     return np.asarray(resized, dtype="float32")
 
 
+@strict_keywords()
 def overlay(image, heatmap, alpha=0.5, cmap="jet"):
     """Blends a heatmap, resized to the image and coloured, over the image.
 
@@ -217,6 +221,7 @@ def overlay(image, heatmap, alpha=0.5, cmap="jet"):
     return np.clip(np.round(blended), 0, 255).astype("uint8")
 
 
+@strict_keywords()
 def save_attention_overlay(image, heatmap, path, alpha=0.5, cmap="jet"):
     """Writes the heatmap drawn over the image as a PNG of the image's size,
     atomically (`keras_vit.utils.io`).
@@ -253,6 +258,7 @@ def model_image(source, model):
     return preprocessing.load_image(source, image_settings(model))
 
 
+@strict_keywords()
 def explain(image_path, model, output, head_fusion="mean", alpha=0.5, cmap="jet"):
     """Writes the attention-rollout overlay of one image and returns
     (path, predicted class index or None).

@@ -82,3 +82,17 @@ def test_mfu_counts_flops_against_the_measured_gemm_peak(tmp_path):
     assert result["environment"]["load_average_start"] and "TF_ENABLE_ONEDNN_OPTS=" in out.with_suffix(".md").read_text()
     assert ceiling["contender"] == "matmuls alone" and ceiling["train_mfu"] > 0 and ceiling["infer_mfu"] > 0
     assert "| tiny | keras_vit | off |" in out.with_suffix(".md").read_text()
+
+
+def test_code_health_counts_code_lines_only(tmp_path):
+    """Docstrings, comments and blank lines are not counted; nested functions count in their parent too."""
+    from benchmarks.code_health import function_lengths, long_functions
+
+    (tmp_path / "pkg").mkdir()
+    source = tmp_path / "pkg" / "m.py"
+    source.write_text(
+        'def f(a,\n      b):\n    """Doc\n\n    more doc."""\n    # a comment\n\n    x = a\n'
+        '    def g():\n        """Inner doc."""\n        return x\n    return g\n\n\n'
+        'class C:\n    def m(self):\n        return [\n            1,\n        ]\n')
+    assert sorted(function_lengths(source)) == [(2, "f.g", 9), (4, "C.m", 16), (6, "f", 1)]
+    assert long_functions(5, tmp_path / "pkg") == [(6, "pkg/m.py:1 f")]

@@ -11,7 +11,7 @@ import pytest
 
 from keras_vit.export import inference_model
 from keras_vit.models import ViTClassifier
-from keras_vit.models.backbone import LORA_TARGETS
+from keras_vit.models.lora import LORA_TARGETS
 from keras_vit.training.finetune import set_backbone_trainable
 from tests.conftest import BACKEND, run_python
 from tests.test_finetune import image_folder, tiny_checkpoint  # noqa: F401  (fixtures)

@@ -7,7 +7,8 @@
   and width for ``image_size=None`` models; TensorFlow backend);
 - `predictor`: `load_predictor` for a ``.keras`` file, a SavedModel, a
   ``.tflite`` file (LiteRT) or an ``.onnx`` file (ONNX Runtime),
-  `predict_files`, `benchmark`;
+  `predict_files`, `benchmark`; the predictor classes live in `runtimes`,
+  one module per runtime;
 - `geometry`: what an artifact records about the model;
 - `inference`: `inference_model`, the explicit inference rewrites (LayerNorm
   folds, heads-first attention) that SavedModel export and the Keras

@@ -3,6 +3,7 @@
 and the checks shared by every exporter.
 """
 
+import os
 import warnings
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import keras
 
 from keras_vit.layers import grid_size
 from keras_vit.preprocessing import ImageSettings
-from keras_vit.utils.validation import pair
+from keras_vit.utils.validation import check_class_names, pair  # noqa: F401 - check_class_names: export's name for it
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -34,7 +35,24 @@ def check_target(path, kind):
             )
     if kind in ("tflite", "onnx") and path.is_dir():
         raise ValueError(f"`path` is a directory; a .{kind} file was expected. Received: path={str(path)!r}")
+    if kind in ("tflite", "onnx") and os.path.lexists(path) and not _written_by_keras_vit(path, kind):
+        raise ValueError(f"`path` exists and is not a .{kind} file that keras_vit wrote; refusing to replace it. "
+                         f"Remove it, or choose another path. Received: path={str(path)!r}")
     return path
+
+
+def _written_by_keras_vit(path, kind):
+    """Whether the file at `path` is an export of ours (it holds our metadata)."""
+    try:
+        if kind == "tflite":
+            from keras_vit.export.tflite import tflite_metadata
+
+            return path.is_file() and tflite_metadata(path) is not None
+        from keras_vit.export.onnx import onnx_metadata
+
+        return path.is_file() and onnx_metadata(path) is not None
+    except (ValueError, OSError):
+        return False
 
 
 # --------------------------------------------------------------------------
@@ -99,18 +117,6 @@ def model_geometry(model, image_size=None):
         image_size=fixed, size=size, channels=shape[-1], patch_size=patch, stride=stride,
         num_classes=out[-1],
     )
-
-
-def check_class_names(class_names, num_classes):
-    if class_names is None:
-        return [str(i) for i in range(num_classes)]
-    names = list(class_names)
-    if len(names) != num_classes or not all(isinstance(n, str) for n in names):
-        raise ValueError(
-            f"`class_names` must be a list of {num_classes} strings (one per class). "
-            f"Received {len(names)} entries: {names[:5]}{'...' if len(names) > 5 else ''}"
-        )
-    return names
 
 
 def outputs_probabilities(model):

@@ -23,6 +23,7 @@ from keras_vit.export.geometry import (
     warn_if_not_pixels)
 from keras_vit.utils.io import atomic_path
 from keras_vit.utils.locks import destination_lock
+from keras_vit.utils.validation import strict_keywords
 
 # Opset 17 has LayerNormalization; tf2onnx 1.17 writes opsets up to 18 and
 # ONNX Runtime 1.32 runs both.
@@ -64,6 +65,7 @@ def _check_opset(opset):
                          f"Received: opset={opset!r}")
 
 
+@strict_keywords()
 def export_onnx(model, path, *, opset=DEFAULT_OPSET, class_names=None, image_size=None, check=True):
     """Exports a classifier to an ``.onnx`` file for ONNX Runtime.
 
@@ -83,7 +85,8 @@ def export_onnx(model, path, *, opset=DEFAULT_OPSET, class_names=None, image_siz
         path: the ``.onnx`` file to write (written beside, then renamed).
         opset: int, the ONNX opset (default `DEFAULT_OPSET`, 17; accepted
             `OPSETS`, 13 to 18).
-        class_names: optional list of `num_classes` strings.
+        class_names: optional list of `num_classes` strings (default: the
+            model's own, else "0", "1", ...).
         image_size: optional int or (h, w): for a dynamic-size model, the
             size recorded as the one to resize images to (default: the size
             its positions were built for); the file itself stays dynamic.
@@ -111,7 +114,7 @@ def export_onnx(model, path, *, opset=DEFAULT_OPSET, class_names=None, image_siz
             "do not build on the torch backend.)"
         )
     geo = model_geometry(model, image_size)
-    names = check_class_names(class_names, geo["num_classes"])
+    names = check_class_names(class_names or getattr(model, "class_names", None), geo["num_classes"])
     warn_if_not_pixels(model)
     path = check_target(path, "onnx")
 

@@ -10,297 +10,19 @@ from pathlib import Path
 import numpy as np
 
 from keras_vit import preprocessing
-from keras_vit.export.geometry import (
-    artifact_kind, check_class_names, image_settings, model_geometry, outputs_probabilities)
-from keras_vit.export.inference import inference_model
-from keras_vit.export.saved_model import read_saved_model_metadata
-from keras_vit.export.tflite import tflite_metadata
-from keras_vit.layers import grid_size
-from keras_vit.models.preset_io import load_model
-from keras_vit.preprocessing import IMAGE_EXTENSIONS, ImageSettings
-from keras_vit.utils.validation import pair
+from keras_vit.export.geometry import artifact_kind
+from keras_vit.export.runtimes.base import Predictor
+from keras_vit.export.runtimes.keras_model import KerasPredictor, PresetPredictor
+from keras_vit.export.runtimes.onnx_graph import ONNXPredictor
+from keras_vit.export.runtimes.tf_graph import SavedModelPredictor, TFLitePredictor
+from keras_vit.preprocessing import IMAGE_EXTENSIONS
+from keras_vit.utils.validation import pair, strict_keywords
+
+__all__ = ["KerasPredictor", "ONNXPredictor", "Predictor", "PresetPredictor", "SavedModelPredictor",
+           "TFLitePredictor", "benchmark", "find_images", "load_predictor", "predict_files", "read_image"]
 
 
-class Predictor:
-    """Runs an exported classifier on raw images.
-
-    Attributes:
-        path: the artifact.
-        kind: "keras", "savedmodel", "tflite" or "onnx".
-        class_names: list of class names.
-        image_size: the fixed (h, w) the artifact takes, or None if any size
-            tiled by its patches works.
-        size: a size that works: `image_size`, else the size the model's
-            positions were built for.
-        channels: int.
-        settings: the `ImageSettings` image files are prepared with (the
-            ones the model was trained and exported with).
-
-    Example:
-    >>> predictor = load_predictor("vit_int8.tflite")
-    >>> predictor.predict(np.zeros((2, 16, 16, 1), "uint8")).shape
-    (2, 10)
-    """
-
-    kind = None
-
-    def __init__(self, path, class_names, image_size, size, channels, patch_size=None, stride=None,
-                 settings=None):
-        self.path = Path(path)
-        self.class_names = list(class_names)
-        as_pair = lambda v: tuple(int(i) for i in v) if v is not None and len(v) and all(v) else None
-        self.image_size = as_pair(image_size)
-        self.size = as_pair(size) or self.image_size
-        self.channels = int(channels)
-        self.patch_size = as_pair(patch_size)
-        self.stride = as_pair(stride)
-        self.settings = ImageSettings.from_dict({**(settings or {}), "image_size": None, "channels": self.channels})
-
-    def check_images(self, images, source="images"):
-        """Raises a `ValueError` unless `images` (B, H, W, C) fit this artifact.
-
-        Args:
-            images: array-like (B, H, W, C).
-            source: how to name the images in the error message.
-        """
-        shape = tuple(np.shape(images))
-        if len(shape) != 4 or shape[-1] != self.channels:
-            raise ValueError(
-                f"Expected {source} of shape (batch, height, width, {self.channels}). Received shape {shape}."
-            )
-        if self.image_size and shape[1:3] != self.image_size:
-            raise ValueError(
-                f"{source} has size {shape[1:3]} (height, width), which does not fit {self.path.name}: "
-                f"it takes images of size {self.image_size}. Resize the images (keras-vit predict "
-                f"--resize) or export the model at this size."
-            )
-        if self.patch_size:
-            grid_size(shape[1:3], self.patch_size, self.stride, source)
-
-    def predict(self, images):
-        """Class probabilities of a batch of raw images.
-
-        Args:
-            images: uint8 or float array (B, H, W, C) of pixels in [0, 255].
-
-        Returns:
-            float32 array (B, num_classes).
-        """
-        images = np.asarray(images)
-        self.check_images(images)
-        return np.asarray(self._run(images), dtype="float32")
-
-    def _run(self, images):
-        raise NotImplementedError
-
-
-class KerasPredictor(Predictor):
-    """A ``.keras`` model file behind the `Predictor` interface. It runs
-    `keras_vit.export.inference_model` of the model (the same outputs,
-    faster); `model` is the model as loaded.
-
-    Args:
-        path: the ``.keras`` file (its layers must be registered, as
-            keras_vit's are).
-        class_names: optional list of names; by default the model's own
-            (`ViTClassifier.class_names`), else "0", "1", ...
-        model: an already loaded model (then `path` only names it).
-
-    Example:
-    >>> KerasPredictor("digits.keras").predict(images).shape
-    (8, 10)
-    """
-
-    kind = "keras"
-
-    def __init__(self, path, class_names=None, model=None):
-        self.model = load_model(path) if model is None else model
-        geo = model_geometry(self.model)
-        names = class_names or getattr(self.model, "class_names", None)
-        super().__init__(
-            path, check_class_names(names, geo["num_classes"]), geo["image_size"], geo["size"],
-            geo["channels"], geo["patch_size"], geo["stride"], image_settings(self.model, geo).to_dict(),
-        )
-        try:
-            self.fast = inference_model(self.model)
-        except ValueError:  # not a functional model: it runs as it is
-            self.fast = self.model
-
-    def _run(self, images):
-        outputs = np.asarray(self.fast.predict_on_batch(images.astype("float32")), "float32")
-        if outputs_probabilities(self.model):
-            return outputs
-        outputs = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
-        return outputs / outputs.sum(axis=-1, keepdims=True)
-
-
-class PresetPredictor(KerasPredictor):
-    """A pretrained or saved preset (`ViTClassifier.from_preset`: a known
-    name, ``hf://owner/repo[@rev]``, a preset directory or a checkpoint
-    file) behind the `Predictor` interface. Its class names and image
-    preparation (interpolation, timm's crop) come from the preset.
-
-    Args:
-        handle: the preset handle.
-        class_names: optional names overriding the preset's.
-
-    Example:
-    >>> PresetPredictor("hf://timm/vit_base_patch16_224.augreg2_in21k_ft_in1k").size
-    (224, 224)
-    """
-
-    kind = "preset"
-
-    def __init__(self, handle, class_names=None):
-        super().__init__(handle, class_names, model=load_model(handle))
-        self.path = handle  # a handle, not necessarily a local path
-
-
-class SavedModelPredictor(Predictor):
-    """A SavedModel directory from `export_saved_model` behind the
-    `Predictor` interface; runs its ``serving_default`` signature.
-
-    Args:
-        path: the SavedModel directory.
-        class_names: optional names overriding the exported ones.
-
-    Example:
-    >>> SavedModelPredictor("digits_savedmodel").class_names[:3]
-    ['0', '1', '2']
-    """
-
-    kind = "savedmodel"
-
-    def __init__(self, path, class_names=None):
-        import tensorflow as tf
-
-        meta = read_saved_model_metadata(path)  # a file: no graph code runs to learn it
-        self.loaded = tf.saved_model.load(str(path))
-        self.serve = self.loaded.signatures["serving_default"]
-        super().__init__(
-            path, class_names or meta["class_names"], meta["image_size"], meta["size"], meta["channels"],
-            meta["patch_size"], meta["stride"], meta.get("preprocessing"),
-        )
-
-    def _run(self, images):
-        import tensorflow as tf
-
-        pixels = np.clip(np.round(images), 0, 255).astype("uint8") if images.dtype != np.uint8 else images
-        return self.serve(images=tf.constant(pixels))["probabilities"].numpy()
-
-
-class TFLitePredictor(Predictor):
-    """A ``.tflite`` file run with LiteRT's
-    ``ai_edge_litert.interpreter.Interpreter``, behind the `Predictor`
-    interface. The input tensor is resized to each batch size.
-
-    Args:
-        path: the file.
-        class_names: optional names overriding the file's metadata.
-        num_threads: optional int, LiteRT's CPU threads.
-
-    Example:
-    >>> TFLitePredictor("digits_int8.tflite", num_threads=1).image_size
-    (16, 16)
-    """
-
-    kind = "tflite"
-
-    def __init__(self, path, class_names=None, num_threads=None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        data = Path(path).read_bytes()
-        if len(data) < 8 or data[4:8] != b"TFL3":
-            raise ValueError(f"{path} is not a TFLite model (no 'TFL3' flatbuffer identifier); it may be "
-                             "truncated, or another kind of file named .tflite.")
-        meta = tflite_metadata(data) or {}
-        try:
-            self.interpreter = Interpreter(model_content=data, num_threads=num_threads)
-        except (ValueError, RuntimeError) as err:
-            raise ValueError(f"LiteRT cannot load {path}: {err}") from err
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        fixed = tuple(int(s) for s in self.input["shape"][1:3])
-        num_classes = int(self.output["shape"][-1])
-        self._batch = None
-        super().__init__(
-            path, class_names or meta.get("class_names") or check_class_names(None, num_classes),
-            fixed, fixed, self.input["shape"][-1], meta.get("patch_size"), meta.get("stride"),
-            meta.get("preprocessing"),
-        )
-
-    def _run(self, images):
-        if self._batch != len(images):
-            self.interpreter.resize_tensor_input(self.input["index"], [len(images), *self.input["shape"][1:]])
-            self.interpreter.allocate_tensors()
-            self._batch = len(images)
-        self.interpreter.set_tensor(self.input["index"], images.astype(self.input["dtype"]))
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output["index"])
-
-
-class ONNXPredictor(Predictor):
-    """An ``.onnx`` file run with ONNX Runtime (CPU) behind the `Predictor`
-    interface. Files from `export_onnx` carry their class names, geometry
-    and output kind; for other ONNX files the input must be float32 pixels
-    (B, H, W, C) in [0, 255] and the output (B, num_classes)
-    probabilities.
-
-    Args:
-        path: the file.
-        class_names: optional names overriding the file's metadata.
-        num_threads: optional int, ONNX Runtime's intra-op threads (default:
-            its own choice, one per physical core).
-
-    Example:
-    >>> ONNXPredictor("digits.onnx", num_threads=1).predict(images).shape
-    (8, 10)
-    """
-
-    kind = "onnx"
-
-    def __init__(self, path, class_names=None, num_threads=None):
-        import json
-
-        import onnxruntime as ort
-
-        from keras_vit.export.geometry import METADATA_NAME
-
-        if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool)
-                                        or num_threads <= 0):
-            raise ValueError(f"`num_threads` must be a positive int. Received: num_threads={num_threads!r}")
-        options = ort.SessionOptions()
-        if num_threads is not None:
-            options.intra_op_num_threads = num_threads
-            options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # ORT raises its own Fail / InvalidGraph / InvalidProtobuf
-            raise ValueError(f"ONNX Runtime cannot load {path}: {err}") from err
-        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_NAME)
-        meta = json.loads(raw) if raw else {}
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        shape = inputs[0].shape
-        if len(inputs) != 1 or len(shape) != 4 or not isinstance(shape[-1], int):
-            raise ValueError(f"{path}: expected one input of shape (batch, height, width, channels); "
-                             f"got {[(i.name, i.shape) for i in inputs]}.")
-        self.input_name, self.output_name = inputs[0].name, meta.get("outputs", outputs[0].name)
-        fixed = tuple(shape[1:3]) if all(isinstance(d, int) for d in shape[1:3]) else None
-        num_classes = outputs[0].shape[-1]
-        names = class_names or meta.get("class_names")
-        if names is None:
-            if not isinstance(num_classes, int):
-                raise ValueError(f"{path}: the number of classes is not fixed in the graph; pass `class_names`.")
-            names = check_class_names(None, num_classes)
-        super().__init__(
-            path, names, fixed, meta.get("size") or fixed, shape[-1], meta.get("patch_size"), meta.get("stride"),
-            meta.get("preprocessing"),
-        )
-
-    def _run(self, images):
-        return self.session.run([self.output_name], {self.input_name: images.astype("float32", copy=False)})[0]
-
-
+@strict_keywords()
 def load_predictor(path, *, class_names=None, num_threads=None):
     """Loads any artifact behind the `Predictor` interface.
 
@@ -377,6 +99,7 @@ def read_image(path, predictor, resize=False):
     return preprocessing.load_image(path, dataclasses.replace(predictor.settings, image_size=size))
 
 
+@strict_keywords()
 def predict_files(predictor, inputs, *, top_k=5, resize=False, batch_size=32):
     """Top-k classes of image files, folders or glob patterns.
 
@@ -418,6 +141,7 @@ def predict_files(predictor, inputs, *, top_k=5, resize=False, batch_size=32):
     return results
 
 
+@strict_keywords()
 def benchmark(predictor, batch_sizes=(1, 8), *, iterations=50, warmup=5, image_size=None):
     """Latency and throughput of a predictor on random images.
 

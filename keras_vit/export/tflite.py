@@ -12,7 +12,7 @@ from keras_vit.export.geometry import (
     image_settings, model_geometry, warn_if_not_pixels)
 from keras_vit.utils.io import atomic_path, scratch_dir
 from keras_vit.utils.locks import destination_lock
-from keras_vit.utils.validation import check_choice
+from keras_vit.utils.validation import check_choice, strict_keywords
 
 
 def _sample_arrays(data):
@@ -82,6 +82,7 @@ def calibration_samples(representative_data, image_shape, limit=100):
     return np.concatenate(samples)
 
 
+@strict_keywords()
 def export_tflite(
     model,
     path,
@@ -127,7 +128,8 @@ def export_tflite(
         num_calibration_samples: int, the most images drawn for "int8".
         image_size: int or (h, w); required for a model built with
             ``image_size=None`` (TFLite files have a fixed size).
-        class_names: optional list of `num_classes` strings.
+        class_names: optional list of `num_classes` strings (default: the
+            model's own, else "0", "1", ...).
 
     Returns:
         The `Path` of the file.
@@ -136,8 +138,6 @@ def export_tflite(
     >>> export_tflite(model, "vit_int8.tflite", "int8",
     ...               representative_data=train_ds.take(10))
     """
-    import tensorflow as tf
-
     check_choice(quantization, "quantization", QUANTIZATIONS)
     check_backend()
     geo = model_geometry(model, image_size)
@@ -146,7 +146,7 @@ def export_tflite(
             "The model has a dynamic image size (image_size=None) but a .tflite file needs a "
             "fixed one: pass `image_size` (keras-vit export --image-size), e.g. image_size=224."
         )
-    names = check_class_names(class_names, geo["num_classes"])
+    names = check_class_names(class_names or getattr(model, "class_names", None), geo["num_classes"])
     shape = (*geo["size"], geo["channels"])
     samples = None
     if quantization == "int8":
@@ -158,38 +158,7 @@ def export_tflite(
     warn_if_not_pixels(model)
     path = check_target(path, "tflite")
     with destination_lock(path):  # one writer; leftovers of a killed export removed
-
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        with scratch_dir(path) as workdir:  # a killed export's scratch dir is cleaned up
-            # the plain model, not `inference_model(model)`: see the docstring
-            archive.add_endpoint(
-                "serving_default",
-                lambda images: {"probabilities": class_probabilities(model, images)},
-                input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="images")],
-            )
-            archive.write_out(str(workdir), verbose=False)
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(workdir))
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-            if quantization != "float32":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            if quantization == "float16":
-                converter.target_spec.supported_types = [tf.float16]
-            if quantization == "int8":
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-                converter.representative_dataset = lambda: ([s[None]] for s in samples)
-            try:
-                flatbuffer = converter.convert()
-            except Exception as err:  # the converter raises its own ConverterError
-                if type(err).__name__ != "ConverterError":
-                    raise
-                lines = str(err).splitlines()
-                flex = [line.strip() for line in lines if line.strip().startswith("TF Select ops:")]
-                detail = flex[0] if flex else "\n".join(lines[:12])
-                raise ValueError(
-                    f"TFLite conversion with quantization={quantization!r} failed: the exported file may use "
-                    f"TFLite builtin ops only (no Select TF / Flex ops). Converter: {detail}"
-                ) from err
+        flatbuffer = _convert(model, path, shape, quantization, samples)
         metadata = dict(
             class_names=names, quantization=quantization, image_size=list(geo["size"]),
             channels=geo["channels"], patch_size=geo["patch_size"], stride=geo["stride"],
@@ -199,6 +168,43 @@ def export_tflite(
         with atomic_path(path) as tmp:
             tmp.write_bytes(flatbuffer)
     return path
+
+
+def _convert(model, path, shape, quantization, samples):
+    """The TFLite flatbuffer of the plain model (builtin ops only), through a scratch SavedModel."""
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    with scratch_dir(path) as workdir:  # a killed export's scratch dir is cleaned up
+        # the plain model, not `inference_model(model)`: see export_tflite's docstring
+        archive.add_endpoint(
+            "serving_default",
+            lambda images: {"probabilities": class_probabilities(model, images)},
+            input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="images")],
+        )
+        archive.write_out(str(workdir), verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(workdir))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantization == "int8":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.representative_dataset = lambda: ([s[None]] for s in samples)
+        try:
+            return converter.convert()
+        except Exception as err:  # the converter raises its own ConverterError
+            if type(err).__name__ != "ConverterError":
+                raise
+            lines = str(err).splitlines()
+            flex = [line.strip() for line in lines if line.strip().startswith("TF Select ops:")]
+            detail = flex[0] if flex else "\n".join(lines[:12])
+            raise ValueError(
+                f"TFLite conversion with quantization={quantization!r} failed: the exported file may use "
+                f"TFLite builtin ops only (no Select TF / Flex ops). Converter: {detail}"
+            ) from err
 
 
 def _with_metadata(flatbuffer, metadata):

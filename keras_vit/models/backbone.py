@@ -8,17 +8,18 @@ code elsewhere never looks a layer up by name.
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_vit.kernels import resolve_kernels
 from keras_vit.layers import ACTIVATIONS, INTERPOLATIONS, PATCH_EMBEDDINGS, POS_EMBEDDINGS
-from keras_vit.layers import PatchEncoder, TransformerBlock, grid_size, layer_norm
+from keras_vit.layers import PatchDropout, PatchEncoder, TransformerBlock, grid_size, layer_norm
 from keras_vit.layers.patching import patch_stride
 from keras_vit.layers.stem import check_conv_stem
+from keras_vit.models.features import FeatureExtraction
+from keras_vit.models.lora import LoRA, quantized_layers, requantize
 from keras_vit.models.presets import PRESETS, SIZE_FIELDS, preset_config
-from keras_vit.utils.validation import check_choice, check_positive_int, check_rate, pair
+from keras_vit.utils.validation import (MODEL_KEYWORDS, check_choice, check_keywords, check_positive_int, check_rate,
+                                        pair, parameter_names, strict_keywords)
 
-FEATURE_FORMATS = ("tokens", "maps")
 # Beyond these a model cannot be trained or run on any machine this package
 # targets; refusing them up front beats an out-of-memory error deep in the backend.
 MAX_PARAMETERS = 10_000_000_000
@@ -57,10 +58,12 @@ def _check_size(c, grid):
             f"{MAX_TOKENS:,}). Check hidden_dim, depth, mlp_dim, image_size and patch_size.")
 
 
-def _embed(images, rescaling, patch_encoder, dropout, norm_pre):
+def _embed(images, rescaling, patch_encoder, dropout, norm_pre, patch_dropout=None):
     """Pixels to the tokens the first block takes."""
     x = rescaling(images) if rescaling is not None else images
     x = dropout(patch_encoder(x))
+    if patch_dropout is not None:
+        x = patch_dropout(x)
     return norm_pre(x) if norm_pre is not None else x
 
 
@@ -116,7 +119,7 @@ def _check_config(c):
             raise ValueError(
                 f"`{key}` must be a list of 1 or `channels`={c['channels']} numbers"
                 f"{' > 0' if key == 'pixel_std' else ''} (fractions of 255). Received: {key}={value!r}")
-    for key in ("dropout", "attention_dropout", "drop_path_rate"):
+    for key in ("dropout", "attention_dropout", "drop_path_rate", "patch_dropout"):
         check_rate(c[key], key)
     if c["layer_scale"] is not None and (isinstance(c["layer_scale"], bool) or not isinstance(c["layer_scale"], (int, float))):
         raise ValueError(f"`layer_scale` must be None or a number. Received: layer_scale={c['layer_scale']!r}")
@@ -173,6 +176,8 @@ def _make_layers(c, grid, policy):
         rescaling=_rescaling(c["pixel_mean"], c["pixel_std"], policy) if c["include_rescaling"] else None,
         patch_encoder=patch_encoder,
         embedding_dropout=keras.layers.Dropout(c["dropout"], dtype=policy, name="embedding_dropout"),
+        patch_dropout=PatchDropout(c["patch_dropout"], num_prefix_tokens=patch_encoder.num_prefix_tokens,
+                                   dtype=policy, name="patch_dropout") if c["patch_dropout"] else None,
         norm_pre=layer_norm(epsilon, "norm_pre", kernels) if c["pre_norm"] else None,
         blocks=blocks,
         norm=layer_norm(epsilon, "encoder_norm", kernels) if c["final_norm"] else None)
@@ -182,54 +187,15 @@ def _wire(parts, c):
     """The functional graph through `parts`: (input, output) tensors."""
     input_hw = (None, None) if c["image_size"] is None else c["image_size"]
     images = keras.Input(shape=(*input_hw, c["channels"]), name="images")
-    x = _embed(images, parts["rescaling"], parts["patch_encoder"], parts["embedding_dropout"], parts["norm_pre"])
+    x = _embed(images, parts["rescaling"], parts["patch_encoder"], parts["embedding_dropout"], parts["norm_pre"],
+               parts["patch_dropout"])
     for block in parts["blocks"]:
         x = block(x)
     return images, parts["norm"](x) if parts["norm"] is not None else x
 
 
-# --- quantization and LoRA ------------------------------------------------
-
-# The Dense layers of a block LoRA can target, by the names `enable_lora` takes.
-LORA_TARGETS = ("qkv", "proj", "mlp_dense1", "mlp_dense2")
-DEFAULT_LORA_TARGETS = ("qkv", "proj")
-
-
-def quantized_layers(model, skip=()):
-    """``{path: mode}`` of the quantized layers of `model` (`model.quantize`),
-    leaving out the layers of the models in `skip` (a nested backbone records
-    its own). A config records this: our layers make their Dense layers in
-    `build`, not from a config of their own, so a reloaded model is
-    quantized again from it (`requantize`) before its weights load."""
-    skipped = {id(layer) for part in skip for layer in part._flatten_layers()}
-    return {layer.path: layer.quantization_mode for layer in model._flatten_layers(include_self=False)
-            if id(layer) not in skipped and getattr(layer, "quantization_mode", None)}
-
-
-def requantize(model, modes):
-    """Quantizes the layers of `model` named in `modes` (``{path: mode}``,
-    from `quantized_layers`) with `model.quantize`'s default config per mode."""
-    for mode in sorted(set(modes.values())):
-        model.quantize(mode, filters=lambda layer, mode=mode: modes.get(layer.path) == mode
-                       and getattr(layer, "quantization_mode", None) is None)
-
-
-def check_lora_args(rank, target_names):
-    """Validates `enable_lora`'s arguments; returns the target names as a tuple."""
-    check_positive_int(rank, "rank")
-    if target_names is None:
-        return DEFAULT_LORA_TARGETS
-    names = [target_names] if isinstance(target_names, str) else target_names
-    if (not isinstance(names, (list, tuple)) or not names
-            or not all(isinstance(n, str) and n in LORA_TARGETS for n in names)):
-        raise ValueError(
-            f"`target_names` must be None (the default {list(DEFAULT_LORA_TARGETS)}) or a non-empty list of "
-            f"names from {list(LORA_TARGETS)}. Received: target_names={target_names!r}")
-    return tuple(dict.fromkeys(names))
-
-
 @keras.saving.register_keras_serializable(package="keras_vit")
-class ViTBackbone(ChecksImages, keras.Model):
+class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
     """The Vision Transformer encoder: images (B, H, W, C) to tokens (B, N, D).
 
     Token order is ``[class, registers, patches]``; the patches come row by
@@ -284,6 +250,9 @@ class ViTBackbone(ChecksImages, keras.Model):
             training GELU and LayerNorms as XLA kernels on TensorFlow and
             falls back to plain ops elsewhere). Stored resolved in the
             config; the same function either way.
+        patch_dropout: float in [0, 1): in training, the blocks see a random
+            `1 - patch_dropout` of each image's patch tokens (prefix tokens
+            always); the identity at inference (`keras_vit.layers.PatchDropout`).
 
     Example:
     >>> backbone = ViTBackbone(image_size=32, patch_size=8, hidden_dim=32,
@@ -329,11 +298,13 @@ class ViTBackbone(ChecksImages, keras.Model):
         final_norm=True,
         conv_stem=None,
         kernels=None,
+        patch_dropout=0.0,
         **kwargs,
     ):
         arguments = dict(locals())  # the signature above is the whole config
         for key in ("self", "kwargs", "__class__"):
             arguments.pop(key, None)
+        check_keywords(kwargs, parameter_names(ViTBackbone) | set(MODEL_KEYWORDS), "ViTBackbone()")
         config, grid = _resolve_config(arguments)
         policy = keras.dtype_policies.get(kwargs.pop("dtype", None) or keras.config.dtype_policy())
         # Built before `keras.Model.__init__` and set as attributes after it:
@@ -346,8 +317,9 @@ class ViTBackbone(ChecksImages, keras.Model):
         self._set_parts(**parts)
         self._set_config(config)
 
-    def _set_parts(self, *, rescaling, patch_encoder, embedding_dropout, norm_pre, blocks, norm):
+    def _set_parts(self, *, rescaling, patch_encoder, embedding_dropout, norm_pre, blocks, norm, patch_dropout):
         self.rescaling = rescaling
+        self.patch_dropout_layer = patch_dropout
         self.patch_encoder = patch_encoder
         self.embedding_dropout = embedding_dropout
         self.norm_pre = norm_pre
@@ -373,10 +345,11 @@ class ViTBackbone(ChecksImages, keras.Model):
         self.include_rescaling = c["include_rescaling"]
         self.pixel_mean, self.pixel_std = c["pixel_mean"], c["pixel_std"]
         self.norm_epsilon, self.pre_norm, self.final_norm = c["norm_epsilon"], c["pre_norm"], c["final_norm"]
-        self.kernels = c["kernels"]
+        self.kernels, self.patch_dropout = c["kernels"], c["patch_dropout"]
 
     def _embed(self, images):
-        return _embed(images, self.rescaling, self.patch_encoder, self.embedding_dropout, self.norm_pre)
+        return _embed(images, self.rescaling, self.patch_encoder, self.embedding_dropout, self.norm_pre,
+                      self.patch_dropout_layer)
 
     # --- what the rest of the package reads ------------------------------
 
@@ -390,142 +363,6 @@ class ViTBackbone(ChecksImages, keras.Model):
         size the model was built for)."""
         size = self.reference_image_size if image_size is None else pair(image_size, "image_size")
         return grid_size(size, self.patch_size, self.stride, "image_size")
-
-    # --- feature extraction -----------------------------------------------
-
-    def forward_intermediates(self, images, indices=None, *, output="tokens", norm=False,
-                              training=False):
-        """Per-block outputs, for feature extraction and dense tasks.
-
-        Args:
-            images: (B, H, W, C) pixels as the model takes them.
-            indices: None (every block), an int n (the last n blocks) or a
-                list of block indices (negative counts from the end).
-            output: "tokens" for (B, N, D) sequences with the prefix tokens,
-                or "maps" for patch tokens as (B, h, w, D) feature maps.
-            norm: bool, apply the final LayerNorm to each output.
-            training: bool, run dropout and stochastic depth.
-
-        Returns:
-            A list with one tensor per selected block, in block order.
-        """
-        check_choice(output, "output", FEATURE_FORMATS)
-        selected = self._block_indices(indices)
-        x = self._embed(images)
-        outputs = []
-        for i, block in enumerate(self.blocks):
-            x = block(x, training=training)
-            if i in selected:
-                y = self.norm(x) if norm and self.norm is not None else x
-                outputs.append(self._to_map(y, images) if output == "maps" else y)
-        return outputs
-
-    def _block_indices(self, indices):
-        depth = len(self.blocks)
-        if indices is None:
-            return set(range(depth))
-        if isinstance(indices, int) and not isinstance(indices, bool):
-            if not 1 <= indices <= depth:
-                raise ValueError(f"`indices` as a count must be in [1, {depth}]. Received: indices={indices}")
-            return set(range(depth - indices, depth))
-        chosen = set()
-        for i in indices:
-            if isinstance(i, bool) or not isinstance(i, int) or not -depth <= i < depth:
-                raise ValueError(
-                    f"`indices` must hold block indices in [-{depth}, {depth - 1}]. Received: indices={indices!r}")
-            chosen.add(i % depth)
-        return chosen
-
-    def _to_map(self, tokens, images):
-        h, w = (
-            (s - p) // st + 1 for s, p, st in zip(ops.shape(images)[1:3], self.patch_size, self.stride))
-        patches = tokens[:, self.num_prefix_tokens:]
-        return ops.reshape(patches, (ops.shape(tokens)[0], h, w, tokens.shape[-1]))
-
-
-    # --- quantization and LoRA --------------------------------------------
-
-    def enable_lora(self, rank, target_names=None):
-        """Enables LoRA (low-rank adaptation, `keras.layers.Dense.enable_lora`)
-        on Dense layers of every block and freezes every other weight of the
-        backbone, as keras-hub's backbones do: `trainable_weights` are then
-        exactly the LoRA matrices (A of shape (in, rank), B of shape
-        (rank, out), B starting at zero so the outputs do not change).
-        Compile (again) after this call. A saved model holds each kernel
-        with its LoRA update merged in, and reloads as a plain model.
-
-        Args:
-            rank: int > 0, the rank of the updates.
-            target_names: None (the attention's "qkv" and "proj") or a list
-                of names from `LORA_TARGETS`: "qkv", "proj", "mlp_dense1",
-                "mlp_dense2".
-
-        Example:
-        >>> backbone = ViTBackbone(image_size=16, patch_size=4, hidden_dim=8,
-        ...                        depth=1, num_heads=2, mlp_dim=16)
-        >>> backbone.enable_lora(2)
-        >>> sorted(v.name for v in backbone.trainable_weights)
-        ['lora_kernel_a', 'lora_kernel_a', 'lora_kernel_b', 'lora_kernel_b']
-        """
-        targets = check_lora_args(rank, target_names)
-        if getattr(self, "_lora_targets", None):
-            raise ValueError(
-                f"LoRA is already enabled on this backbone (rank {self._lora_rank} on "
-                f"{list(self._lora_targets)}); it can be enabled once.")
-        self._lora_rank, self._lora_targets = rank, targets
-        for dense in self._lora_layers():
-            dense.enable_lora(rank)
-        self._freeze_for_lora()
-
-    @property
-    def lora_enabled(self):
-        """Whether `enable_lora` was called on this backbone."""
-        return bool(getattr(self, "_lora_targets", None))
-
-    def _lora_layers(self):
-        return [layer for block in self.blocks for name, layer in (
-            ("qkv", block.attention.qkv), ("proj", block.attention.proj),
-            ("mlp_dense1", block.mlp_dense1), ("mlp_dense2", block.mlp_dense2))
-            if name in self._lora_targets]
-
-    def load_weights(self, filepath, *args, **kwargs):
-        """`keras.Model.load_weights`. With LoRA enabled, Keras loads each
-        saved (merged) kernel into the frozen kernel and zeroes both LoRA
-        matrices, from where they get no gradient; A is drawn afresh (B
-        stays zero, so the outputs are the loaded model's) and training can
-        go on (a resumed LoRA run)."""
-        super().load_weights(filepath, *args, **kwargs)
-        self._reseed_lora()
-
-    def _reseed_lora(self):
-        if self.lora_enabled:
-            for dense in self._lora_layers():
-                a = dense.lora_kernel_a
-                a.assign(keras.initializers.HeUniform()(a.shape, dtype=a.dtype))
-
-    def _freeze_for_lora(self):
-        """Makes the LoRA matrices the only trainable weights (after
-        `enable_lora`; again after anything set `trainable` on the backbone).
-
-        Containers keep ``trainable=True``; the layers without sublayers but
-        the LoRA ones are frozen, and the variables get their flags
-        explicitly. On TensorFlow, Keras skips setting `trainable` to the
-        value a layer already has, sublayers included: a frozen container
-        would not pass a later ``backbone.trainable = False`` on to its LoRA
-        layers.
-        """
-        targets = {id(dense) for dense in self._lora_layers()}
-        lora = {id(v) for dense in self._lora_layers() for v in (dense.lora_kernel_a, dense.lora_kernel_b)}
-        layers = list(self._flatten_layers(include_self=True))
-        leaves = {id(layer) for layer in layers if len(list(layer._flatten_layers())) == 1}
-        for layer in layers:
-            if id(layer) not in leaves:
-                layer.trainable = True
-        for layer in layers:
-            if id(layer) in leaves:
-                layer.trainable = id(layer) in targets
-        for variable in self.weights:
-            variable.trainable = id(variable) in lora
 
     # --- construction -----------------------------------------------------
 
@@ -547,6 +384,7 @@ class ViTBackbone(ChecksImages, keras.Model):
             requantize(backbone, quantized)
         return backbone
 
+    @strict_keywords()
     def save_to_preset(self, directory):
         """Writes a preset directory that `from_preset(directory)` loads."""
         from keras_vit.models.preset_io import save_to_preset
@@ -554,6 +392,8 @@ class ViTBackbone(ChecksImages, keras.Model):
         return save_to_preset(self, directory)
 
     @classmethod
+    @strict_keywords("keras_vit.models.backbone:ViTBackbone", "keras_vit.models.pretrained:from_checkpoint",
+                     extra=MODEL_KEYWORDS, exclude=("path",))
     def from_preset(cls, name, **overrides):
         """A backbone of architecture preset `name` ("B/16", "Mu/4", ...),
         with its own image size unless `image_size` is given, and other

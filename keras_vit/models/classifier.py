@@ -10,9 +10,11 @@ class names and the preprocessing it expects.
 import keras
 
 from keras_vit.layers import POOLINGS, AttentionPooling, TokenPooling, layer_norm
-from keras_vit.models.backbone import ChecksImages, ViTBackbone, check_lora_args, quantized_layers, requantize
+from keras_vit.models.backbone import ChecksImages, ViTBackbone
+from keras_vit.models.lora import check_lora_args, quantized_layers, requantize
 from keras_vit.models.presets import PRESETS, preset_config
-from keras_vit.utils.validation import check_choice, check_positive_int, check_rate
+from keras_vit.utils.validation import (MODEL_KEYWORDS, check_choice, check_class_names, check_keywords,
+                                        check_positive_int, check_rate, parameter_names, strict_keywords)
 
 # The one home of the no-weight-decay rule (`no_weight_decay`): every 0-D and
 # 1-D variable (biases, norm scales and offsets, LayerScale), and the variables
@@ -29,6 +31,32 @@ def no_weight_decay(variables):
     """The variables of `variables` that get no weight decay (see
     `NO_DECAY_NAMES`)."""
     return [v for v in variables if len(v.shape) <= 1 or v.name in NO_DECAY_NAMES]
+
+
+def _head_layers(backbone, policy, num_classes, pooling, fc_norm, representation_size, head_units, dropout,
+                 classifier_activation):
+    """(pooler, fc_norm, pre_logits, head_hidden, head_dropout, head, predictions) of a classifier;
+    None for a part it does not have."""
+    if pooling == "map":
+        pooler = AttentionPooling(
+            backbone.num_heads, backbone.mlp_dim, backbone.activation, backbone.norm_epsilon,
+            dtype=policy, name="map_pooling")
+    else:
+        pooler = TokenPooling(pooling, num_prefix_tokens=backbone.num_prefix_tokens,
+                              dtype=policy, name=f"{pooling}_pooling")
+    fc_norm_layer = layer_norm(backbone.norm_epsilon, "fc_norm") if fc_norm else None
+    pre_logits = (
+        keras.layers.Dense(representation_size, activation="tanh", dtype=policy, name="pre_logits")
+        if representation_size else None)
+    head_hidden = [
+        keras.layers.Dense(units, activation="gelu", dtype=policy, name=f"head_dense_{i}")
+        for i, units in enumerate(head_units or ())]
+    head_dropout = keras.layers.Dropout(dropout, dtype=policy, name="head_dropout")
+    head = keras.layers.Dense(num_classes, dtype="float32", name="head") if num_classes else None
+    predictions = (
+        keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")
+        if num_classes and classifier_activation else None)
+    return pooler, fc_norm_layer, pre_logits, head_hidden, head_dropout, head, predictions
 
 
 def _check_head(num_classes, pooling, representation_size, head_units, dropout,
@@ -52,11 +80,7 @@ def _check_head(num_classes, pooling, representation_size, head_units, dropout,
                 f"Unknown `classifier_activation`: {classifier_activation!r}. Accepted values: None "
                 "(logits) or a Keras activation name such as 'softmax' or 'sigmoid'.") from None
     if class_names is not None:
-        names = list(class_names)
-        if len(names) != num_classes or not all(isinstance(n, str) for n in names):
-            raise ValueError(
-                f"`class_names` must be a list of {num_classes} strings (one per class). "
-                f"Received {len(names)} entries: {names[:5]}")
+        check_class_names(class_names, num_classes)
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -97,6 +121,7 @@ class ViTClassifier(ChecksImages, keras.Model):
                  preprocessing=None, **kwargs):
         if not isinstance(backbone, ViTBackbone):
             raise ValueError(f"`backbone` must be a ViTBackbone. Received: {type(backbone).__name__}")
+        check_keywords(kwargs, parameter_names(ViTClassifier) | set(MODEL_KEYWORDS), "ViTClassifier()")
         _check_head(num_classes, pooling, representation_size, head_units, dropout,
                     classifier_activation, class_names, backbone)
         check_choice(fc_norm, "fc_norm", (True, False))
@@ -107,25 +132,9 @@ class ViTClassifier(ChecksImages, keras.Model):
 
         # === Layers === (set as attributes after `keras.Model.__init__`, as
         # the torch backend needs: see `ViTBackbone`)
-        if pooling == "map":
-            pooler = AttentionPooling(
-                backbone.num_heads, backbone.mlp_dim, backbone.activation, backbone.norm_epsilon,
-                dtype=policy, name="map_pooling")
-        else:
-            pooler = TokenPooling(pooling, num_prefix_tokens=backbone.num_prefix_tokens,
-                                  dtype=policy, name=f"{pooling}_pooling")
-        fc_norm_layer = layer_norm(backbone.norm_epsilon, "fc_norm") if fc_norm else None
-        pre_logits = (
-            keras.layers.Dense(representation_size, activation="tanh", dtype=policy, name="pre_logits")
-            if representation_size else None)
-        head_hidden = [
-            keras.layers.Dense(units, activation="gelu", dtype=policy, name=f"head_dense_{i}")
-            for i, units in enumerate(head_units or ())]
-        head_dropout = keras.layers.Dropout(dropout, dtype=policy, name="head_dropout")
-        head = keras.layers.Dense(num_classes, dtype="float32", name="head") if num_classes else None
-        predictions = (
-            keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")
-            if num_classes and classifier_activation else None)
+        layers = _head_layers(backbone, policy, num_classes, pooling, fc_norm, representation_size,
+                              head_units, dropout, classifier_activation)
+        pooler, fc_norm_layer, pre_logits, head_hidden, head_dropout, head, predictions = layers
 
         # === Functional model ===
         images = keras.Input(shape=backbone.input_shape[1:], name="images")
@@ -194,6 +203,7 @@ class ViTClassifier(ChecksImages, keras.Model):
         """
         return no_weight_decay(self.trainable_variables)
 
+    @strict_keywords()
     def enable_lora(self, rank, target_names=None):
         """Enables LoRA on the backbone (`ViTBackbone.enable_lora`: every
         backbone weight but the LoRA matrices is frozen) and keeps the layers
@@ -255,6 +265,7 @@ class ViTClassifier(ChecksImages, keras.Model):
             requantize(model, quantized)
         return model
 
+    @strict_keywords()
     def save_to_preset(self, directory):
         """Writes a preset directory (config, weights, preprocessing) that
         `ViTClassifier.from_preset(directory)` loads in any process."""
@@ -263,6 +274,8 @@ class ViTClassifier(ChecksImages, keras.Model):
         return save_to_preset(self, directory)
 
     @classmethod
+    @strict_keywords("keras_vit.models.classifier:build_vit", "keras_vit.models.pretrained:from_checkpoint",
+                     exclude=("variant", "path"))
     def from_preset(cls, name, **overrides):
         """A classifier of architecture preset `name` with the preset's image
         size and class count unless overridden (see `build_vit` for the
@@ -295,6 +308,7 @@ class _FromPreset:
 FROM_PRESET = _FromPreset()
 
 
+@strict_keywords(ViTBackbone, extra=(*_HEAD_ARGS, *MODEL_KEYWORDS))
 def build_vit(variant=None, *, image_size=FROM_PRESET, num_classes=FROM_PRESET, patch_size=None,
               hidden_dim=None, depth=None, num_heads=None, mlp_dim=None, pooling="cls",
               class_token=None, dropout=0.0, name=None, **kwargs):

@@ -17,8 +17,9 @@ import keras
 from keras_vit.hub import resolve_preset
 from keras_vit.layers import resample_position_table
 from keras_vit.models.pretrained import from_timm_preset
-from keras_vit.utils.io import atomic_path, load_keras_file, write_json
+from keras_vit.utils.io import atomic_path, load_keras_file, remove_stale_temporaries, write_json
 from keras_vit.utils.ownership import PRESET_DIR, claim_directory
+from keras_vit.utils.validation import strict_keywords
 
 PRESET_FORMAT = "keras_vit.preset/1"
 CONFIG_FILE, WEIGHTS_FILE, PREPROCESSING_FILE = "config.json", "model.weights.h5", "preprocessing.json"
@@ -37,6 +38,7 @@ def preprocessing_of(model):
     return info
 
 
+@strict_keywords()
 def save_to_preset(model, directory):
     """Writes `model` (a `ViTClassifier` or `ViTBackbone`) as a preset
     directory that `from_preset(directory)` loads in any process.
@@ -49,6 +51,7 @@ def save_to_preset(model, directory):
     ['config.json', 'model.weights.h5', 'preprocessing.json']
     """
     directory = claim_directory(directory, PRESET_DIR, flag="directory")  # new, empty, or a preset of ours
+    remove_stale_temporaries(directory.parent, name=directory.name)  # of a save that was killed
     with atomic_path(directory) as tmp:
         tmp.mkdir()
         write_json(tmp / CONFIG_FILE, dict(format=PRESET_FORMAT, class_name=type(model).__name__,

@@ -18,7 +18,7 @@ from keras_vit.layers import POOLINGS, grid_size
 from keras_vit.models.backbone import ViTBackbone
 from keras_vit.models.classifier import build_vit
 from keras_vit.models.presets import heads_for_width
-from keras_vit.utils.validation import check_choice, pair
+from keras_vit.utils.validation import check_choice, pair, strict_keywords
 
 
 def default_num_heads(hidden_dim):
@@ -96,6 +96,7 @@ def infer_config(converted, num_heads=None, image_size=None):
     )
 
 
+@strict_keywords("keras_vit.models.classifier:build_vit", exclude=("variant",))
 def from_checkpoint(path, num_classes=None, image_size=None, *, num_heads=None, pooling=None,
                     keep_pre_logits=True, checkpoint_image_size=None, **build_kwargs):
     """Builds a `ViTClassifier` that fits a checkpoint file and loads it.

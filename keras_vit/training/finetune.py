@@ -14,7 +14,7 @@ import time
 from keras_vit.training.budget import parse_duration
 from keras_vit.training.run import TrainResult, train
 from keras_vit.utils.ownership import RUN_DIR, claim_directory
-from keras_vit.utils.validation import check_positive_int, pair
+from keras_vit.utils.validation import check_positive_int, pair, strict_keywords
 
 DEFAULT_EPOCHS = 3  # of full fine-tuning, without a time budget
 # With a time budget, the head-only stage may use this share of what is
@@ -124,6 +124,7 @@ class _Pretrained:
                                          **self._heads(), **build_kwargs)
 
 
+@strict_keywords("keras_vit.models.classifier:build_vit", "keras_vit.models.pretrained:from_checkpoint", exclude=("variant", "path"))
 def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, epochs=None,
               frozen_epochs=1, time_budget=None, budget_start=None, batch_size=32, learning_rate=1e-4,
               head_learning_rate=1e-3, weight_decay=0.05, warmup_epochs=0, label_smoothing=0.1, augment=None,

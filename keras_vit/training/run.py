@@ -20,21 +20,17 @@ import contextlib
 import dataclasses
 import errno
 import time
-from pathlib import Path
 
 import keras
 
-from keras_vit.training.budget import parse_duration, plan_record, start_budget
-from keras_vit.training.distribute import PRECISIONS, get_strategy, prepare_multi_worker, set_precision, worker_info
-from keras_vit.training.optim import compile_model
+from keras_vit.training.budget import parse_duration
+from keras_vit.training.distribute import PRECISIONS, get_strategy
 from keras_vit.training.recipe import DATA, HARDWARE, MODEL, OPTIM, RUN
-from keras_vit.training.rundir import RunBackup, model_settings, prepare_run_dir, to_float, write_history_files
-from keras_vit.utils.io import DiskFullError, atomic_path, is_disk_full, remove_stale_temporaries, write_json
+from keras_vit.training.rundir import RunBackup
+from keras_vit.training.session import TrainSession
+from keras_vit.utils.io import DiskFullError, is_disk_full
 from keras_vit.utils.locks import exclusive_lock
-from keras_vit.utils.ownership import check_directory_name
-from keras_vit.utils.validation import check_choice, check_positive_int
-
-
+from keras_vit.utils.validation import check_choice, check_positive_int, strict_keywords
 
 
 @dataclasses.dataclass
@@ -79,13 +75,7 @@ def _split_data(data):
     return splits
 
 
-def _is_sparse(dataset):
-    spec = getattr(dataset, "element_spec", None)
-    if isinstance(spec, tuple) and len(spec) >= 2:
-        return spec[1].shape.rank == 1
-    return False
-
-
+@strict_keywords()
 def train(
     model,
     data,
@@ -102,6 +92,7 @@ def train(
     clipnorm=1.0,
     ema_momentum=None,
     gradient_accumulation_steps=None,
+    progressive_resize=0.0,
     precision=None,
     jit_compile="auto",
     steps_per_execution=1,
@@ -141,6 +132,8 @@ def train(
         clipnorm, ema_momentum, gradient_accumulation_steps: the recipe, see
             `make_optimizer` and `compile_model`.
         warmup_epochs: epochs (may be fractional) of linear warmup.
+        progressive_resize: the fraction of the run trained at about half
+            the image side (`keras_vit.training.progressive`); 0 for none.
         precision: None (keep the global policy), "float32",
             "mixed_float16" or "mixed_bfloat16".
         jit_compile: True, False or "auto".
@@ -175,6 +168,11 @@ def train(
         raise ValueError("`epochs` is required unless a `time_budget` is given.")
     train_ds, val_ds, test_ds, info = _split_data(data)
     steps_per_epoch = _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds)
+    if isinstance(gradient_accumulation_steps, int) and gradient_accumulation_steps > steps_per_epoch:
+        raise ValueError(
+            f"`gradient_accumulation_steps={gradient_accumulation_steps}` is more than the {steps_per_epoch} "
+            "steps of an epoch: the weights would rarely or never be updated. Use at most "
+            f"gradient_accumulation_steps={steps_per_epoch} (or smaller batches).")
     if val_ds is None and monitor.startswith("val_"):
         monitor = monitor[len("val_"):]
     recipe = dict(
@@ -182,103 +180,27 @@ def train(
         warmup_epochs=warmup_epochs, min_learning_rate=min_learning_rate,
         label_smoothing=label_smoothing, clipnorm=clipnorm, ema_momentum=ema_momentum,
         gradient_accumulation_steps=gradient_accumulation_steps, precision=precision,
-        jit_compile=jit_compile, steps_per_execution=steps_per_execution,
+        progressive_resize=progressive_resize, jit_compile=jit_compile, steps_per_execution=steps_per_execution,
         strategy=strategy if isinstance(strategy, (str, type(None))) else type(strategy).__name__,
         steps_per_epoch=steps_per_epoch, monitor=monitor, seed=seed, time_budget=time_budget,
     )
-    strategy = get_strategy(strategy) if strategy is not None else None
-    worker, num_workers, is_chief = worker_info()
-    if time_budget is not None and num_workers > 1:
-        raise ValueError("`time_budget` does not work with multi-worker training yet: each worker would plan its "
-                         "own number of steps and the collective steps would not match. Give `epochs` instead.")
-    # Non-chief workers keep their own state so that files never collide.
-    check_directory_name(run_dir, "run_dir")  # Path("") would be the current directory
-    run_dir = Path(run_dir) if is_chief else Path(run_dir) / "workers" / f"worker_{worker}"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"`run_dir` names a file, not a directory: {run_dir}")
-    scope = strategy.scope if strategy is not None else contextlib.nullcontext
+    run = TrainSession(run_dir=run_dir, splits=(train_ds, val_ds, test_ds), info=info, recipe=recipe,
+               budget_start=budget_start, resume=resume, verbose=verbose, epochs=epochs)
+    run.place(strategy)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     # Everything that can be refused is checked before the run directory is touched.
-    with scope():
-        model = _build(model, precision)
-        _check_classes(model, info)
-        compile_model(
-            model, learning_rate=learning_rate, weight_decay=weight_decay,
-            # budgeted runs keep a constant rate that `TimeBudget` sets each step
-            total_steps=None if time_budget else steps_per_epoch * epochs,
-            warmup_steps=0 if time_budget else int(round(warmup_epochs * steps_per_epoch)),
-            min_learning_rate=min_learning_rate, label_smoothing=label_smoothing,
-            clipnorm=clipnorm, ema_momentum=ema_momentum,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            sparse_labels=_is_sparse(train_ds), jit_compile=jit_compile,
-            steps_per_execution=steps_per_execution,
-        )
-    with exclusive_lock(run_dir, "run directory"), _disk_full_is_named(run_dir):
-        budget = None
-        if time_budget is not None:
-            with scope():
-                budget, timer, epochs, previous = start_budget(
-                    model, run_dir, time_budget, budget_start, (train_ds, val_ds, test_ds),
-                    steps_per_epoch=steps_per_epoch, max_epochs=epochs, warmup_epochs=warmup_epochs,
-                    learning_rate=learning_rate, min_learning_rate=min_learning_rate, resume=resume,
-                    verbose=verbose != 0)
-        for folder in (run_dir, run_dir / "checkpoints", run_dir / "backup"):
-            remove_stale_temporaries(folder)
-        prepare_run_dir(run_dir, {**(config or {}), **recipe, "data": info.to_dict() if info else None,
-                                  "model": model_settings(model)}, resume)
-        if budget is not None:
-            write_json(run_dir / "plan.json", plan_record(budget, timer, budget_start, False, previous))
-        backup = RunBackup(run_dir, monitor=monitor, artifacts=True)
-        fit_callbacks = [*([timer] if budget else []), backup, keras.callbacks.TerminateOnNaN(),
-                         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")), *(callbacks or [])]
-        start = time.time()
-        with scope():
-            if num_workers > 1 and strategy is not None:
-                prepare_multi_worker(model, train_ds)
-            model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                      callbacks=fit_callbacks, verbose=0 if budget else verbose,  # budgeted: one line an epoch
-                      shuffle=False)  # the dataset shuffles
-            _unshare_ema_values(model)
-            if backup.diverged_at is not None:
-                raise ValueError(
-                    f"The loss became NaN or infinite in epoch {backup.diverged_at}; the run directory keeps "
-                    f"the state of epoch {backup.diverged_at - 1}. Lower `learning_rate` or check the data "
-                    "for NaN/inf pixels, then re-run with resume=False.")
-            train_seconds = time.time() - start
-            metrics = {split: {k: to_float(v) for k, v in model.evaluate(ds, verbose=0, return_dict=True).items()}
-                       for split, ds in (("validation", val_ds), ("test", test_ds)) if ds is not None}
-        write_history_files(run_dir, backup.history_rows)
-        write_json(run_dir / "metrics.json", dict(
-            **metrics, epochs=len(backup.history_rows), resumed_from_epoch=backup.restored_epoch,
-            best={monitor: backup.best}, last_session_seconds=round(train_seconds, 2), num_workers=num_workers))
-        with atomic_path(run_dir / "model.keras") as tmp:
-            model.save(tmp)
-        if budget is not None:
-            write_json(run_dir / "plan.json", plan_record(budget, timer, budget_start, True, previous))
-    return TrainResult(model=model, history=backup.history_rows, test_metrics=metrics.get("test"),
-                       run_dir=str(run_dir), initial_epoch=backup.restored_epoch)
+    model = run.build_and_compile(model)
+    run.claim(config)  # ours to write into? Before the lock file and the cleaning of temporaries touch it
+    with exclusive_lock(run.run_dir, "run directory"), _disk_full_is_named(run.run_dir):
+        run.prepare(model, config)
+        backup = run.fit(model, callbacks)
+        run.finish(model, backup)
+    return TrainResult(model=model, history=backup.history_rows, test_metrics=run.metrics.get("test"),
+                       run_dir=str(run.run_dir), initial_epoch=backup.restored_epoch)
 
 
 MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
-
-
-def _unshare_ema_values(model):
-    """Gives each weight its own copy of the EMA value `fit` ended with (JAX).
-
-    At the end of `fit`, Keras' optimizer assigns each moving average to its
-    weight; on JAX both variables then hold the same array, and the next
-    `evaluate` donates the weights' buffers to its compiled step, which
-    deletes the averages' too: saving the optimizer afterwards failed with
-    "Array has been deleted".
-    """
-    optimizer = getattr(model, "optimizer", None)
-    if keras.backend.backend() != "jax" or not getattr(optimizer, "use_ema", False):
-        return
-    import jax.numpy as jnp
-
-    for variable in model.trainable_variables:
-        variable.assign(jnp.array(variable.value, copy=True))
 
 
 @contextlib.contextmanager
@@ -319,37 +241,6 @@ def _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch
     return steps
 
 
-def _build(model, precision):
-    """The model itself, or built by the function under `precision`."""
-    if callable(model) and not isinstance(model, keras.Model):
-        previous = keras.mixed_precision.global_policy()
-        if precision:
-            set_precision(precision)
-        try:
-            built = model()
-        finally:
-            keras.mixed_precision.set_global_policy(previous)
-        if not isinstance(built, keras.Model):
-            raise ValueError(f"`model` is a function that returned {type(built).__name__}, not a keras.Model.")
-        return built
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"`model` must be a keras.Model or a function returning one. Received: {type(model).__name__}")
-    if precision and model.dtype_policy.name != precision:
-        raise ValueError(
-            f"`precision={precision!r}` but the model was built with the {model.dtype_policy.name!r} "
-            "policy. Pass a function that builds the model, or build it after set_precision().")
-    return model
-
-
-def _check_classes(model, info):
-    classes = getattr(model, "num_classes", None)
-    if info is not None and classes is not None and classes != info.num_classes:
-        raise ValueError(
-            f"The model has {classes} classes but the data has {info.num_classes} "
-            f"({', '.join(map(str, info.class_names[:10]))}). Build it with num_classes={info.num_classes}.")
-
-
 def train_from_config(recipe, budget_start=None):
     """Loads the data, builds a ViT and trains it as a `Recipe` says.
 
@@ -377,9 +268,11 @@ def train_from_config(recipe, budget_start=None):
     model["conv_stem"] = model.get("conv_stem") or None  # [] ("none") turns off a stem a recipe chose
 
     def build():
-        return build_vit(preset, image_size=size, num_classes=info.num_classes, channels=info.channels, **model)
+        return build_vit(preset, image_size=size, num_classes=info.num_classes, channels=info.channels,
+                         class_names=list(info.class_names), **model)
 
     run = {k: v for k, v in {**recipe.group(RUN), **recipe.group(OPTIM), **recipe.group(HARDWARE)}.items()
            if k not in ("recipe", "strategy")}
-    return train(build, (train_ds, val_ds, test_ds, info), **run, strategy=strategy, config=recipe.to_dict(),
+    return train(build, (train_ds, val_ds, test_ds, info), **run, strategy=strategy,
+                 config={**recipe.to_dict(), "derived": list(getattr(recipe, "derived", ()))},
                  budget_start=budget_start)

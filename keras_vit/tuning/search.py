@@ -20,7 +20,7 @@ from keras_vit.tuning.hypermodel import OBJECTIVES, TUNERS, ViTHyperModel, heads
 from keras_vit.utils.io import atomic_path, new_figure, remove_stale_temporaries, save_figure, write_csv, write_json
 from keras_vit.utils.locks import LOCK_NAME, exclusive_lock
 from keras_vit.utils.ownership import TUNING_PROJECT, check_directory_name, claim_directory, owned_entries
-from keras_vit.utils.validation import check_choice
+from keras_vit.utils.validation import check_choice, strict_keywords
 
 
 class _ResumableTuner:
@@ -126,6 +126,7 @@ def write_results(rows, out_dir, objective):
     save_figure(fig, os.path.join(out_dir, "trials.png"))
 
 
+@strict_keywords()
 def tune(
     data="digits",
     *,
@@ -193,27 +194,11 @@ def tune(
     >>> model, hp = tune("digits", max_trials=2, epochs=1, directory="/tmp/search",
     ...                  fixed={"depth": 1})
     """
-    check_choice(tuner, "tuner", tuple(TUNERS))
-    check_choice(objective, "objective", OBJECTIVES)
-    if not isinstance(max_trials, int) or max_trials < 1:
-        raise ValueError(f"`max_trials` must be an int >= 1. Received: max_trials={max_trials!r}")
-    if not isinstance(executions_per_trial, int) or executions_per_trial < 1:
-        raise ValueError(
-            f"`executions_per_trial` must be an int >= 1. Received: executions_per_trial={executions_per_trial!r}")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"`epochs` must be an int >= 1. Received: epochs={epochs!r}")
+    _check_tune_args(tuner, objective, max_trials, executions_per_trial, epochs)
     out_dir = project_path(directory, project_name)
     inputs = (data,) if isinstance(data, (str, os.PathLike)) else ()
     claim_directory(out_dir, TUNING_PROJECT, inputs=inputs, flag="directory/project_name", mark=False)
-    from keras_vit.data import load_data
-
-    if isinstance(data, tuple) and len(data) == 4:
-        train, validation, _, info = data
-    else:
-        size = image_size or 16
-        train, validation, _, info = load_data(data, size, batch_size, seed=seed)
-    if validation is None and objective.startswith("val_"):
-        raise ValueError(f"objective={objective!r} needs a validation split; the data has none.")
+    train, validation, info = _search_data(data, image_size, batch_size, seed, objective)
     hypermodel = ViTHyperModel(
         info.image_size, info.num_classes, info.channels, space=space, fixed=fixed,
         epochs=epochs, patience=patience, objective=objective,
@@ -239,14 +224,45 @@ def tune(
                       verbose=verbose)
         if _is_distributed_worker():
             return None, None
-        rows = trial_rows(search)
-        write_results(rows, out_dir, objective)
-        if not any(r["score"] is not None for r in rows):
-            raise RuntimeError(f"Every trial failed; see {os.path.join(out_dir, 'results.csv')}.")
-        best_hp = search.get_best_hyperparameters(1)[0]
-        best_model = search.get_best_models(1)[0]
-        with atomic_path(os.path.join(out_dir, "best_model.keras")) as tmp:
-            best_model.save(tmp)
+        return _finish_search(search, out_dir, objective)
+
+
+def _check_tune_args(tuner, objective, max_trials, executions_per_trial, epochs):
+    check_choice(tuner, "tuner", tuple(TUNERS))
+    check_choice(objective, "objective", OBJECTIVES)
+    if not isinstance(max_trials, int) or max_trials < 1:
+        raise ValueError(f"`max_trials` must be an int >= 1. Received: max_trials={max_trials!r}")
+    if not isinstance(executions_per_trial, int) or executions_per_trial < 1:
+        raise ValueError(
+            f"`executions_per_trial` must be an int >= 1. Received: executions_per_trial={executions_per_trial!r}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"`epochs` must be an int >= 1. Received: epochs={epochs!r}")
+
+
+def _search_data(data, image_size, batch_size, seed, objective):
+    """(train, validation, info) of `tune`'s data: `load_data`'s tuple or a source it loads."""
+    from keras_vit.data import load_data
+
+    if isinstance(data, tuple) and len(data) == 4:
+        train, validation, _, info = data
+    else:
+        size = image_size or 16
+        train, validation, _, info = load_data(data, size, batch_size, seed=seed)
+    if validation is None and objective.startswith("val_"):
+        raise ValueError(f"objective={objective!r} needs a validation split; the data has none.")
+    return train, validation, info
+
+
+def _finish_search(search, out_dir, objective):
+    """Writes the results and the best model; returns (best_model, best_hyperparameters)."""
+    rows = trial_rows(search)
+    write_results(rows, out_dir, objective)
+    if not any(r["score"] is not None for r in rows):
+        raise RuntimeError(f"Every trial failed; see {os.path.join(out_dir, 'results.csv')}.")
+    best_hp = search.get_best_hyperparameters(1)[0]
+    best_model = search.get_best_models(1)[0]
+    with atomic_path(os.path.join(out_dir, "best_model.keras")) as tmp:
+        best_model.save(tmp)
     return best_model, best_hp
 
 

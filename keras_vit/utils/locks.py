@@ -72,8 +72,10 @@ def exclusive_lock(directory, what="directory", *, lock_name=LOCK_NAME, target=N
     ...     pass
     """
     directory = Path(directory)
+    from keras_vit.utils.io import make_directory  # io imports this module
+
     created = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=True)
+    make_directory(directory, what)
     path = directory / lock_name
     fresh = not path.exists()
     fd = _lock_fd(path)
