@@ -67,6 +67,7 @@ def build_parser():
 
 def run_command(args):
     """Runs the parsed command under the error rule; returns the exit code."""
+    from keras_vit.utils.validation import SearchFailedError
     try:
         return args.run(args) or 0
     except (ValueError, FileNotFoundError) as err:
@@ -74,6 +75,9 @@ def run_command(args):
             return _bug(args)
         print(f"keras-vit {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except SearchFailedError as err:  # the data or the space failed every model: not a bug, not a usage error
+        print(f"keras-vit {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except Exception as err:  # noqa: BLE001 - TensorFlow, h5py, zipfile and KerasTuner report a full disk in their types
         from keras_vit.utils.io import DiskFullError, is_disk_full
 

@@ -19,6 +19,14 @@ class UnknownArgumentError(TypeError, ValueError):
     Python's own, and a `ValueError`, as keras_vit's other argument errors."""
 
 
+class SearchFailedError(RuntimeError):
+    """Every trial of a hyperparameter search failed; the message names the
+    first failure. Not a usage error and not a bug: the data or the search
+    space made each model fail (NaN losses, memory, a shape the data cannot
+    fill). `results.csv` beside the search lists each trial and its status.
+    `keras_vit.tuning.tune` raises it; the CLI reports it in one line, exit 1."""
+
+
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
