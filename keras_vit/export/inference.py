@@ -30,7 +30,10 @@ from the variables on every call).
 Measured on TensorFlow (Ti, batch 128, 2-core CPU, in-process A/B): predict
 296 → 291 ms a batch with the fold, 294 → 284 ms with the heads-first
 attention on top (README, Performance); re-measured with this transform on a
-loaded machine, 1052 → 1000 CPU ms a batch. On JAX (jit, CPU) it did not
+loaded machine, 1052 → 1000 CPU ms a batch; with TensorFlow's oneDNN
+rewrites on (`TF_ENABLE_ONEDNN_OPTS=1`, load 10–12, two in-process runs)
+1944 → 1720 and 2091 → 1777 wall ms, 698 → 685 and 732 → 707 CPU ms, each
+rewrite alone within noise: the gain is small and mostly in wall time. On JAX (jit, CPU) it did not
 pay: 766 → 781 CPU ms a batch, within that run's noise; the outputs are the
 same there, so the transform is applied on every backend. TFLite export does not use the
 transform (LiteRT runs the heads-first batched matmul at half the speed of

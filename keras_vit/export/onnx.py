@@ -4,7 +4,10 @@ with ``image_size=None``), and the class names and geometry in the file's
 ``metadata_props``.
 
 The graph is traced on the TensorFlow backend and converted with tf2onnx
-(the converter Keras' own ``model.export(format="onnx")`` uses there).
+(the converter Keras' own ``model.export(format="onnx")`` uses there), then
+its LayerNorms and GELUs are rewritten into the standard forms ONNX Runtime
+fuses (`keras_vit.export.onnx_fusion`); the file records how many in its
+metadata (``onnx_runtime_fusions``).
 """
 
 import json
@@ -14,6 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_vit.export.onnx_fusion import fuse_for_onnx_runtime
 from keras_vit.export.geometry import (
     METADATA_NAME, check_class_names, check_target, class_probabilities, image_settings, model_geometry,
     warn_if_not_pixels)
@@ -144,11 +148,12 @@ def export_onnx(model, path, *, opset=DEFAULT_OPSET, class_names=None, image_siz
         if unsupported:
             raise ValueError(f"The converted graph holds ops ONNX does not define: {unsupported}.")
         _name_dims(proto, ["batch", None if height else "height", None if width else "width"])
+        fused = fuse_for_onnx_runtime(proto, layer_norm=opset >= 17)
         metadata = dict(
             class_names=names, image_size=geo["image_size"] and list(geo["image_size"]), size=list(geo["size"]),
             channels=geo["channels"], patch_size=geo["patch_size"], stride=geo["stride"],
             preprocessing=image_settings(model, geo).to_dict(), input=INPUT_NAME, input_range=[0, 255],
-            outputs=OUTPUT_NAME, opset=opset,
+            outputs=OUTPUT_NAME, opset=opset, onnx_runtime_fusions=fused,
         )
         del proto.metadata_props[:]
         proto.metadata_props.add(key=METADATA_NAME, value=json.dumps(metadata))

@@ -10,8 +10,20 @@ from keras_vit.layers.norm import layer_norm
 from keras_vit.utils.validation import check_choice, check_rate
 
 
+def gelu_exact(x):
+    """The exact GELU, x * Phi(x). On TensorFlow written with Erf
+    (TensorFlow's own `gelu` uses Erfc, which is not an ONNX op, and this
+    form is what its oneDNN rewrite fuses into the matmul before it);
+    elsewhere the backend's own exact GELU, one kernel in eager torch
+    instead of five element-wise passes (Ti predict on torch, 2-core CPU:
+    2075 -> 1681 CPU ms a batch). The same function (within 1e-6)."""
+    if keras.backend.backend() == "tensorflow":
+        return 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476))
+    return ops.gelu(x, approximate=False)
+
+
 ACTIVATIONS = {
-    "gelu": lambda x: 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476)),  # exact; no Erfc (not an ONNX op)
+    "gelu": gelu_exact,
     "gelu_tanh": lambda x: ops.gelu(x, approximate=True),
     "quick_gelu": lambda x: x * ops.sigmoid(1.702 * x),
     "relu": ops.relu,
