@@ -10,6 +10,7 @@ import keras
 
 from keras_vit.layers import grid_size
 from keras_vit.preprocessing import ImageSettings
+from keras_vit.presets.registry import is_pretrained_name
 from keras_vit.utils.validation import pair
 
 FORMATS = ("savedmodel", "tflite", "onnx")
@@ -174,10 +175,8 @@ def artifact_kind(path, presets=False):
     >>> artifact_kind("digits_savedmodel")
     'savedmodel'
     """
-    from keras_vit.hub import HF_PREFIX, PRETRAINED
-
     text = str(path)
-    if presets and (text in PRETRAINED or text.startswith(HF_PREFIX)):
+    if presets and is_pretrained_name(text):
         return "preset"
     path = Path(path)
     if not path.exists():

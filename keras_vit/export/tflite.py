@@ -10,8 +10,7 @@ import numpy as np
 from keras_vit.export.geometry import (
     METADATA_NAME, QUANTIZATIONS, check_backend, check_class_names, check_target, class_probabilities,
     image_settings, model_geometry, warn_if_not_pixels)
-from keras_vit.utils.io import atomic_path, scratch_dir
-from keras_vit.utils.locks import destination_lock
+from keras_vit.utils.io import atomic_path, destination_lock, scratch_dir
 from keras_vit.utils.validation import check_choice, strict_keywords
 
 

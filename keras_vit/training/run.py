@@ -25,7 +25,7 @@ import keras
 
 from keras_vit.training.budget import parse_duration
 from keras_vit.training.distribute import PRECISIONS, get_strategy
-from keras_vit.training.recipe import DATA, HARDWARE, MODEL, OPTIM, RUN
+from keras_vit.training.recipe import DATA, DEFAULTS, HARDWARE, MODEL, OPTIM, RUN
 from keras_vit.training.rundir import RunBackup
 from keras_vit.training.session import TrainSession
 from keras_vit.utils.io import DiskFullError, is_disk_full
@@ -84,17 +84,17 @@ def train(
     run_dir,
     time_budget=None,
     budget_start=None,
-    learning_rate=1e-3,
-    weight_decay=0.05,
-    warmup_epochs=0,
-    min_learning_rate=0.0,
-    label_smoothing=0.1,
-    clipnorm=1.0,
-    ema_momentum=None,
-    gradient_accumulation_steps=None,
-    precision=None,
-    jit_compile="auto",
-    steps_per_execution=1,
+    learning_rate=DEFAULTS.learning_rate,
+    weight_decay=DEFAULTS.weight_decay,
+    warmup_epochs=DEFAULTS.warmup_epochs,
+    min_learning_rate=DEFAULTS.min_learning_rate,
+    label_smoothing=DEFAULTS.label_smoothing,
+    clipnorm=DEFAULTS.clipnorm,
+    ema_momentum=DEFAULTS.ema_momentum,
+    gradient_accumulation_steps=DEFAULTS.gradient_accumulation_steps,
+    precision=DEFAULTS.precision,
+    jit_compile=DEFAULTS.jit_compile,
+    steps_per_execution=DEFAULTS.steps_per_execution,
     strategy=None,
     steps_per_epoch=None,
     resume="auto",
@@ -106,6 +106,7 @@ def train(
 ):
     """Compiles and fits a model with the recipe, in a resumable run directory.
 
+    The recipe's settings default to `Recipe`'s (`keras_vit.training.recipe.DEFAULTS`).
     Re-running the same call after the process died (even by `kill -9`)
     resumes from the last completed epoch; a finished run re-evaluates and
     rewrites its artifacts without training again.

@@ -6,7 +6,9 @@ that: JSON, CSV and PNG figures; and `load_keras_file`, which checks a
 temporary path (a file or a directory) replaces the target only when the
 block finishes without an exception, so a crash never leaves half an
 artifact where a good one was. Temporary names start with a dot and carry
-``.tmp-``, so `remove_stale_temporaries` can clean up after a killed write.
+``.tmp-``, so `remove_stale_temporaries` can clean up after a killed write;
+`destination_lock` holds a destination's lock (`keras_vit.utils.locks`)
+and cleans what killed writes of it left.
 """
 
 import contextlib
@@ -19,7 +21,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from keras_vit.utils.locks import destination_locked
+from keras_vit.utils.locks import destination_lock_file, destination_locked, exclusive_lock
 
 TMP_TAG = ".tmp-"
 OLD_TAG = ".old-"
@@ -133,6 +135,26 @@ def remove_stale_temporaries(folder, name=None, skip_locked=True):
 
 class DiskFullError(OSError):
     """A write failed because the disk (or the quota) is full."""
+
+
+@contextlib.contextmanager
+def destination_lock(path, what="export destination"):
+    """Holds an exclusive lock on the artifact `path` (a file or a directory
+    written atomically) through a hidden lock file beside it, removed on
+    release; at the start it cleans the temporaries that killed writes of
+    `path` left (`remove_stale_temporaries`).
+
+    Example:
+    >>> import tempfile
+    >>> with destination_lock(Path(tempfile.mkdtemp()) / "model.tflite"):
+    ...     pass
+    """
+    path = Path(path)
+    lock_file = destination_lock_file(path)
+    with exclusive_lock(path.parent, what, lock_name=lock_file.name, target=path, remove=True) as record:
+        remove_stale_temporaries(path.parent, name=path.name, skip_locked=False)  # ours
+        yield record
+
 
 
 def is_disk_full(err):
