@@ -14,6 +14,7 @@ Run from a source checkout (the package never imports `benchmarks/`)::
 
     python -m benchmarks.adversarial            # prints one line per case, then the counts
     python -m benchmarks.adversarial --cli-subprocess   # CLI cases in fresh processes (slower)
+    python -m benchmarks.adversarial --only edges       # only issue 26's cases (benchmarks/adversarial_edges.py)
 
 The CLI cases run `keras_vit.cli.main.main(argv)` in this process by
 default: the same code as the ``keras-vit`` command, without the start-up
@@ -33,6 +34,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.adversarial_edges import edge_api_cases, edge_cli_cases, edge_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -289,9 +292,11 @@ def classify_api(function, words):
     return "silent", "accepted"
 
 
-def classify_cli(argv, words, subprocess_mode):
-    if subprocess_mode:
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def classify_cli(argv, words, subprocess_mode, expected_code=2, environment=None):
+    """`expected_code`: 2 for an input error, 1 for a full disk; a case with
+    an `environment` always runs in a fresh process."""
+    if subprocess_mode or environment:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(environment or {}))
         env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         proc = subprocess.run([sys.executable, "-m", "keras_vit.cli", *argv], env=env, capture_output=True,
                               text=True, timeout=600)
@@ -315,7 +320,7 @@ def classify_cli(argv, words, subprocess_mode):
     message = lines[-1] if lines else err.strip()[-300:]
     if code == 0:
         return "silent", "exit 0"
-    if code == 2 and "Traceback" not in err and all(w.lower() in err.lower() for w in words):
+    if code == expected_code and "Traceback" not in err and all(w.lower() in err.lower() for w in words):
         return "clear", message
     return "unclear", f"exit {code}: {message}"
 
@@ -323,18 +328,24 @@ def classify_cli(argv, words, subprocess_mode):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cli-subprocess", action="store_true", help="run each CLI case as a new process")
-    parser.add_argument("--only", choices=("api", "cli"), help="run one half")
+    parser.add_argument("--only", choices=("api", "cli", "edges"), help="run one half, or only issue 26's cases")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     counts = {"tried": 0, "clear": 0, "unclear": 0, "silent": 0}
     with tempfile.TemporaryDirectory() as tmp:
         files = _files(Path(tmp))
+        files.update(edge_files(files))
         rows = []
-        if args.only != "cli":
+        if args.only in (None, "api"):
             rows += [("api", name, *classify_api(fn, words)) for name, fn, words in api_cases(files)]
-        if args.only != "api":
+        if args.only in (None, "api", "edges"):
+            rows += [("api", name, *classify_api(fn, words)) for name, fn, words in edge_api_cases(files)]
+        if args.only in (None, "cli"):
             rows += [("cli", name, *classify_cli(argv_, words, args.cli_subprocess))
                      for name, argv_, words in cli_cases(files)]
+        if args.only in (None, "cli", "edges"):
+            rows += [("cli", name, *classify_cli(argv_, words, args.cli_subprocess, code, env))
+                     for name, argv_, words, code, env in edge_cli_cases(files)]
     for kind, name, verdict, message in rows:
         counts["tried"] += 1
         counts[verdict] += 1

@@ -10,11 +10,16 @@ projection, the QKV, output and MLP projections, the two attention
 products (scores and the weighted sum) and the head; a training step counts
 3x the forward pass (the backward pass computes two products per forward
 product). Element-wise work (norms, softmax, GELU, the optimizer) is not
-counted, as is usual for MFU. The GEMM peak is the best of several
-2048 x 2048 x 2048 float32 matmuls under XLA, measured again in every round
-beside the contenders, so that the peak is sampled across the same minutes
-as the models on a machine that speeds up and slows down (by ±5 % on this
-one); MFU is the median FLOP/s over the median peak. A "matmuls alone" row per
+counted, as is usual for MFU. The GEMM peak is the best of three
+2048 x 2048 x 2048 float32 matmuls (TensorFlow's own kernel, oneDNN where
+TensorFlow has it on, and XLA's; the faster), on the thread pool the models
+run on, sampled again between every two measurements (`Interleaved`): each
+measurement is divided by the mean of the peaks sampled right before and
+right after it, and a row's MFU is the median of these ratios over the
+rounds, so that a shared machine that speeds up and slows down moves a
+figure and its peak alike. The same ratio per CPU-second ("cpu" MFU) is
+reported beside it: other processes disturb it less. The JSON keeps every
+sample and the load average. A "matmuls alone" row per
 jit mode runs the model's matmuls with nothing else (`matmul_ceiling`): the
 ceiling the shapes themselves allow on this machine.
 
@@ -30,6 +35,7 @@ import functools
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -44,27 +50,33 @@ RESULTS = Path(__file__).parent / "results"
 
 
 @functools.lru_cache(maxsize=None)
-def _xla_matmul():
-    """One XLA-compiled matmul, so that each round's `gemm_peak` reuses it."""
+def _matmul(jit):
+    """One compiled 2-D matmul (XLA with `jit`, else TensorFlow's own kernel,
+    oneDNN where it is on), reused by every `gemm_peak` sample."""
     import tensorflow as tf
 
-    return tf.function(lambda x, y: tf.linalg.matmul(x, y), jit_compile=True)
+    return tf.function(lambda x, y: tf.linalg.matmul(x, y), jit_compile=jit)
 
 
-def gemm_peak(n=2048, repeats=10):
-    """FLOP/s of the best of `repeats` n x n x n float32 matmuls (XLA)."""
+def gemm_peak(n=2048, repeats=3):
+    """One sample of the GEMM peak: (wall FLOP/s, FLOP per CPU-second) of
+    the best of `repeats` n x n x n float32 matmuls, with and without XLA
+    (the faster of the two kernels), on TensorFlow's own thread pool, the
+    one the models run on (the same thread count)."""
     import tensorflow as tf
 
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n))
-    matmul = _xla_matmul()
-    matmul(a, b).numpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    best_wall, best_cpu = float("inf"), float("inf")
+    for jit in (False, True):
+        matmul = _matmul(jit)
         matmul(a, b).numpy()
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / min(times)
+        for _ in range(repeats):
+            wall, cpu = time.perf_counter(), time.process_time()
+            matmul(a, b).numpy()
+            best_wall = min(best_wall, time.perf_counter() - wall)
+            best_cpu = min(best_cpu, time.process_time() - cpu)
+    return 2 * n**3 / best_wall, 2 * n**3 / max(best_cpu, 1e-9)
 
 
 def forward_flops(cfg):
@@ -132,14 +144,44 @@ def matmul_ceiling(cfg, jit, repeats=5):
     return tuple(rates)
 
 
+class Interleaved:
+    """Samples of a figure, each divided by the GEMM peak measured right
+    before and right after it (their mean), so that a machine whose speed
+    drifts under other jobs' load moves both alike. Keeps every sample."""
+
+    def __init__(self):
+        self.peaks = [gemm_peak()]  # (wall, cpu) FLOP/s samples, interleaved with the figures
+        self.samples = {}  # key: list of (wall FLOP/s, cpu FLOP/s, index of the peak before)
+
+    def add(self, key, wall, cpu=None):
+        self.samples.setdefault(key, []).append((wall, cpu, len(self.peaks) - 1))
+        self.peaks.append(gemm_peak())
+
+    def summary(self, key):
+        """{wall, cpu}: median FLOP/s and median fraction of the adjacent
+        peaks (cpu: FLOP per CPU-second over the peak's, None if untimed)."""
+        got = self.samples[key]
+        out = {"flops": statistics.median(w for w, _, _ in got),
+               "mfu": statistics.median(w / (self.peaks[i][0] + self.peaks[i + 1][0]) * 2 for w, _, i in got),
+               "flops_per_round": [round(w) for w, _, _ in got]}
+        if all(c is not None for _, c, _ in got):
+            out["cpu_mfu"] = statistics.median(c / (self.peaks[i][1] + self.peaks[i + 1][1]) * 2 for _, c, i in got)
+        return out
+
+
+MODES = ("train", "infer", "plain_infer")
+
+
 def measure(cfg, contenders, jit_modes, repeats):
     """Rows of images/s and MFU per contender and jit mode, and the GEMM
-    peaks measured. Each round measures the peak, then every contender
-    (alternating), then the matmuls alone; rows keep every round's figures
-    and their MFU is the median FLOP/s over the median peak of all rounds
-    of `cfg` (kept in each row)."""
-    rounds, peaks = [], []
+    peak samples. Each round runs every contender's training, inference
+    (keras_vit: through `inference_model`) and plain inference, then the
+    matmuls alone, with a GEMM peak sample between every two measurements
+    (`Interleaved`); a row's MFU is the median over the rounds of each
+    measurement against its adjacent peaks."""
     flops = forward_flops(cfg)
+    per_image = {"train": 3 * flops, "infer": flops, "plain_infer": flops}
+    samples, keys = Interleaved(), []
     for jit in jit_modes:
         runners = {name: Runner(build_contender(name, cfg, jit), make_batch(cfg)) for name in contenders}
         fast = {name: Runner(inference_model(runner.model), (runner.x, runner.y))
@@ -149,48 +191,57 @@ def measure(cfg, contenders, jit_modes, repeats):
         for runner in fast.values():
             runner.model.predict_on_batch(runner.x)
             runner.model.predict_on_batch(runner.x)
-        speed = {name: dict(train=[], infer=[], plain_infer=[]) for name in runners}
-        ceiling = dict(train=[], infer=[], plain_infer=[])
+        keys += [(name, jit) for name in runners] + [("matmuls alone", jit)]
         for _ in range(repeats):
-            peaks.append(gemm_peak(repeats=5))
             for name, runner in runners.items():
-                speed[name]["train"].append(runner.train_throughput(cfg.steps)[0] * 3 * flops)
-                speed[name]["plain_infer"].append(runner.infer_throughput(cfg.steps)[0] * flops)
-                infer = fast.get(name)
-                speed[name]["infer"].append(
-                    infer.infer_throughput(cfg.steps)[0] * flops if infer else speed[name]["plain_infer"][-1])
+                steps = {"train": runner.train_throughput, "plain_infer": runner.infer_throughput,
+                         "infer": (fast[name] if name in fast else runner).infer_throughput}
+                for mode in MODES:
+                    wall, cpu = steps[mode](cfg.steps)
+                    samples.add((name, jit, mode), wall * per_image[mode], cpu * per_image[mode])
             forward, training = matmul_ceiling(cfg, jit, repeats=2)
-            ceiling["train"].append(training)
-            ceiling["infer"].append(forward)
-            ceiling["plain_infer"].append(forward)
-        rounds += [(name, jit, got) for name, got in speed.items()] + [("matmuls alone", jit, ceiling)]
-    peak = statistics.median(peaks)
+            samples.add(("matmuls alone", jit, "train"), training)
+            samples.add(("matmuls alone", jit, "infer"), forward)
     rows = []
-    for name, jit, got in rounds:
-        row = dict(config=cfg.name, contender=name, jit_compile=jit, gemm_peak_flops=round(peak),
+    for name, jit in keys:
+        row = dict(config=cfg.name, contender=name, jit_compile=jit,
                    infer_through="inference_model" if name == "keras_vit" else "predict_on_batch")
-        for mode, per_image in (("train", 3 * flops), ("infer", flops), ("plain_infer", flops)):
-            rate = statistics.median(got[mode])
-            row[f"{mode}_images_per_s"] = None if name == "matmuls alone" else round(rate / per_image, 1)
-            row[f"{mode}_mfu"] = round(rate / peak, 3)
-            row[f"{mode}_flops_per_round"] = [round(r) for r in got[mode]]
+        for mode in MODES:
+            if (name, jit, mode) not in samples.samples:
+                continue
+            got = samples.summary((name, jit, mode))
+            row[f"{mode}_images_per_s"] = None if name == "matmuls alone" else round(got["flops"] / per_image[mode], 1)
+            row[f"{mode}_mfu"] = round(got["mfu"], 3)
+            row[f"{mode}_cpu_mfu"] = round(got["cpu_mfu"], 3) if "cpu_mfu" in got else None
+            row[f"{mode}_flops_per_round"] = got["flops_per_round"]
         rows.append(row)
-    return peaks, rows
+    return samples.peaks, rows
 
 
-def markdown(peaks, rows):
-    low, mid, high = (p / 1e9 for p in (min(peaks), statistics.median(peaks), max(peaks)))
-    lines = [f"GEMM peak (2048^3 float32, XLA), measured in each of {len(peaks)} rounds: median {mid:.0f} "
-             f"GFLOP/s (range {low:.0f}-{high:.0f}) on {os.cpu_count()} cores; MFU is the median FLOP/s "
-             "over the median peak", "",
-             "| config | contender | jit | train img/s | train MFU | infer img/s | infer MFU "
-             "| plain infer img/s | plain infer MFU |",
+def _cell(row, mode, key):
+    value = row.get(f"{mode}_{key}")
+    if value is None:
+        return "-"
+    return f"{100 * value:.0f}%" if "mfu" in key else f"{value}"
+
+
+def markdown(peaks, rows, environment):
+    walls = [w / 1e9 for w, _ in peaks]
+    lines = [f"GEMM peak (2048^3 float32, best of TensorFlow's kernel and XLA, on the models' thread pool), "
+             f"sampled {len(peaks)} times between the measurements: median {statistics.median(walls):.0f} "
+             f"GFLOP/s (range {min(walls):.0f}-{max(walls):.0f}) on {environment['cpu_count']} cores, "
+             f"TF_ENABLE_ONEDNN_OPTS={environment['tf_enable_onednn_opts']}, load average "
+             f"{environment['load_average_start'][0]:.1f} at the start, {environment['load_average_end'][0]:.1f} "
+             "at the end. MFU: the median over the rounds of each measurement's FLOP/s over the mean of the "
+             "peaks sampled right before and after it; 'cpu' MFU divides FLOP per CPU-second by the peak's "
+             "(less disturbed by other processes).", "",
+             "| config | contender | jit | train img/s | train MFU (cpu) | infer img/s | infer MFU (cpu) "
+             "| plain infer img/s | plain infer MFU (cpu) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        cells = [f"{_cell(r, m, 'images_per_s')} | {_cell(r, m, 'mfu')} ({_cell(r, m, 'cpu_mfu')})" for m in MODES]
         lines.append(f"| {r['config']} | {r['contender']} | {'on' if r['jit_compile'] else 'off'} | "
-                     f"{r['train_images_per_s'] or '-'} | {100 * r['train_mfu']:.0f}% | "
-                     f"{r['infer_images_per_s'] or '-'} | {100 * r['infer_mfu']:.0f}% | "
-                     f"{r['plain_infer_images_per_s'] or '-'} | {100 * r['plain_infer_mfu']:.0f}% |")
+                     + " | ".join(cells) + " |")
     lines += ["", "'matmuls alone' runs only the model's matmuls, same shapes, back to back (and, for training, "
               "their gradient products): the most any implementation of the configuration reaches here.",
               "keras_vit's 'infer' runs `keras_vit.export.inference_model(model)` (LayerNorm folds, heads-first "
@@ -208,15 +259,21 @@ def main(argv=None):
     args = parser.parse_args(argv)
     jit_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.jit]
     all_rows, peaks = [], []
+    load_start = os.getloadavg()
     for name in args.configs.split(","):
         config_peaks, rows = measure(CONFIGS[name], args.contenders.split(","), jit_modes, args.repeats)
         all_rows += rows
         peaks += config_peaks
-    text = markdown(peaks, all_rows)
+    environment = dict(cpu_count=os.cpu_count(), load_average_start=load_start, load_average_end=os.getloadavg(),
+                       tf_enable_onednn_opts=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
+                       date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       command="python -m benchmarks.mfu " + " ".join(argv if argv is not None else sys.argv[1:]))
+    text = markdown(peaks, all_rows, environment)
     print(text)
     write_atomic(args.out + ".md", text)
     write_atomic(args.out + ".json", json.dumps(
-        dict(gemm_peak_flops=statistics.median(peaks), gemm_peaks_per_round=peaks, rows=all_rows), indent=1))
+        dict(gemm_peak_flops=statistics.median(w for w, _ in peaks), gemm_peak_samples=peaks,
+             environment=environment, rows=all_rows), indent=1))
 
 
 if __name__ == "__main__":

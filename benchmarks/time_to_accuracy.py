@@ -5,6 +5,14 @@ and a PNG plot).
     python -m benchmarks.time_to_accuracy --dataset digits --budgets 60,120,180
     python -m benchmarks.time_to_accuracy --dataset ../shared/data/mnist_train.npz --budgets 10m
     python -m benchmarks.time_to_accuracy --dataset digits --budgets none   # the default recipe, no budget
+    python -m benchmarks.time_to_accuracy --targets    # issue 25's targets, one command: MNIST 2m and 10m, digits
+
+`--targets` runs the three target commands (MNIST `--time-budget 2m`, goal
+99.0 %; MNIST `--time-budget 10m`, goal 99.5 %; digits with no flags, goal
+99.0 % within 90 s), says of each whether it met its goal, and adds them to
+the same table and plot. Every row records the machine's load average
+(`uptime`) at its start and end: on a shared machine a budgeted run gets
+fewer steps, so numbers taken under load are marked as such.
 
 Each run's wall time is measured around the whole command (start-up,
 data loading, compilation, training, evaluation, saving). The accuracy is
@@ -21,7 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from keras_vit.training.budget import parse_duration
+
 RESULTS = Path(__file__).parent / "results"
+# ../shared/data/mnist_train.npz beside the checkout (KERAS_VIT_MNIST names another file)
+MNIST = os.environ.get("KERAS_VIT_MNIST", str(Path(__file__).resolve().parents[1].parent / "shared" / "data" /
+                                              "mnist_train.npz"))
+# (data, budget, goal test accuracy, goal wall seconds or None): issue 25's targets
+TARGETS = ((MNIST, "2m", 0.990, None), (MNIST, "10m", 0.995, None), ("digits", "none", 0.990, 90.0))
 
 
 def run_budget(dataset, budget, run_dir, extra=()):
@@ -31,6 +46,7 @@ def run_budget(dataset, budget, run_dir, extra=()):
             "--verbose", "0", "--restart", *extra]
     if budget != "none":
         args += ["--time-budget", budget]
+    load_before = round(os.getloadavg()[0], 2)
     start = time.time()
     proc = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     wall = time.time() - start
@@ -51,11 +67,15 @@ def run_budget(dataset, budget, run_dir, extra=()):
               f"w{config.get('hidden_dim')} "
               f"d{config.get('depth')}",
         steps=plan["sessions"][-1]["last_step"] if plan else None,
+        load=f"{load_before}-{round(os.getloadavg()[0], 2)}",  # 1-minute load average at the start and end
+        tools={k: v.get("value") for k, v in plan["plan"].get("tools", {}).items()} if plan else None,
         # from the process start to the saved model, as the run measured it (the rest of `wall` is the exit)
         run_seconds=plan["sessions"][-1]["total_seconds"] if plan else None)
 
 
 def plot(rows, path):
+    """Test accuracy against wall seconds, a curve per data set (the
+    time-to-accuracy curve over the budgets), with the targets' goals."""
     from keras_vit.utils.io import new_figure, save_figure
 
     fig = new_figure(figsize=(6, 4), dpi=100)
@@ -63,6 +83,12 @@ def plot(rows, path):
     for dataset in sorted({r["dataset"] for r in rows}):
         points = sorted((r["wall_seconds"], r["test_accuracy"]) for r in rows if r["dataset"] == dataset)
         ax.plot(*zip(*points), marker="o", label=Path(dataset).name)
+    for dataset, budget, goal, wall in TARGETS:
+        seconds = wall or (parse_duration(budget) if budget != "none" else None)
+        if seconds:
+            ax.plot([seconds], [goal], marker="*", markersize=12, linestyle="none", color="black")
+            ax.annotate(f"goal {Path(dataset).stem} {budget}", (seconds, goal), fontsize=7,
+                        textcoords="offset points", xytext=(4, -10))
     ax.set_xlabel("wall seconds (whole command)")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
@@ -76,27 +102,45 @@ def main(argv=None):
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--budgets", default="60,120,180", help="comma-separated budgets, or 'none'")
+    parser.add_argument("--targets", action="store_true", help="run issue 25's target commands instead")
     parser.add_argument("--out", default=str(RESULTS / "time-to-accuracy"))
     parser.add_argument("--runs-dir", help="keep each run directory (with its console.log) here (default: deleted)")
     parser.add_argument("extra", nargs="*", help="arguments for keras-vit train (after --)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     rows = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
+    runs = ([(d, b) for d, b, _, _ in TARGETS] if args.targets
+            else [(args.dataset, budget) for budget in args.budgets.split(",")])
+    verdicts = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, budget in enumerate(args.budgets.split(",")):
-            name = f"{Path(args.dataset).stem}-{budget}"
-            row = run_budget(args.dataset, budget, Path(args.runs_dir or tmp) / name, args.extra)
+        for dataset, budget in runs:
+            name = f"{Path(dataset).stem}-{budget}"
+            row = run_budget(dataset, budget, Path(args.runs_dir or tmp) / name, args.extra)
             print(json.dumps(row), flush=True)
             rows = [r for r in rows if (r["dataset"], r["budget"]) != (row["dataset"], row["budget"])] + [row]
+            verdicts += [verdict(row, goal, wall) for d, b, goal, wall in TARGETS
+                         if args.targets and (d, b) == (dataset, budget)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    lines = ["| data | budget | wall s | test accuracy | epochs | steps | recipe | model |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | budget | wall s | test accuracy | epochs | steps | recipe | model | tools | load |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["wall_seconds"])):
+        tools = ", ".join(f"{k} {v}" for k, v in (r.get("tools") or {}).items() if v) or "-"
         lines.append(f"| {Path(r['dataset']).name} | {r['budget']} | {r['wall_seconds']} | {r['test_accuracy']:.4f} | "
-                     f"{r['epochs']} | {r['steps']} | {r['recipe']} | {r['model']} |")
+                     f"{r['epochs']} | {r['steps']} | {r['recipe']} | {r['model']} | {tools} | "
+                     f"{r.get('load', 'not recorded')} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     plot(rows, out.with_suffix(".png"))
-    print("\n".join(lines))
+    print("\n".join(lines + verdicts))
+
+
+def verdict(row, goal, wall):
+    """One line: whether a target run met its goal."""
+    met = row["test_accuracy"] >= goal and (wall is None or row["wall_seconds"] <= wall)
+    limit = f" within {wall:.0f} s" if wall else ""
+    return (f"{'MET' if met else 'MISSED'}: {Path(row['dataset']).stem} {row['budget']}: "
+            f"{100 * row['test_accuracy']:.2f} % in {row['wall_seconds']} s (goal {100 * goal:.1f} %{limit}; "
+            f"load {row['load']})")
 
 
 if __name__ == "__main__":

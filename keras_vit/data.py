@@ -30,7 +30,7 @@ from keras_vit import preprocessing
 from keras_vit.augment import AUGMENTATIONS, augmentation_options, build_augmentation  # noqa: F401 (public here too)
 from keras_vit.preprocessing import INTERPOLATIONS, RESIZE_MODES, ImageSettings
 from keras_vit.sources import SPLIT_FOLDERS, array_splits, digits, folder_splits, read_npz, tfds_splits
-from keras_vit.utils.validation import check_choice, check_positive_int, pair, strict_keywords
+from keras_vit.utils.validation import check_choice, check_class_names, check_positive_int, pair, strict_keywords
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABEL_MODES = ("categorical", "int")
@@ -116,6 +116,7 @@ def load_data(
     cache=True,
     shuffle_buffer=10000,
     on_bad_files="warn",
+    remap_labels=False,
 ):
     """Loads a data source as train, validation and test `tf.data` datasets.
 
@@ -152,6 +153,11 @@ def load_data(
             when listed; "warn" skips zero-byte, corrupt and
             non-image files with one warning listing them; "error" raises a
             ValueError listing them.
+        remap_labels: bool; array and ``.npz`` labels must be the class
+            indices 0..K-1 (a label set with gaps is refused) unless True,
+            which numbers the distinct labels 0..K-1 in sorted order and
+            makes their values the class names. Float images whose pixels
+            all lie in [0, 1] are scaled to [0, 255], with a warning.
 
     Returns:
         (train, validation, test, info): batched datasets of (images,
@@ -167,10 +173,15 @@ def load_data(
     size = pair(image_size, "image_size")
     _check_load_args(batch_size, validation_split, test_split, seed, channels, label_mode, resize,
                      interpolation, shuffle_buffer, on_bad_files, cache)
+    check_choice(remap_labels, "remap_labels", (True, False))
     datasets, class_names, source_channels, description = _read_source(
         source, channels, num_classes, data_dir, download, splits, validation_split, test_split, seed,
-        on_bad_files)
+        on_bad_files, remap_labels)
     num_classes = len(class_names)
+    try:
+        check_class_names(class_names, num_classes)
+    except ValueError as err:
+        raise ValueError(f"The classes of {description}: {err}") from None
     if num_classes < 2:
         raise ValueError(
             f"The data has {num_classes} class ({', '.join(map(str, class_names))}); a classifier needs at "
@@ -206,8 +217,8 @@ def _check_load_args(batch_size, validation_split, test_split, seed, channels, l
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
         raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
     check_positive_int(shuffle_buffer, "shuffle_buffer")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"`seed` must be an int. Received: seed={seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32 - 1:
+        raise ValueError(f"`seed` must be an int. Received: seed={seed!r} (accepted: 0 to {2**32 - 2})")
     for name, value in (("validation_split", validation_split), ("test_split", test_split)):
         if not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
@@ -215,12 +226,12 @@ def _check_load_args(batch_size, validation_split, test_split, seed, channels, l
 
 
 def _read_source(source, channels, num_classes, data_dir, download, splits, validation_split, test_split,
-                 seed, on_bad_files):
+                 seed, on_bad_files, remap_labels=False):
     """(unbatched datasets by split, class names, the source's channels, a description) of a source."""
     if isinstance(source, (tuple, list)) and len(source) == 2:
         x, y = source
         datasets, class_names, source_channels, _ = array_splits(
-            {"train": (x, y)}, num_classes, test_split, validation_split, seed)
+            {"train": (x, y)}, num_classes, test_split, validation_split, seed, remap_labels)
         return datasets, class_names, source_channels, "arrays"
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(
@@ -235,7 +246,7 @@ def _read_source(source, channels, num_classes, data_dir, download, splits, vali
         if names is not None and num_classes is None:
             num_classes = len(names)
         datasets, class_names, source_channels, _ = array_splits(
-            arrays, num_classes, test_split, validation_split, seed)
+            arrays, num_classes, test_split, validation_split, seed, remap_labels and names is None)
         return datasets, names or class_names, source_channels, f"npz:{source}"
     if not str(source).startswith("tfds:") and (
             os.sep in str(source) or os.path.isdir(source) or str(source).startswith(".")):

@@ -53,6 +53,12 @@ def carve_splits(splits, test_split, validation_split, seed):
             splits[name] = (x[held], y[held])
             x, y = x[rest], y[rest]
     splits["train"] = (x, y)
+    classes = len(np.unique(np.concatenate([np.asarray(labels) for _, labels in splits.values()])))
+    if len(x) < max(2, classes):
+        raise ValueError(
+            f"The training split holds {len(x)} image(s) for {classes} classes once test_split={test_split} and "
+            f"validation_split={validation_split} took theirs: too few to learn every class. Give more images "
+            "(several per class), or smaller splits.")
 
 
 def check_arrays(x, y, num_classes, name="arrays"):
@@ -91,21 +97,65 @@ def check_arrays(x, y, num_classes, name="arrays"):
     return x, y.astype("int32")
 
 
-def array_splits(arrays, num_classes, test_split, validation_split, seed):
+def array_splits(arrays, num_classes, test_split, validation_split, seed, remap_labels=False):
     """Splits in-memory arrays; `arrays` maps split name to (x, y)."""
     for name, (_, y) in arrays.items():
         if len(np.asarray(y)) == 0:
             raise ValueError(f"The {name} arrays are empty (0 images).")
-    if num_classes is None:
-        num_classes = int(max(np.max(np.asarray(y)) for _, y in arrays.values())) + 1
+    arrays, class_names, num_classes = number_labels(arrays, num_classes, remap_labels)
     checked = {name: check_arrays(x, y, num_classes, f"{name} arrays") for name, (x, y) in arrays.items()}
+    checked = scale_unit_floats(checked)
     carve_splits(checked, test_split, validation_split, seed)
     splits = {
         name: tf.data.Dataset.from_tensor_slices(pair_) if len(pair_[0]) else None
         for name, pair_ in checked.items()
     }
     channels = checked["train"][0].shape[-1]
-    return splits, [str(i) for i in range(num_classes)], channels, num_classes
+    return splits, class_names or [str(i) for i in range(num_classes)], channels, num_classes
+
+
+def number_labels(arrays, num_classes, remap_labels):
+    """(arrays, class names or None, num_classes): with `remap_labels`, the
+    distinct labels numbered 0..K-1 in sorted order (their values become the
+    class names); else labels must be the class indices 0..K-1 already."""
+    labels = {name: np.asarray(y) for name, (_, y) in arrays.items()}
+    labels = {name: y[:, 0] if y.ndim == 2 and y.shape[1] == 1 else y for name, y in labels.items()}
+    if remap_labels:
+        values = np.unique(np.concatenate([y.ravel() for y in labels.values()]))
+        arrays = {name: (x, np.searchsorted(values, labels[name]).astype("int32")) for name, (x, _) in arrays.items()}
+        return arrays, [str(v) for v in values], len(values)
+    kinds = {y.dtype.kind for y in labels.values()}
+    if not kinds <= {"i", "u"}:
+        raise ValueError(
+            f"The labels must be integer class indices 0..K-1; received labels of dtype "
+            f"{next(y.dtype for y in labels.values() if y.dtype.kind not in 'iu')}. Pass remap_labels=True "
+            "(keras-vit train --remap-labels) to number the distinct labels 0..K-1 (their values become the "
+            "class names).")
+    if num_classes is None:
+        present = np.unique(np.concatenate([y.ravel() for y in labels.values()]))
+        num_classes = max(int(present.max()) + 1, 1)
+        missing = np.setdiff1d(np.arange(num_classes), present)
+        if present.min() >= 0 and missing.size:
+            raise ValueError(
+                f"The labels are not the class indices 0..{num_classes - 1}: {len(present)} distinct labels "
+                f"(from {present.min()} to {present.max()}), and {missing.size} of the {num_classes} classes "
+                f"they imply have no image (e.g. {', '.join(map(str, missing[:5]))}). Pass remap_labels=True "
+                "(keras-vit train --remap-labels) to number the distinct labels 0..K-1, or num_classes="
+                f"{num_classes} if those classes are meant to be empty.")
+    return arrays, None, num_classes
+
+
+def scale_unit_floats(checked):
+    """Float images whose pixels all lie in [0, 1] are scaled to [0, 255]
+    (the models take raw pixels and rescale them themselves), with one
+    warning saying so."""
+    images = [x for x, _ in checked.values()]
+    if not all(x.dtype.kind == "f" for x in images) or max(float(x.max()) for x in images) > 1.0 \
+            or min(float(x.min()) for x in images) < 0.0 or max(float(x.max()) for x in images) == 0.0:
+        return checked
+    warnings.warn("The images are floats in [0, 1]; keras_vit scaled them to [0, 255], the raw pixels its "
+                  "models take (they rescale pixels themselves).", stacklevel=4)
+    return {name: (x * np.float32(255.0), y) for name, (x, y) in checked.items()}
 
 
 def digits():

@@ -272,3 +272,68 @@ def test_unknown_keyword_arguments_are_refused_with_the_closest_name(tmp_path):
     kept = build_vit("Mu/4", depth=1, name="mine", dtype="float32")  # Keras' own words still work
     assert kept.name == "mine" and keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(kept)).name == "mine"
+
+
+# --- issue 26, item 4: silently wrong data ---------------------------------
+
+GRAY = np.random.default_rng(1).integers(0, 256, (24, 8, 8)).astype("uint8")
+LABELS = np.arange(24) % 4
+
+
+def test_labels_that_are_not_class_indices_are_refused_unless_remapped():
+    with pytest.raises(ValueError, match="remap_labels=True") as info:
+        load_data((GRAY, LABELS * 1000), 8, 4)  # built a 3,001-class model
+    assert "0..3000" in str(info.value)
+    with pytest.raises(ValueError, match="remap_labels=True"):
+        load_data((GRAY, np.array(["cat", "dog", "eel", "fox"])[LABELS]), 8, 4)
+    *_, info = load_data((GRAY, LABELS * 1000), 8, 4, remap_labels=True)
+    assert info.num_classes == 4 and info.class_names == ["0", "1000", "2000", "3000"]
+    *_, info = load_data((GRAY, np.array(["cat", "dog", "eel", "fox"])[LABELS]), 8, 4, remap_labels=True)
+    assert info.class_names == ["cat", "dog", "eel", "fox"]
+
+
+def test_pixels_already_in_0_1_are_scaled_with_a_one_line_warning():
+    raw = load_data((GRAY, LABELS), 8, 24, validation_split=0, test_split=0, label_mode="int", shuffle_buffer=1)
+    with pytest.warns(UserWarning, match=r"floats in \[0, 1\]; keras_vit scaled them to \[0, 255\]"):
+        unit = load_data((GRAY / 255.0, LABELS), 8, 24, validation_split=0, test_split=0, label_mode="int",
+                         shuffle_buffer=1)
+    np.testing.assert_allclose(next(iter(unit[0]))[0], next(iter(raw[0]))[0], atol=1e-3)
+
+
+def test_a_split_that_leaves_fewer_training_images_than_classes_is_refused():
+    with pytest.raises(ValueError, match="The training split holds 3 image"):
+        load_data((GRAY[:4], LABELS[:4]), 8, 4, validation_split=0)  # one image per class
+
+
+def test_gradient_accumulation_beyond_an_epoch_is_refused_with_the_limit(tmp_path):
+    data = load_data((GRAY, LABELS), 8, 4, validation_split=0, test_split=0)
+    with pytest.raises(ValueError, match="Use at most gradient_accumulation_steps=6"):
+        train(build_vit(**tiny_vit_kwargs(image_size=8, channels=1, depth=1)), data, epochs=1,
+              run_dir=tmp_path / "run", gradient_accumulation_steps=1_000_000_000)
+    assert not (tmp_path / "run").exists()
+
+
+def test_blank_and_duplicate_class_names_are_refused(tmp_path):
+    for names, word in ((["a", " ", "c", "d"], "blank"), (["a", "b", "a", "d"], "twice")):
+        with pytest.raises(ValueError, match=word):
+            build_vit(**tiny_vit_kwargs(depth=1), class_names=names)
+    np.savez(tmp_path / "d.npz", x=GRAY, y=LABELS, class_names=np.array(["a", "b", "a", "d"]))
+    with pytest.raises(ValueError, match="names 'a' twice"):
+        load_data(str(tmp_path / "d.npz"), 8, 4)
+    image_folder(tmp_path / "folder")
+    (tmp_path / "folder" / "a").rename(tmp_path / "folder" / " ")
+    with pytest.raises(ValueError, match="blank name"):
+        load_data(str(tmp_path / "folder"), 8, 4, validation_split=0, test_split=0)
+
+
+def test_train_on_a_folder_keeps_its_class_names_through_export(tmp_path):
+    from keras_vit.export import export_saved_model, load_predictor
+
+    image_folder(tmp_path / "data", n=3)
+    assert cli_main(["train", "--dataset", str(tmp_path / "data"), "--recipe", "digits", "--image-size", "8",
+                     "--patch-size", "4", "--hidden-dim", "8", "--depth", "1", "--num-heads", "2", "--mlp-dim", "8",
+                     "--epochs", "1", "--validation-split", "0", "--test-split", "0", "--warmup-epochs", "0",
+                     "--verbose", "0", "--run-dir", str(tmp_path / "run")]) == 0
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    export_saved_model(model, tmp_path / "sm")
+    assert load_predictor(tmp_path / "sm").class_names == ["a", "b"]  # was ['0', '1']

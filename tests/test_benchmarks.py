@@ -76,8 +76,10 @@ def test_mfu_counts_flops_against_the_measured_gemm_peak(tmp_path):
                 "--repeats", "1", "--out", str(out)], timeout=600)
     result = json.loads(out.with_suffix(".json").read_text())
     row, ceiling = result["rows"]
-    assert result["gemm_peak_flops"] > 1e9 and len(result["gemm_peaks_per_round"]) == 1  # one round
-    assert 0 < row["train_mfu"] < 1 and 0 < row["infer_mfu"] < 1
+    # a peak sample before the first measurement and after each: 3 modes and the 2 ceilings, one round
+    assert result["gemm_peak_flops"] > 1e9 and len(result["gemm_peak_samples"]) == 1 + 3 + 2
+    assert 0 < row["train_mfu"] < 1 and 0 < row["infer_mfu"] < 1 and 0 < row["plain_infer_cpu_mfu"]
+    assert result["environment"]["load_average_start"] and "TF_ENABLE_ONEDNN_OPTS=" in out.with_suffix(".md").read_text()
     assert ceiling["contender"] == "matmuls alone" and ceiling["train_mfu"] > 0 and ceiling["infer_mfu"] > 0
     assert "| tiny | keras_vit | off |" in out.with_suffix(".md").read_text()
 

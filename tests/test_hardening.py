@@ -9,6 +9,7 @@ import io
 import json
 import os
 import textwrap
+import zipfile
 
 import keras
 import numpy as np
@@ -21,6 +22,7 @@ from keras_vit.data import load_data
 from keras_vit.training import train
 from keras_vit.utils.ownership import MARKER_NAME, RUN_DIR, TUNING_PROJECT, claim_directory
 from tests.conftest import run_python, tiny_vit_kwargs
+from tests.test_faults import small_disk  # noqa: F401 - a fixture: a 1 MiB tmpfs
 
 # ---------------------------------------------------------------------------
 # Item 1: never touch what is not ours
@@ -335,3 +337,147 @@ def test_train_predict_and_explain_commands_on_animated_images(tmp_path):
     proc = run_python(code, cwd=tmp_path, check=False, timeout=300)
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert "anim.webp" in proc.stdout and (tmp_path / "run" / "attention.png").is_file()
+
+
+# ---------------------------------------------------------------------------
+# Clear errors instead of tracebacks (issue 26's list)
+# ---------------------------------------------------------------------------
+
+
+def test_train_touches_a_refused_folder_not_even_for_its_lock_or_temporaries(tmp_path, digits):
+    users_folder(tmp_path / "user")
+    (tmp_path / "user" / ".notes.txt.tmp-1-abcdef01").write_text("looks like a temporary of ours; is not")
+    before = snapshot(tmp_path / "user")
+    with pytest.raises(ValueError, match="already holds files that keras_vit did not write"):
+        train(tiny_model(), digits, epochs=1, run_dir=tmp_path / "user", verbose=0)
+    assert snapshot(tmp_path / "user") == before
+
+
+def test_odd_run_directories_are_refused_naming_them(tmp_path, digits):
+    (tmp_path / "file").write_text("a file")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for run_dir, words in ((tmp_path / "file" / "run", "which is a file"), (tmp_path / ("x" * 300), "255 bytes"),
+                           (tmp_path / "dangling", "symbolic link"), ("/proc/self/x", "cannot be created")):
+        with pytest.raises(ValueError, match=words):
+            train(tiny_model(), digits, epochs=1, run_dir=run_dir, verbose=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "file"]
+
+
+def test_corrupt_resume_state_names_the_file_and_restart_works(tmp_path, digits):
+    run, plain = tmp_path / "run", dict(verbose=0, jit_compile=False)
+    train(tiny_model(), digits, epochs=1, run_dir=run, **plain)
+    metadata = run / "backup" / "training_metadata.json"
+    (run / "backup" / json.loads(metadata.read_text())["weights"]).write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"The resume state .*epoch-0001.weights.h5 is corrupt .*--restart"):
+        train(tiny_model(), digits, epochs=2, run_dir=run, **plain)
+    metadata.write_text('{"epo')
+    with pytest.raises(ValueError, match=r"The resume state .*training_metadata.json is corrupt .*--restart"):
+        train(tiny_model(), digits, epochs=2, run_dir=run, **plain)
+    assert train(tiny_model(), digits, epochs=1, run_dir=run, resume=False, **plain).initial_epoch == 0
+
+
+def test_raising_epochs_on_a_finished_run_ignores_the_derived_warmup(tmp_path, capsys):
+    args = ["train", "--dataset", "digits", "--image-size", "8", "--patch-size", "4", "--hidden-dim", "8",
+            "--depth", "1", "--num-heads", "2", "--mlp-dim", "8", "--batch-size", "512", "--verbose", "0",
+            "--run-dir", str(tmp_path / "run")]
+    assert cli_main(args + ["--epochs", "1"]) == 0
+    assert "using warmup_epochs=0.1" in capsys.readouterr().err  # derived from --epochs 1
+    assert cli_main(args + ["--epochs", "2"]) == 0  # was refused: "changed: warmup_epochs: 0.1 -> 0.2"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["resumed_from_epoch"] == 1
+
+
+def test_keras_archives_that_inflate_too_far_or_that_safe_mode_refuses(tmp_path):
+    from keras_vit.utils.io import MAX_CONFIG_BYTES, load_keras_file
+
+    good = tmp_path / "good.keras"
+    tiny_model().save(good)
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(tmp_path / "big.keras", "w", zipfile.ZIP_DEFLATED) as big:
+        for item in source.infolist():
+            if item.filename != "config.json":
+                big.writestr(item, source.read(item))
+        big.writestr("config.json", b" " * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(ValueError, match=r"big.keras is too large"):
+        load_keras_file(tmp_path / "big.keras")
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs)).save(tmp_path / "lambda.keras")
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(tmp_path / "os.keras", "w") as target:
+        for item in source.infolist():
+            target.writestr(item, json.dumps({"module": "os", "class_name": "system", "config": {}}).encode()
+                            if item.filename == "config.json" else source.read(item))
+    for name in ("lambda.keras", "os.keras"):
+        with pytest.raises(ValueError, match=rf"{name} was refused by Keras' safe mode"):
+            load_keras_file(tmp_path / name, safe_mode=True)
+
+
+def test_data_and_config_files_that_ended_in_tracebacks(tmp_path, monkeypatch):
+    from keras_vit.training.auto import describe_source
+    from keras_vit.training.distribute import worker_info
+    from keras_vit.training.recipe import read_config_file
+
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 8, 8), "uint8"), y=np.zeros((0,), "int64"))
+    with pytest.raises(ValueError, match="empty.npz holds no images"):
+        describe_source(str(tmp_path / "empty.npz"))  # was a ZeroDivisionError in the auto recipe
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    (tmp_path / "nested.yaml").write_text("a: " + "[" * 100000 + "]" * 100000)
+    for name, words in (("binary.yaml", "not UTF-8"), ("nested.yaml", "nested too deeply")):
+        with pytest.raises(ValueError, match=words):
+            read_config_file(tmp_path / name)
+    with pytest.raises(ValueError, match="`seed` must be an int"):
+        load_data((np.zeros((8, 8, 8), "uint8"), np.arange(8) % 2), 8, 4, seed=2**70)
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+        worker_info()
+
+
+def test_tune_refuses_impossible_space_values_before_any_trial(tmp_path):
+    from keras_vit.tuning import tune
+
+    data = load_data((np.zeros((16, 8, 8), "uint8"), np.arange(16) % 2), 8, 4, test_split=0, validation_split=0.25)
+    for kwargs, words in ((dict(space={"learning_rate": (-1.0, 1.0)}), "learning_rate"),
+                          (dict(space={"batch_size": [0, 1]}), "batch_size"),
+                          (dict(fixed={"pooling": "bogus"}), "pooling")):
+        with pytest.raises(ValueError, match=words):
+            tune(data, directory=tmp_path / "search", **kwargs)
+    (tmp_path / "file").write_text("a file")
+    with pytest.raises(ValueError, match="which is a file"):
+        tune(data, directory=tmp_path / "file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_export_and_explain_never_replace_a_users_file(tmp_path):
+    from keras_vit.explain import save_attention_overlay
+    from keras_vit.export import export_tflite
+
+    (tmp_path / "mine.tflite").write_text("the user's own file")
+    with pytest.raises(ValueError, match="not a .tflite file that keras_vit wrote; refusing"):
+        export_tflite(tiny_model(), tmp_path / "mine.tflite")
+    Image.fromarray(np.zeros((8, 8, 3), "uint8")).save(tmp_path / "photo.png")
+    image, heat = np.zeros((8, 8, 3), "uint8"), np.ones((2, 2))
+    with pytest.raises(ValueError, match="not a PNG that keras_vit wrote; refusing"):
+        save_attention_overlay(image, heat, tmp_path / "photo.png")
+    save_attention_overlay(image, heat, tmp_path / "ours.png")
+    save_attention_overlay(image, heat, tmp_path / "ours.png")  # ours: replaced
+    assert (tmp_path / "mine.tflite").read_text() == "the user's own file"
+
+
+def test_stale_temporaries_of_a_killed_save_to_preset_are_cleaned(tmp_path):
+    (tmp_path / ".preset.tmp-99999-deadbeef").mkdir()  # what a save killed mid-write leaves
+    tiny_model().save_to_preset(tmp_path / "preset")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preset"]
+
+
+def test_an_unknown_keras_backend_is_named(tmp_path):
+    proc = run_python(["-m", "keras_vit.cli", "train"], env={"KERAS_BACKEND": "bogus"}, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "KERAS_BACKEND='bogus' names no Keras backend" in proc.stderr
+    assert "Traceback" not in proc.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_full_disk_during_export_and_tune_is_named(small_disk, capsys):
+    (small_disk / "ballast").write_bytes(b"\0" * (1000 * 1024))
+    tiny_model().save(small_disk.parent / "m.keras")
+    assert cli_main(["export", str(small_disk.parent / "m.keras"), "--format", "tflite",
+                     "-o", str(small_disk / "m.tflite")]) == 1
+    assert cli_main(["tune", "--max-trials", "1", "--epochs", "1", "--image-size", "8",
+                     "--directory", str(small_disk / "search")]) == 1
+    err = capsys.readouterr().err  # (KerasTuner itself logs the failed trial's traceback)
+    assert err.count("error: The disk is full") == 2 and "internal error" not in err

@@ -292,3 +292,20 @@ def test_a_trial_becomes_a_recipe_with_the_same_names():
     recipe = hypermodel.to_recipe(hp, dataset="digits", epochs=3)
     assert (recipe.learning_rate, recipe.warmup_epochs, recipe.hidden_dim, recipe.num_heads, recipe.mlp_dim,
             recipe.image_size, recipe.epochs, recipe.augment) == (2e-3, 0.5, 16, 2, 32, 8, 3, None)
+
+
+def test_a_search_whose_every_trial_fails_ends_in_one_clear_line(tmp_path, capsys):
+    # A learning rate of 1e9 makes every loss NaN: the command says so, names
+    # the first failure and results.csv in its last line, and exits 1 as a
+    # failed run, not as a bug (KerasTuner itself prints each failed trial's
+    # traceback as the search goes on).
+    from keras_vit.cli.main import main
+
+    code = main(_cli(tmp_path, "--max-trials", "1", "--epochs", "1", "--space=learning_rate=1e9")[2:])
+    err = capsys.readouterr().err
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("keras-vit tune: error: Every trial failed (1 tried)")
+    assert "results.csv" in last and "The first failure:" in last
+    assert "internal error" not in err
+    assert (tmp_path / "search" / "results.csv").read_text().count("FAILED") == 1

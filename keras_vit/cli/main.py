@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "keras_vit.cli.finetune",
     "keras_vit.cli.explain",
 )
+KERAS_BACKENDS = ("tensorflow", "jax", "torch", "numpy", "openvino")
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -66,6 +67,7 @@ def build_parser():
 
 def run_command(args):
     """Runs the parsed command under the error rule; returns the exit code."""
+    from keras_vit.utils.validation import SearchFailedError
     try:
         return args.run(args) or 0
     except (ValueError, FileNotFoundError) as err:
@@ -73,12 +75,17 @@ def run_command(args):
             return _bug(args)
         print(f"keras-vit {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:
+    except SearchFailedError as err:  # the data or the space failed every model: not a bug, not a usage error
+        print(f"keras-vit {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - TensorFlow, h5py, zipfile and KerasTuner report a full disk in their types
         from keras_vit.utils.io import DiskFullError, is_disk_full
 
         if not is_disk_full(err):
             raise
-        message = err.strerror if isinstance(err, DiskFullError) else f"the disk is full ({err}); free some space"
+        message = err.strerror if isinstance(err, DiskFullError) else (
+            f"The disk is full: no space left while writing ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else ''}). Free some space and run the same command again.")
         print(f"keras-vit {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -95,6 +102,11 @@ def _bug(args):
 
 def main(argv=None):
     startup.refuse_the_other_keras_vit()  # also when another keras_vit/__init__.py was loaded
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend is not None and backend not in KERAS_BACKENDS:  # Keras' own import would end in a traceback
+        print(f"keras-vit: error: the environment variable KERAS_BACKEND={backend!r} names no Keras backend; "
+              f"accepted: {', '.join(KERAS_BACKENDS)} (or unset it: TensorFlow).", file=sys.stderr)
+        return 2
     debug = startup.wants_debug(argv)
     startup.quiet_startup(debug)  # before anything imports Keras or TensorFlow
     with startup.warning_format(debug):

@@ -3,6 +3,7 @@
 and the checks shared by every exporter.
 """
 
+import os
 import warnings
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import keras
 from keras_vit.layers import grid_size
 from keras_vit.preprocessing import ImageSettings
 from keras_vit.presets.registry import is_pretrained_name
-from keras_vit.utils.validation import pair
+from keras_vit.utils.validation import check_class_names, pair  # noqa: F401 - check_class_names: export's name for it
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -22,8 +23,10 @@ BYTES_SIGNATURE = "serving_bytes"
 CHECKPOINT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin")
 
 
-def check_target(path, kind):
-    """Refuses to overwrite something that is not an artifact of `kind`."""
+def check_target(path, kind, read_metadata=None):
+    """Refuses to overwrite something that is not an artifact of `kind`;
+    for a file, `read_metadata(path)` (the exporter's own reader) tells
+    whether keras_vit wrote it."""
     path = Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"The directory of `path` does not exist. Received: path={str(path)!r}")
@@ -35,12 +38,11 @@ def check_target(path, kind):
             )
     if kind in ("tflite", "onnx") and path.is_dir():
         raise ValueError(f"`path` is a directory; a .{kind} file was expected. Received: path={str(path)!r}")
+    if kind in ("tflite", "onnx") and os.path.lexists(path) and not _holds_metadata(path, read_metadata):
+        raise ValueError(f"`path` exists and is not a .{kind} file that keras_vit wrote; refusing to replace it. "
+                         f"Remove it, or choose another path. Received: path={str(path)!r}")
     return path
 
-
-# --------------------------------------------------------------------------
-# What an artifact needs to know about the model.
-# --------------------------------------------------------------------------
 
 
 def model_geometry(model, image_size=None):
@@ -100,18 +102,6 @@ def model_geometry(model, image_size=None):
         image_size=fixed, size=size, channels=shape[-1], patch_size=patch, stride=stride,
         num_classes=out[-1],
     )
-
-
-def check_class_names(class_names, num_classes):
-    if class_names is None:
-        return [str(i) for i in range(num_classes)]
-    names = list(class_names)
-    if len(names) != num_classes or not all(isinstance(n, str) for n in names):
-        raise ValueError(
-            f"`class_names` must be a list of {num_classes} strings (one per class). "
-            f"Received {len(names)} entries: {names[:5]}{'...' if len(names) > 5 else ''}"
-        )
-    return names
 
 
 def outputs_probabilities(model):
@@ -193,3 +183,11 @@ def artifact_kind(path, presets=False):
         "(with saved_model.pb), a .tflite or an .onnx file"
         + (", a known pretrained name, hf://owner/repo[@rev], a preset directory (with config.json) "
            f"or a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})." if presets else "."))
+
+
+def _holds_metadata(path, read_metadata):
+    """Whether the file at `path` is an export of ours (it holds our metadata)."""
+    try:
+        return path.is_file() and read_metadata is not None and read_metadata(path) is not None
+    except (ValueError, OSError):
+        return False

@@ -80,7 +80,8 @@ def export_onnx(model, path, *, opset=DEFAULT_OPSET, class_names=None, image_siz
         path: the ``.onnx`` file to write (written beside, then renamed).
         opset: int, the ONNX opset (default `DEFAULT_OPSET`, 17; accepted
             `OPSETS`, 13 to 18).
-        class_names: optional list of `num_classes` strings.
+        class_names: optional list of `num_classes` strings (default: the
+            model's own, else "0", "1", ...).
         image_size: optional int or (h, w): for a dynamic-size model, the
             size recorded as the one to resize images to (default: the size
             its positions were built for); the file itself stays dynamic.
@@ -108,9 +109,9 @@ def export_onnx(model, path, *, opset=DEFAULT_OPSET, class_names=None, image_siz
             "do not build on the torch backend.)"
         )
     geo = model_geometry(model, image_size)
-    names = check_class_names(class_names, geo["num_classes"])
+    names = check_class_names(class_names or getattr(model, "class_names", None), geo["num_classes"])
     warn_if_not_pixels(model)
-    path = check_target(path, "onnx")
+    path = check_target(path, "onnx", onnx_metadata)
 
     import onnx
     import tensorflow as tf

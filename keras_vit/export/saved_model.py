@@ -55,7 +55,7 @@ def export_saved_model(model, path, *, class_names=None, image_size=None, top_k=
             raw pixels in [0, 255]) with outputs (B, num_classes).
         path: the SavedModel directory to write.
         class_names: optional list of `num_classes` strings; defaults to
-            "0", "1", ...
+            the model's own (`ViTClassifier.class_names`), else "0", "1", ...
         image_size: optional int or (h, w), the decode size of
             ``serving_bytes`` for a dynamic-size model.
         top_k: int, how many classes the top-k outputs hold (capped at
@@ -73,7 +73,7 @@ def export_saved_model(model, path, *, class_names=None, image_size=None, top_k=
 
     check_backend()
     geo = model_geometry(model, image_size)
-    names = check_class_names(class_names, geo["num_classes"])
+    names = check_class_names(class_names or getattr(model, "class_names", None), geo["num_classes"])
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k <= 0:
         raise ValueError(f"`top_k` must be a positive int. Received: top_k={top_k!r}")
     if geo["size"] is None:

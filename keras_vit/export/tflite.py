@@ -127,7 +127,8 @@ def export_tflite(
         num_calibration_samples: int, the most images drawn for "int8".
         image_size: int or (h, w); required for a model built with
             ``image_size=None`` (TFLite files have a fixed size).
-        class_names: optional list of `num_classes` strings.
+        class_names: optional list of `num_classes` strings (default: the
+            model's own, else "0", "1", ...).
 
     Returns:
         The `Path` of the file.
@@ -144,7 +145,7 @@ def export_tflite(
             "The model has a dynamic image size (image_size=None) but a .tflite file needs a "
             "fixed one: pass `image_size` (keras-vit export --image-size), e.g. image_size=224."
         )
-    names = check_class_names(class_names, geo["num_classes"])
+    names = check_class_names(class_names or getattr(model, "class_names", None), geo["num_classes"])
     shape = (*geo["size"], geo["channels"])
     samples = None
     if quantization == "int8":
@@ -154,7 +155,7 @@ def export_tflite(
             )
         samples = calibration_samples(representative_data, shape, num_calibration_samples)
     warn_if_not_pixels(model)
-    path = check_target(path, "tflite")
+    path = check_target(path, "tflite", tflite_metadata)
     with destination_lock(path):  # one writer; leftovers of a killed export removed
         flatbuffer = _convert(model, path, shape, quantization, samples)
         metadata = dict(

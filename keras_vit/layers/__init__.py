@@ -6,6 +6,7 @@
 - `norm`: `LayerNorm`;
 - `attention`: `MultiHeadSelfAttention`;
 - `block`: `TransformerBlock` with `DropPath` and `LayerScale`;
+- `patch_dropout`: `PatchDropout`, training on a random subset of patch tokens;
 - `pooling`: `TokenPooling` ("cls", "gap") and `AttentionPooling` ("map").
 
 Every layer uses `keras.ops` only and is registered under the package name
@@ -30,6 +31,7 @@ from keras_vit.layers.patching import (
     patch_stride,
 )
 from keras_vit.layers.positions import POS_INTERPOLATIONS, resample_position_table, resample_posemb, sincos_posemb_2d
+from keras_vit.layers.patch_dropout import PatchDropout
 from keras_vit.layers.norm import LayerNorm, layer_norm
 from keras_vit.layers.stem import ConvStem
 from keras_vit.layers.pooling import POOLINGS, AttentionPooling, TokenPooling
@@ -37,7 +39,7 @@ from keras_vit.utils.validation import check_choice, check_rate, pair
 
 __all__ = [
     "ACTIVATIONS", "PATCH_EMBEDDINGS", "POS_INTERPOLATIONS", "POOLINGS", "POS_EMBEDDINGS",
-    "AttentionPooling", "ConvStem", "DropPath", "LayerNorm", "LayerScale", "MultiHeadSelfAttention", "PatchEncoder",
+    "AttentionPooling", "ConvStem", "DropPath", "LayerNorm", "LayerScale", "MultiHeadSelfAttention", "PatchDropout", "PatchEncoder",
     "Patches", "TokenPooling", "TransformerBlock", "check_choice", "check_images", "check_rate",
     "grid_size", "layer_norm", "pair", "patch_stride", "resample_position_table", "resample_posemb", "sincos_posemb_2d", "use_fused_attention",
 ]

@@ -243,6 +243,7 @@ class PatchEncoder(keras.layers.Layer):
             raise ValueError("`grid_size` is required with pos_embedding='learned'.")
         if pos_embedding == "sincos" and hidden_dim % 4:
             sincos_posemb_2d(1, 1, hidden_dim)  # raises the hidden_dim error
+        self.training_image_size = None  # (h, w): training calls resize to it (training.progressive)
         self.stem = None
         if self.conv_stem:
             self.stem = ConvStem(self.conv_stem, dtype=self.dtype_policy, name="stem")
@@ -307,8 +308,10 @@ class PatchEncoder(keras.layers.Layer):
             return table
         return resample_posemb(table, grid, self.grid_size, self.pos_interpolation)
 
-    def call(self, images):
+    def call(self, images, training=None):
         check_images(images, self.channels, self.patch_size, self.stride)
+        if training and self.training_image_size is not None:
+            images = ops.image.resize(images, self.training_image_size, interpolation="bilinear", antialias=True)
         batch = ops.shape(images)[0]
         if self.patch_embedding == "conv":
             x = self.projection(images if self.stem is None else self.stem(images))

@@ -11,7 +11,7 @@ import numpy as np
 
 from keras_vit.kernels import resolve_kernels
 from keras_vit.layers import ACTIVATIONS, PATCH_EMBEDDINGS, POS_EMBEDDINGS, POS_INTERPOLATIONS
-from keras_vit.layers import PatchEncoder, TransformerBlock, grid_size, layer_norm
+from keras_vit.layers import PatchDropout, PatchEncoder, TransformerBlock, grid_size, layer_norm
 from keras_vit.layers.patching import patch_stride
 from keras_vit.layers.positions import renamed_in_config, renamed_interpolation
 from keras_vit.layers.stem import check_conv_stem
@@ -60,10 +60,12 @@ def _check_size(c, grid):
             f"{MAX_TOKENS:,}). Check hidden_dim, depth, mlp_dim, image_size and patch_size.")
 
 
-def _embed(images, rescaling, patch_encoder, dropout, norm_pre):
+def _embed(images, rescaling, patch_encoder, dropout, norm_pre, patch_dropout=None):
     """Pixels to the tokens the first block takes."""
     x = rescaling(images) if rescaling is not None else images
     x = dropout(patch_encoder(x))
+    if patch_dropout is not None:
+        x = patch_dropout(x)
     return norm_pre(x) if norm_pre is not None else x
 
 
@@ -119,7 +121,7 @@ def _check_config(c):
             raise ValueError(
                 f"`{key}` must be a list of 1 or `channels`={c['channels']} numbers"
                 f"{' > 0' if key == 'pixel_std' else ''} (fractions of 255). Received: {key}={value!r}")
-    for key in ("dropout", "attention_dropout", "drop_path_rate"):
+    for key in ("dropout", "attention_dropout", "drop_path_rate", "patch_dropout"):
         check_rate(c[key], key)
     if c["layer_scale"] is not None and (isinstance(c["layer_scale"], bool) or not isinstance(c["layer_scale"], (int, float))):
         raise ValueError(f"`layer_scale` must be None or a number. Received: layer_scale={c['layer_scale']!r}")
@@ -176,6 +178,8 @@ def _make_layers(c, grid, policy):
         rescaling=_rescaling(c["pixel_mean"], c["pixel_std"], policy) if c["include_rescaling"] else None,
         patch_encoder=patch_encoder,
         embedding_dropout=keras.layers.Dropout(c["dropout"], dtype=policy, name="embedding_dropout"),
+        patch_dropout=PatchDropout(c["patch_dropout"], num_prefix_tokens=patch_encoder.num_prefix_tokens,
+                                   dtype=policy, name="patch_dropout") if c["patch_dropout"] else None,
         norm_pre=layer_norm(epsilon, "norm_pre", kernels) if c["pre_norm"] else None,
         blocks=blocks,
         norm=layer_norm(epsilon, "encoder_norm", kernels) if c["final_norm"] else None)
@@ -185,7 +189,8 @@ def _wire(parts, c):
     """The functional graph through `parts`: (input, output) tensors."""
     input_hw = (None, None) if c["image_size"] is None else c["image_size"]
     images = keras.Input(shape=(*input_hw, c["channels"]), name="images")
-    x = _embed(images, parts["rescaling"], parts["patch_encoder"], parts["embedding_dropout"], parts["norm_pre"])
+    x = _embed(images, parts["rescaling"], parts["patch_encoder"], parts["embedding_dropout"], parts["norm_pre"],
+               parts["patch_dropout"])
     for block in parts["blocks"]:
         x = block(x)
     return images, parts["norm"](x) if parts["norm"] is not None else x
@@ -249,6 +254,9 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
             training GELU and LayerNorms as XLA kernels on TensorFlow and
             falls back to plain ops elsewhere). Stored resolved in the
             config; the same function either way.
+        patch_dropout: float in [0, 1): in training, the blocks see a random
+            `1 - patch_dropout` of each image's patch tokens (prefix tokens
+            always); the identity at inference (`keras_vit.layers.PatchDropout`).
 
     Example:
     >>> backbone = ViTBackbone(image_size=32, patch_size=8, hidden_dim=32,
@@ -294,6 +302,7 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
         final_norm=True,
         conv_stem=None,
         kernels=None,
+        patch_dropout=0.0,
         **kwargs,
     ):
         pos_interpolation = renamed_interpolation(kwargs, pos_interpolation, "ViTBackbone")
@@ -313,9 +322,9 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
         self._set_parts(**parts)
         self._set_config(config)
 
-    def _set_parts(self, *, rescaling, patch_encoder, embedding_dropout, norm_pre, blocks, norm):
-        self.rescaling, self.patch_encoder, self.embedding_dropout = rescaling, patch_encoder, embedding_dropout
-        self.norm_pre, self.blocks, self.norm = norm_pre, blocks, norm
+    def _set_parts(self, *, rescaling, patch_encoder, embedding_dropout, norm_pre, blocks, norm, patch_dropout):
+        self.rescaling, self.patch_dropout_layer, self.patch_encoder = rescaling, patch_dropout, patch_encoder
+        self.embedding_dropout, self.norm_pre, self.blocks, self.norm = embedding_dropout, norm_pre, blocks, norm
 
     def _set_config(self, c):
         """Keeps the config (`get_config`) and each of its values as an
@@ -327,7 +336,8 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
             setattr(self, name, value)
 
     def _embed(self, images):
-        return _embed(images, self.rescaling, self.patch_encoder, self.embedding_dropout, self.norm_pre)
+        return _embed(images, self.rescaling, self.patch_encoder, self.embedding_dropout, self.norm_pre,
+                      self.patch_dropout_layer)
 
     # --- what the rest of the package reads ------------------------------
 

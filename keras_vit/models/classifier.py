@@ -15,7 +15,7 @@ from keras_vit.models.lora import check_lora_args, quantized_layers, requantize
 from keras_vit.presets.architectures import FROM_PRESET, HEAD_ARGS, vit_arguments
 from keras_vit.presets.folder import save_to_preset
 from keras_vit.presets.loaders import get_preset_loader
-from keras_vit.utils.validation import (MODEL_KEYWORDS, check_choice, check_keywords,
+from keras_vit.utils.validation import (MODEL_KEYWORDS, check_choice, check_class_names, check_keywords,
                                         check_positive_int, check_rate, parameter_names, strict_keywords)
 
 # The one home of the no-weight-decay rule (`no_weight_decay`): every 0-D and
@@ -82,11 +82,7 @@ def _check_head(num_classes, pooling, representation_size, head_units, dropout,
                 f"Unknown `classifier_activation`: {classifier_activation!r}. Accepted values: None "
                 "(logits) or a Keras activation name such as 'softmax' or 'sigmoid'.") from None
     if class_names is not None:
-        names = list(class_names)
-        if len(names) != num_classes or not all(isinstance(n, str) for n in names):
-            raise ValueError(
-                f"`class_names` must be a list of {num_classes} strings (one per class). "
-                f"Received {len(names)} entries: {names[:5]}")
+        check_class_names(class_names, num_classes)
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")

@@ -94,6 +94,8 @@ class BudgetPlan:
         reserve_seconds: set aside for the final evaluation and saving.
         step_seconds, eval_step_seconds: the measured step times.
         spent_before: training seconds committed by earlier sessions.
+        tools: the budget tools of the run (progressive resizing, patch
+            dropout, EMA, ...): for each, its setting and why.
     """
 
     budget: float
@@ -106,6 +108,7 @@ class BudgetPlan:
     step_seconds: float
     eval_step_seconds: float
     spent_before: float = 0.0
+    tools: dict = dataclasses.field(default_factory=dict)
 
     def describe(self):
         return (f"Time budget {self.budget:.0f} s: {self.planned_steps} steps ({self.epochs} epochs of "
@@ -275,7 +278,7 @@ def _cardinality(dataset):
 
 
 def start_budget(model, run_dir, budget, budget_start, datasets, *, steps_per_epoch, max_epochs, warmup_epochs,
-                 learning_rate, min_learning_rate, resume, verbose=True):
+                 learning_rate, min_learning_rate, resume, verbose=True, progressive_resize=0.0):
     """Measures the speed and plans a budgeted session; reads the run
     directory but writes nothing, so a budget too small is refused before
     anything is touched.
@@ -287,12 +290,17 @@ def start_budget(model, run_dir, budget, budget_start, datasets, *, steps_per_ep
         budget: seconds; budget_start: `time.time()` when the budget began.
         datasets: (train, validation, test); validation and test may be
             None.
+        progressive_resize: the fraction of the run trained at a lower
+            resolution (`keras_vit.training.progressive`); 0 for none. The
+            step time of each resolution is measured and the plan uses
+            their mix.
 
     Returns:
-        (plan, callback, epochs, previous): the `BudgetPlan`, its
-        `TimeBudget`, the epochs to give `fit` (an upper bound: the callback
-        stops the run) and the earlier session's plan record (None for a
-        new run).
+        (plan, callbacks, epochs, previous): the `BudgetPlan`, its
+        callbacks (the `TimeBudget` first, then a `ProgressiveResize` when
+        the run resizes), the epochs to give `fit` (an upper bound: the
+        `TimeBudget` stops the run) and the earlier session's plan record
+        (None for a new run).
     """
     import json
     from pathlib import Path
@@ -310,8 +318,18 @@ def start_budget(model, run_dir, budget, budget_start, datasets, *, steps_per_ep
         if previous.get("finished"):  # nothing left to train: `fit` resumes past the last epoch
             plan = BudgetPlan(**{**previous["plan"], "epochs": state["epoch"], "spent_before": spent})
             timer = TimeBudget(plan, learning_rate, min_learning_rate, budget_end=time.time(), done_steps=done)
-            return plan, timer, state["epoch"], previous
+            return plan, [timer], state["epoch"], previous
     speed = measure_speed(model, train_ds, val_ds)
+    low_size, low_speed = None, None
+    if progressive_resize:
+        from keras_vit.training.progressive import low_size_for, set_training_size
+
+        low_size = low_size_for(model)
+    if low_size is not None:
+        set_training_size(model, low_size)
+        low_speed = measure_speed(model, train_ds, None, min_seconds=1.0)
+        speed = Speed((1 - progressive_resize) * speed.train_step + progressive_resize * low_speed.train_step,
+                      speed.eval_step, speed.measure_seconds + low_speed.measure_seconds)
     seconds_left = budget - spent - (time.time() - budget_start)
     max_steps = max_epochs * steps_per_epoch if max_epochs else None
     plan = plan_budget(
@@ -324,15 +342,28 @@ def start_budget(model, run_dir, budget, budget_start, datasets, *, steps_per_ep
         print(plan.describe() + resumed, flush=True)
     timer = TimeBudget(plan, learning_rate, min_learning_rate, budget_end=time.time() + seconds_left,
                        done_steps=done, max_steps=max_steps, verbose=verbose)
+    callbacks = [timer]
+    if low_size is not None:
+        from keras_vit.training.progressive import ProgressiveResize
+
+        callbacks.append(ProgressiveResize(low_size, progressive_resize, timer=timer))
+        plan.tools["progressive_resize"] = dict(
+            low_size=low_size, fraction=progressive_resize, low_step_seconds=round(low_speed.train_step, 4),
+            full_step_seconds=round((speed.train_step - progressive_resize * low_speed.train_step)
+                                    / (1 - progressive_resize), 4))
     # the plan may grow when the first epochs run faster than measured
     epochs = max_epochs or 2 * plan.epochs + 2
-    return plan, timer, epochs, previous
+    return plan, callbacks, epochs, previous
 
 
-def plan_record(plan, callback, budget_start, finished, previous=None):
+def plan_record(plan, callbacks, budget_start, finished, previous=None):
     """The `plan.json` record: the plan and, once finished, what happened."""
+    callback = callbacks[0]
     record = {"plan": dataclasses.asdict(plan), "finished": finished,
               "sessions": list((previous or {}).get("sessions", []))}
+    resize = next((c for c in callbacks[1:] if hasattr(c, "switched_at")), None)
+    if finished and resize is not None:
+        record["plan"]["tools"].setdefault("progressive_resize", {})["switched_at_step"] = resize.switched_at
     if finished:
         record["sessions"].append(dict(
             steps=callback.step - callback.done_steps, last_step=callback.step,

@@ -33,7 +33,14 @@ def set_precision(precision):
 
 
 def _tf_config():
-    return json.loads(os.environ.get("TF_CONFIG") or "{}")
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError as err:
+        raise ValueError(f"The environment variable TF_CONFIG is not valid JSON ({err}); unset it, or set it "
+                         'as tf.distribute expects: {"cluster": {...}, "task": {"type": ..., "index": ...}}.') from None
+    if not isinstance(config, dict):
+        raise ValueError(f"The environment variable TF_CONFIG must hold a JSON object. Received: {config!r}")
+    return config
 
 
 def worker_info():

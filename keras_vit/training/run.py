@@ -92,6 +92,7 @@ def train(
     clipnorm=DEFAULTS.clipnorm,
     ema_momentum=DEFAULTS.ema_momentum,
     gradient_accumulation_steps=DEFAULTS.gradient_accumulation_steps,
+    progressive_resize=DEFAULTS.progressive_resize,
     precision=DEFAULTS.precision,
     jit_compile=DEFAULTS.jit_compile,
     steps_per_execution=DEFAULTS.steps_per_execution,
@@ -132,6 +133,8 @@ def train(
         clipnorm, ema_momentum, gradient_accumulation_steps: the recipe, see
             `make_optimizer` and `compile_model`.
         warmup_epochs: epochs (may be fractional) of linear warmup.
+        progressive_resize: the fraction of the run trained at about half
+            the image side (`keras_vit.training.progressive`); 0 for none.
         precision: None (keep the global policy), "float32",
             "mixed_float16" or "mixed_bfloat16".
         jit_compile: True, False or "auto".
@@ -166,6 +169,7 @@ def train(
         raise ValueError("`epochs` is required unless a `time_budget` is given.")
     train_ds, val_ds, test_ds, info = _split_data(data)
     steps_per_epoch = _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds)
+    _check_accumulation(gradient_accumulation_steps, steps_per_epoch)
     if val_ds is None and monitor.startswith("val_"):
         monitor = monitor[len("val_"):]
     recipe = dict(
@@ -173,17 +177,17 @@ def train(
         warmup_epochs=warmup_epochs, min_learning_rate=min_learning_rate,
         label_smoothing=label_smoothing, clipnorm=clipnorm, ema_momentum=ema_momentum,
         gradient_accumulation_steps=gradient_accumulation_steps, precision=precision,
-        jit_compile=jit_compile, steps_per_execution=steps_per_execution,
+        progressive_resize=progressive_resize, jit_compile=jit_compile, steps_per_execution=steps_per_execution,
         strategy=strategy if isinstance(strategy, (str, type(None))) else type(strategy).__name__,
         steps_per_epoch=steps_per_epoch, monitor=monitor, seed=seed, time_budget=time_budget,
     )
     run = TrainSession(run_dir=run_dir, splits=(train_ds, val_ds, test_ds), info=info, recipe=recipe,
-               budget_start=budget_start, resume=resume, verbose=verbose, epochs=epochs)
+                       budget_start=budget_start, resume=resume, verbose=verbose, epochs=epochs)
     run.place(strategy)
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(seed) if seed is not None else None
     # Everything that can be refused is checked before the run directory is touched.
     model = run.build_and_compile(model)
+    run.claim(config)  # ours to write into? Before the lock file and the cleaning of temporaries touch it
     with exclusive_lock(run.run_dir, "run directory"), _disk_full_is_named(run.run_dir):
         run.prepare(model, config)
         backup = run.fit(model, callbacks)
@@ -210,6 +214,14 @@ def _disk_full_is_named(run_dir):
             errno.ENOSPC, f"The disk is full: no space left while writing the run directory {run_dir} "
             f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Every file there is whole; it keeps "
             f"{kept}. Free some space and re-run the same command to resume.") from err
+
+
+def _check_accumulation(gradient_accumulation_steps, steps_per_epoch):
+    if isinstance(gradient_accumulation_steps, int) and gradient_accumulation_steps > steps_per_epoch:
+        raise ValueError(
+            f"`gradient_accumulation_steps={gradient_accumulation_steps}` is more than the {steps_per_epoch} "
+            "steps of an epoch: the weights would rarely or never be updated. Use at most "
+            f"gradient_accumulation_steps={steps_per_epoch} (or smaller batches).")
 
 
 def _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds):
@@ -260,9 +272,11 @@ def train_from_config(recipe, budget_start=None):
     model["conv_stem"] = model.get("conv_stem") or None  # [] ("none") turns off a stem a recipe chose
 
     def build():
-        return build_vit(preset, image_size=size, num_classes=info.num_classes, channels=info.channels, **model)
+        return build_vit(preset, image_size=size, num_classes=info.num_classes, channels=info.channels,
+                         class_names=list(info.class_names), **model)
 
     run = {k: v for k, v in {**recipe.group(RUN), **recipe.group(OPTIM), **recipe.group(HARDWARE)}.items()
            if k not in ("recipe", "strategy")}
-    return train(build, (train_ds, val_ds, test_ds, info), **run, strategy=strategy, config=recipe.to_dict(),
+    return train(build, (train_ds, val_ds, test_ds, info), **run, strategy=strategy,
+                 config={**recipe.to_dict(), "derived": list(getattr(recipe, "derived", ()))},
                  budget_start=budget_start)

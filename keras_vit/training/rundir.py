@@ -20,6 +20,23 @@ from keras_vit.utils.validation import check_choice
 RESUME_MODES = ("auto", True, False)
 
 
+def _corrupt(path, why):
+    return (f"The resume state {path} is corrupt ({why}). Start over with --restart (resume=False), which "
+            "deletes only what runs wrote in the run directory.")
+
+
+def _read_state_file(path):
+    """A JSON object written by a run, or a `ValueError` that names the file
+    and `--restart`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(_corrupt(path, err)) from None
+    if not isinstance(data, dict):
+        raise ValueError(_corrupt(path, "not a JSON object"))
+    return data
+
+
 def to_float(value):
     return float(keras.ops.convert_to_numpy(value))
 
@@ -63,7 +80,10 @@ class RunBackup(keras.callbacks.Callback):
     def read_state(run_dir):
         """The committed backup metadata of `run_dir`, or None."""
         path = Path(run_dir) / "backup" / "training_metadata.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        state = _read_state_file(path) if path.exists() else None
+        if state is not None and not ({"epoch", "weights", "history"} <= set(state)):
+            raise ValueError(_corrupt(path, "fields are missing"))
+        return state
 
     def on_train_begin(self, logs=None):
         state = self.state
@@ -71,7 +91,11 @@ class RunBackup(keras.callbacks.Callback):
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(Path(self.backup_dir) / state["weights"])
+        weights = Path(self.backup_dir) / state["weights"]
+        try:
+            self.model.load_weights(weights)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(_corrupt(weights, " ".join(str(err).split())[:200])) from None
         self.model._initial_epoch = self.restored_epoch = state["epoch"]
         self.history_rows = list(state["history"])
         self.best = state.get("best")
@@ -216,7 +240,7 @@ def prepare_run_dir(run_dir, config, resume):
     check_choice(resume, "resume", RESUME_MODES)
     inputs = run_inputs(config)
     run_dir = claim_directory(run_dir, RUN_DIR, inputs=inputs, flag="run_dir", mark=False)  # before any change
-    state = RunBackup.read_state(run_dir)
+    state = None if resume is False else RunBackup.read_state(run_dir)  # a corrupt state is no obstacle then
     if resume is False:
         for entry in owned_entries(run_dir, RUN_DIR):
             if entry.name in ("head", "workers"):
@@ -231,9 +255,11 @@ def prepare_run_dir(run_dir, config, resume):
             f"`resume=True` but the run directory {run_dir} holds no backup to resume from. "
             "Use resume='auto' to start a new run there.")
     if state is not None and (run_dir / "config.json").exists():
-        saved = _comparable(json.loads((run_dir / "config.json").read_text()))
-        current = _comparable(config)
-        keys = set(saved) | set(current)
+        recorded = _read_state_file(run_dir / "config.json")
+        saved, current = _comparable(recorded), _comparable(config)
+        # settings worked out from others (a warmup from the epochs) are not settings that changed
+        derived = {"derived", *(recorded.get("derived") or ()), *(config.get("derived") or ())}
+        keys = (set(saved) | set(current)) - derived
         if not any(k.startswith("model.") for k in saved):  # written before runs recorded their model
             keys = {k for k in keys if not k.startswith("model.")}
         changed = sorted(k for k in keys if saved.get(k) != current.get(k))

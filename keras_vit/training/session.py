@@ -4,17 +4,21 @@ and writing the artifacts (`keras_vit.training.run` holds `train` itself)."""
 
 import contextlib
 import dataclasses
+import os
 import time
 from pathlib import Path
 
 import keras
 
+from keras_vit.training.auto import tool_record
 from keras_vit.training.budget import plan_record, start_budget
 from keras_vit.training.distribute import get_strategy, prepare_multi_worker, set_precision, worker_info
 from keras_vit.training.optim import compile_model
-from keras_vit.training.rundir import RunBackup, model_settings, prepare_run_dir, to_float, write_history_files
+from keras_vit.training.progressive import progressive_callbacks
+from keras_vit.training.rundir import (RunBackup, model_settings, prepare_run_dir, run_inputs, to_float,
+                                      write_history_files)
 from keras_vit.utils.io import atomic_path, remove_stale_temporaries, write_json
-from keras_vit.utils.ownership import check_directory_name
+from keras_vit.utils.ownership import RUN_DIR, check_directory_name, claim_directory
 
 
 @dataclasses.dataclass
@@ -33,7 +37,7 @@ class TrainSession:
     strategy: object = None
     num_workers: int = 1
     budget: object = None
-    timer: object = None
+    timers: list = dataclasses.field(default_factory=list)  # the TimeBudget first, then a ProgressiveResize
     previous: object = None
     metrics: dict = dataclasses.field(default_factory=dict)
     train_seconds: float = 0.0
@@ -53,7 +57,7 @@ class TrainSession:
         check_directory_name(self.run_dir, "run_dir")  # Path("") would be the current directory
         run_dir = Path(self.run_dir)
         self.run_dir = run_dir if is_chief else run_dir / "workers" / f"worker_{worker}"
-        if self.run_dir.exists() and not self.run_dir.is_dir():
+        if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):  # os.path: no OSError for odd names
             raise ValueError(f"`run_dir` names a file, not a directory: {self.run_dir}")
 
     def build_and_compile(self, model):
@@ -76,30 +80,38 @@ class TrainSession:
             )
         return model
 
+    def claim(self, config):
+        """Refuses a run directory that is not ours (`claim_directory`), touching nothing."""
+        inputs = run_inputs({**(config or {}), "data": self.info.to_dict() if self.info else None})
+        claim_directory(self.run_dir, RUN_DIR, inputs=inputs, flag="run_dir", mark=False)
+
     def prepare(self, model, config):
         """Plans the time budget (if any) and writes `config.json` (resuming or starting over)."""
         recipe, run_dir = self.recipe, self.run_dir
         if recipe["time_budget"] is not None:
             with self.scope():
-                self.budget, self.timer, self.epochs, self.previous = start_budget(
+                self.budget, self.timers, self.epochs, self.previous = start_budget(
                     model, run_dir, recipe["time_budget"], self.budget_start, self.splits,
                     steps_per_epoch=recipe["steps_per_epoch"], max_epochs=recipe["epochs"],
                     warmup_epochs=recipe["warmup_epochs"], learning_rate=recipe["learning_rate"],
                     min_learning_rate=recipe["min_learning_rate"], resume=self.resume,
-                    verbose=self.verbose != 0)
+                    verbose=self.verbose != 0, progressive_resize=recipe["progressive_resize"])
+            self.budget.tools.update(tool_record(config or recipe, self.budget.tools))
+        else:
+            self.timers = progressive_callbacks(model, recipe["progressive_resize"], recipe["epochs"])
         for folder in (run_dir, run_dir / "checkpoints", run_dir / "backup"):
             remove_stale_temporaries(folder)
         prepare_run_dir(run_dir, {**(config or {}), **recipe, "data": self.info.to_dict() if self.info else None,
                                   "model": model_settings(model)}, self.resume)
         if self.budget is not None:
-            write_json(run_dir / "plan.json", plan_record(self.budget, self.timer, self.budget_start, False,
+            write_json(run_dir / "plan.json", plan_record(self.budget, self.timers, self.budget_start, False,
                                                           self.previous))
 
     def fit(self, model, callbacks):
         """Fits and evaluates; returns the `RunBackup` that recorded the epochs."""
         train_ds, val_ds, test_ds = self.splits
         backup = RunBackup(self.run_dir, monitor=self.recipe["monitor"], artifacts=True)
-        fit_callbacks = [*([self.timer] if self.budget else []), backup, keras.callbacks.TerminateOnNaN(),
+        fit_callbacks = [*self.timers, backup, keras.callbacks.TerminateOnNaN(),
                          keras.callbacks.TensorBoard(log_dir=str(self.run_dir / "logs")), *(callbacks or [])]
         start = time.time()
         with self.scope():
@@ -132,7 +144,7 @@ class TrainSession:
         with atomic_path(run_dir / "model.keras") as tmp:
             model.save(tmp)
         if self.budget is not None:
-            write_json(run_dir / "plan.json", plan_record(self.budget, self.timer, self.budget_start, True,
+            write_json(run_dir / "plan.json", plan_record(self.budget, self.timers, self.budget_start, True,
                                                           self.previous))
 
 

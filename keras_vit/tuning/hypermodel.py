@@ -9,10 +9,10 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from keras_vit.layers import grid_size
+from keras_vit.layers import POOLINGS, grid_size
 from keras_vit.models import build_vit
 from keras_vit.training.auto import stem_channels
-from keras_vit.utils.validation import check_choice, pair
+from keras_vit.utils.validation import check_choice, check_number, pair
 
 
 # The default search space. A list is a choice; a (low, high) tuple is a
@@ -42,6 +42,16 @@ DEFAULT_SPACE = {
 LOG_SCALE = ("learning_rate", "weight_decay")
 # Entries renamed to the recipe's names: old name -> (new name, how a value converts given the epochs).
 RENAMED = {"warmup_fraction": ("warmup_epochs", lambda fraction, epochs: fraction * epochs)}
+# The values each entry takes: (low, high, low_open, high_open) for numbers,
+# a tuple of choices for the strings (conv_stem: STEM_CHOICES).
+ENTRY_VALUES = {
+    **{name: (1, None, False, False) for name in ("patch_size", "hidden_dim", "num_heads", "depth", "mlp_ratio",
+                                                    "batch_size")},
+    "learning_rate": (0, None, True, False), "weight_decay": (0, None, True, False),
+    "drop_path_rate": (0, 1, False, True), "warmup_epochs": (0, None, False, False),
+    "label_smoothing": (0, 1, False, True), "augment": (0, 1, False, False),
+    "pooling": POOLINGS, "pos_embedding": ("learned", "sincos", "none"),
+}
 STEM_CHOICES = ("none", "stem")
 TUNERS = {
     "random": keras_tuner.RandomSearch,
@@ -67,6 +77,20 @@ def _renamed(entries, epochs):
 def heads_name(hidden_dim):
     """The name of the `num_heads` entry offered with `hidden_dim`."""
     return f"num_heads_for_{hidden_dim}"
+
+
+def _check_entry_values(name, values):
+    """Refuses values an entry cannot take (a rate of 1, a batch of 0, an
+    unknown pooling) before any trial, naming the entry."""
+    allowed = ENTRY_VALUES.get(name)
+    if allowed is None:
+        return
+    for value in values:
+        if isinstance(allowed[0], str):
+            check_choice(value, f"search-space entry {name}", allowed)
+        else:
+            low, high, low_open, high_open = allowed
+            check_number(value, f"search-space entry {name}", low, high, low_open=low_open, high_open=high_open)
 
 
 class ViTHyperModel(keras_tuner.HyperModel):
@@ -168,6 +192,7 @@ class ViTHyperModel(keras_tuner.HyperModel):
                     f"The search-space entry `{name}` must be a (low, high) range with "
                     f"low <= high. Received: {value!r}"
                 )
+            _check_entry_values(name, values)
         for stem in self._values("conv_stem"):
             check_choice(stem, "conv_stem", STEM_CHOICES)
         patches = [p for p in self._values("patch_size") if self._tiles(p)]

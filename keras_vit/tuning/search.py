@@ -20,7 +20,7 @@ from keras_vit.tuning.hypermodel import OBJECTIVES, TUNERS, ViTHyperModel, heads
 from keras_vit.utils.io import atomic_path, new_figure, remove_stale_temporaries, save_figure, write_csv, write_json
 from keras_vit.utils.locks import LOCK_NAME, exclusive_lock
 from keras_vit.utils.ownership import TUNING_PROJECT, check_directory_name, claim_directory, owned_entries
-from keras_vit.utils.validation import check_choice, strict_keywords
+from keras_vit.utils.validation import SearchFailedError, check_choice, strict_keywords
 
 
 class _ResumableTuner:
@@ -85,6 +85,15 @@ def make_tuner(kind, hypermodel, *, objective, max_trials, executions_per_trial=
     else:
         kwargs["max_trials"] = max_trials
     return cls(**kwargs)
+
+
+def _first_failure(tuner):
+    """The message KerasTuner kept for the first failed trial, or ''."""
+    for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
+        message = (getattr(trial, "message", None) or "").strip()
+        if message:
+            return message.splitlines()[-1][:300]
+    return ""
 
 
 def trial_rows(tuner):
@@ -258,7 +267,10 @@ def _finish_search(search, out_dir, objective):
     rows = trial_rows(search)
     write_results(rows, out_dir, objective)
     if not any(r["score"] is not None for r in rows):
-        raise RuntimeError(f"Every trial failed; see {os.path.join(out_dir, 'results.csv')}.")
+        first = _first_failure(search)
+        raise SearchFailedError(
+            f"Every trial failed ({len(rows)} tried); see {os.path.join(out_dir, 'results.csv')}."
+            + (f" The first failure: {first}" if first else ""))
     best_hp = search.get_best_hyperparameters(1)[0]
     best_model = search.get_best_models(1)[0]
     with atomic_path(os.path.join(out_dir, "best_model.keras")) as tmp:

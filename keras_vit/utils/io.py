@@ -21,6 +21,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from keras_vit.utils.disk import is_disk_full, make_directory  # noqa: F401 - public here too
 from keras_vit.utils.locks import destination_lock_file, destination_locked, exclusive_lock
 
 TMP_TAG = ".tmp-"
@@ -157,25 +158,6 @@ def destination_lock(path, what="export destination"):
 
 
 
-def is_disk_full(err):
-    """Whether `err` (or an exception it was raised from) reports a full
-    disk: ENOSPC or EDQUOT, also as the text that h5py and TensorFlow put in
-    their own errors.
-
-    Example:
-    >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
-    True
-    """
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
-                text in str(err) for text in ("No space left on device", "Disk quota exceeded", "errno = 28")):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
 def write_bytes(path, data):
     """Writes bytes atomically."""
     with atomic_path(path) as tmp:
@@ -225,21 +207,47 @@ def save_figure(fig, path):
     return write_bytes(path, buffer.getvalue())
 
 
-def write_png(path, pixels):
-    """Writes a uint8 image array (H, W[, C]) as PNG atomically with Pillow."""
-    import numpy as np
-    from PIL import Image
+PNG_SOFTWARE = "keras_vit"
 
+
+def write_png(path, pixels):
+    """Writes a uint8 image array (H, W[, C]) as PNG atomically with Pillow,
+    marked as ours (its "Software" text is `PNG_SOFTWARE`): an existing file
+    at `path` is replaced only when it carries that mark."""
+    import numpy as np
+    from PIL import Image, PngImagePlugin
+
+    path = Path(path)
+    if os.path.lexists(path) and not _png_is_ours(path):
+        raise ValueError(f"{str(path)!r} exists and is not a PNG that keras_vit wrote; refusing to replace it. "
+                         "Remove it, or choose another path.")
     buffer = io.BytesIO()
     array = np.asarray(pixels, dtype="uint8")
-    Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array).save(buffer, "PNG")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", PNG_SOFTWARE)
+    Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array).save(
+        buffer, "PNG", pnginfo=info)
     return write_bytes(path, buffer.getvalue())
+
+
+def _png_is_ours(path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == PNG_SOFTWARE
+    except (OSError, ValueError):
+        return False
+
+
+MAX_CONFIG_BYTES = 64 * 2**20
 
 
 def load_keras_file(path, **kwargs):
     """Loads a ``.keras`` model file with `keras.saving.load_model`, after
-    checking the archive, so that a truncated file or a malformed
-    ``config.json`` inside is a `ValueError` naming the file.
+    checking the archive, so that a truncated file, a malformed or
+    oversized ``config.json`` inside, or a file that safe mode refuses is a
+    `ValueError` naming the file.
 
     Example: `load_keras_file("model.keras")`.
     """
@@ -253,6 +261,11 @@ def load_keras_file(path, **kwargs):
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
+            size = archive.getinfo("config.json").file_size if "config.json" in names else 0
+            if size > MAX_CONFIG_BYTES:  # checked before reading: a small archive can inflate to gigabytes
+                raise ValueError(f"The config.json inside the model file {path} is too large ({size:,} bytes once "
+                                 f"inflated; a model's config is a few kB, at most {MAX_CONFIG_BYTES:,} bytes "
+                                 "are read); the file is corrupt or not a model.")
             config = archive.read("config.json") if "config.json" in names else None
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         raise ValueError(f"The model file {path} is not a readable .keras archive ({err}); it may be "
@@ -264,4 +277,11 @@ def load_keras_file(path, **kwargs):
     except ValueError as err:
         raise ValueError(f"The config.json inside the model file {path} is not valid JSON ({err}); the file "
                          "is corrupt. Save the model again.") from None
-    return keras.saving.load_model(path, **kwargs)
+    try:
+        return keras.saving.load_model(path, **kwargs)
+    except (TypeError, ValueError) as err:
+        text = " ".join(str(err).split())
+        if "safe_mode" in text or "Could not locate" in text:  # Keras' safe mode, or a class of no library
+            raise ValueError(f"The model file {path} was refused by Keras' safe mode, which builds only Keras' "
+                             f"and keras_vit's own classes and no Python code: {text[:500]}") from None
+        raise

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from keras_vit.utils.disk import make_directory
+
 LOCK_NAME = ".keras_vit.lock"
 
 
@@ -73,7 +75,7 @@ def exclusive_lock(directory, what="directory", *, lock_name=LOCK_NAME, target=N
     """
     directory = Path(directory)
     created = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=True)
+    make_directory(directory, what)
     path = directory / lock_name
     fresh = not path.exists()
     fd = _lock_fd(path)

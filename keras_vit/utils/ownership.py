@@ -167,6 +167,23 @@ def _overlap(target, source):
     return None
 
 
+def _check_location(path, where):
+    """Refuses a directory that could not be created: a name longer than the
+    file system takes, a dangling symbolic link, or a path under a file."""
+    too_long = [part for part in path.parts if len(os.fsencode(part)) > 255]
+    if too_long:
+        raise ValueError(f"{where} has a name of {len(os.fsencode(too_long[0]))} bytes; file systems take at "
+                         "most 255 bytes per name. Choose a shorter name.")
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"{where} is a symbolic link to {os.readlink(path)!r}, which does not exist; "
+                         "name a directory.")
+    ancestor = path.absolute()
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor != path.absolute() and not ancestor.is_dir():  # the path itself a file: said by the caller
+        raise ValueError(f"{where} lies under {str(ancestor)!r}, which is a file, not a directory.")
+
+
 def claim_directory(path, kind=RUN_DIR, *, inputs=(), flag=None, mark=True):
     """Checks that a command may write into the directory `path`, then
     (with `mark`) creates it if missing and marks it as ours.
@@ -198,6 +215,7 @@ def claim_directory(path, kind=RUN_DIR, *, inputs=(), flag=None, mark=True):
     check_directory_name(path, flag or "directory")
     path = Path(path)
     where = f"The {kind.name} {str(path)!r}{_flag_text(flag)}"
+    _check_location(path, where)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{where} names a file, not a directory.")
     target = Path(os.path.realpath(path))
@@ -224,8 +242,8 @@ def claim_directory(path, kind=RUN_DIR, *, inputs=(), flag=None, mark=True):
                              "name another directory.")
     if mark and kind.marker and not known:
         from keras_vit._install import __version__
-        from keras_vit.utils.io import write_json
+        from keras_vit.utils.io import make_directory, write_json
 
-        path.mkdir(parents=True, exist_ok=True)
+        make_directory(path, kind.name)
         write_json(path / MARKER_NAME, {"kind": kind.name, "written_by": f"keras_vit {__version__}"})
     return path

@@ -19,6 +19,14 @@ class UnknownArgumentError(TypeError, ValueError):
     Python's own, and a `ValueError`, as keras_vit's other argument errors."""
 
 
+class SearchFailedError(RuntimeError):
+    """Every trial of a hyperparameter search failed; the message names the
+    first failure. Not a usage error and not a bug: the data or the search
+    space made each model fail (NaN losses, memory, a shape the data cannot
+    fill). `results.csv` beside the search lists each trial and its status.
+    `keras_vit.tuning.tune` raises it; the CLI reports it in one line, exit 1."""
+
+
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -113,6 +121,35 @@ def check_number(value, name, low=None, high=None, *, low_open=False, high_open=
     return float(value)
 
 
+
+def check_class_names(class_names, num_classes):
+    """Returns `class_names` as a list of `num_classes` distinct, non-blank
+    strings (None gives "0", "1", ...), else raises.
+
+    Example:
+    >>> check_class_names(("cat", "dog"), 2)
+    ['cat', 'dog']
+    >>> check_class_names(None, 2)
+    ['0', '1']
+    """
+    if class_names is None:
+        return [str(i) for i in range(num_classes)]
+    names = list(class_names)
+    if len(names) != num_classes or not all(isinstance(n, str) for n in names):
+        raise ValueError(
+            f"`class_names` must be a list of {num_classes} strings (one per class). "
+            f"Received {len(names)} entries: {names[:5]}{'...' if len(names) > 5 else ''}")
+    blank = [i for i, n in enumerate(names) if not n.strip()]
+    if blank:
+        raise ValueError(f"`class_names` holds a blank name at index {blank[0]} ({names[blank[0]]!r}); "
+                         "every class needs a name that predictions can report.")
+    seen = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            raise ValueError(f"`class_names` names {n!r} twice (indices {seen[n]} and {i}); class names must "
+                             "be distinct, or predictions of two classes cannot be told apart.")
+        seen[n] = i
+    return names
 
 def parameter_names(*functions):
     """The keyword names that `functions` accept (their `accepted_keywords`
