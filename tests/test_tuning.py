@@ -186,9 +186,8 @@ def _backup_epoch(trial_dir):
 def test_killed_search_resumes_without_repeating_a_trial(tmp_path):
     out = tmp_path / "search"
     epochs = 10  # ~0.3 s each: the poll below (every 20 ms) kills well inside the second trial
-    # two trials: the first completes, the second is killed mid-trial and resumed
-    args = _cli(tmp_path, "--max-trials", "2", "--epochs", str(epochs), "--patience", "1000",
-                "--space=learning_rate=0.001,0.002")
+    args = _cli(tmp_path, "--max-trials", "3", "--epochs", str(epochs), "--patience", "1000",
+                "--space=learning_rate=0.001,0.002,0.003")
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen([sys.executable, *args], env=_env(), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
@@ -213,7 +212,7 @@ def test_killed_search_resumes_without_repeating_a_trial(tmp_path):
     second = subprocess.run([sys.executable, *args], env=_env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     states = _trial_states(out)
-    assert sorted(states.values()) == ["COMPLETED"] * 2, states
+    assert sorted(states.values()) == ["COMPLETED"] * 3, states
     for trial, text in completed_before.items():  # finished trials were not run again
         assert (out / trial / "trial.json").read_text() == text
     # The interrupted trial resumed after its last backed-up epoch, not from epoch 1.
