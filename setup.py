@@ -4,7 +4,7 @@ import re
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "keras_vit" / "__init__.py").read_text()).group(1)
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "keras_vit" / "_install.py").read_text()).group(1)
 
 # Reading .safetensors and PyTorch checkpoints (the CPU build of torch).
 WEIGHTS = ["torch==2.13.0", "safetensors>=0.4"]

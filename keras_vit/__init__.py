@@ -3,40 +3,49 @@
 Installed as the distribution ``keras-vision-transformer`` (the name
 ``keras-vit`` on PyPI is another project, which also installs a
 ``keras_vit`` module); imported as ``keras_vit``.
+
+Importing this package is cheap and does not depend on how the program
+was started: it never imports Keras or TensorFlow itself. The names below
+(`build_vit`, `ViTClassifier`, the layers, `PRESETS`) load on first use
+(PEP 562). When Keras is already imported, importing keras_vit also
+registers its classes with Keras (it imports `keras_vit.models`, which
+costs nothing more then), so ``import keras, keras_vit`` is enough for
+`keras.saving.load_model` to reload our ``.keras`` files; otherwise any use
+of a keras_vit model or layer, or ``import keras_vit.models``, registers
+them. The one check made at import refuses the other project named
+keras-vit with a clear ImportError.
 """
 
-__version__ = "0.2.0"
+from keras_vit._install import DISTRIBUTION, __version__, refuse_the_other_keras_vit  # standard library only
 
-from keras_vit.cli import startup as _startup  # noqa: E402 - cheap: no Keras
+refuse_the_other_keras_vit()
 
-DISTRIBUTION = _startup.DISTRIBUTION  # "keras-vision-transformer"
-_startup.refuse_the_other_keras_vit()  # the other project named keras-vit: a clear ImportError
+import sys  # noqa: E402
 
-if _startup.cli_is_starting():
-    # The keras-vit command imports Keras and TensorFlow itself, after its
-    # quiet start-up (keras_vit.cli.main.main); the names below load on use.
-    def __getattr__(name):
-        if name.startswith("__"):
-            raise AttributeError(f"module 'keras_vit' has no attribute {name!r}")
-        from keras_vit import layers, models
+if "keras" in sys.modules:  # Keras is loaded already: register our classes for load_model
+    import keras_vit.models  # noqa: E402, F401
 
-        for module in (layers, models):
-            if hasattr(module, name):
-                globals()[name] = value = getattr(module, name)
-                return value
+# name -> the subpackage that owns it
+_LAYERS = ("AttentionPooling", "ConvStem", "DropPath", "LayerScale", "MultiHeadSelfAttention", "Patches",
+           "PatchEncoder", "TokenPooling", "TransformerBlock", "resample_posemb", "sincos_posemb_2d")
+_MODELS = ("ViTBackbone", "ViTClassifier", "build_vit")
+_PRESETS = ("PRESETS",)
+
+__all__ = ["DISTRIBUTION", "__version__", *_LAYERS, *_MODELS, *_PRESETS]
+
+
+def __getattr__(name):
+    if name in _LAYERS:
+        from keras_vit import layers as owner
+    elif name in _MODELS:
+        from keras_vit import models as owner
+    elif name in _PRESETS:
+        from keras_vit import presets as owner
+    else:
         raise AttributeError(f"module 'keras_vit' has no attribute {name!r}")
-else:
-    from keras_vit.layers import (  # noqa: F401
-        AttentionPooling,
-        ConvStem,
-        DropPath,
-        LayerScale,
-        MultiHeadSelfAttention,
-        Patches,
-        PatchEncoder,
-        TokenPooling,
-        TransformerBlock,
-        resample_posemb,
-        sincos_posemb_2d,
-    )
-    from keras_vit.models import PRESETS, ViTBackbone, ViTClassifier, build_vit  # noqa: F401
+    value = globals()[name] = getattr(owner, name)
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,8 +1,8 @@
 """Training augmentation made of Keras preprocessing layers only: named
-strengths (`AUGMENTATIONS`), `augmentation_options` and `build_augmentation`,
-a function on batches of float pixels in [0, 255] and one-hot labels."""
-
-import tensorflow as tf
+strengths (`AUGMENTATIONS`, the one list of their names), `augmentation_options`
+and `build_augmentation`, a function on batches of float pixels in [0, 255]
+and one-hot labels. TensorFlow is imported when an augmentation is built,
+so the names can be read without it."""
 
 from keras_vit.utils.validation import check_choice, check_rate, pair
 
@@ -26,6 +26,8 @@ class _ZeroPad:
         self.paddings = [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]]
 
     def __call__(self, images, training=True):
+        import tensorflow as tf
+
         return tf.pad(images, self.paddings)
 
 
@@ -66,21 +68,8 @@ def augmentation_options(augment):
     )
 
 
-def build_augmentation(
-    image_size,
-    num_classes,
-    *,
-    flip=False,
-    crop_padding=0.0,
-    translate=0.0,
-    rotate=0.0,
-    zoom=0.0,
-    rand_augment=0.0,
-    rand_augment_ops=2,
-    mixup=0.0,
-    cutmix=0.0,
-    seed=None,
-):
+def build_augmentation(image_size, num_classes, *, flip=False, crop_padding=0.0, translate=0.0, rotate=0.0,
+                       zoom=0.0, rand_augment=0.0, rand_augment_ops=2, mixup=0.0, cutmix=0.0, seed=None):
     """Builds the training augmentation, a function on batches.
 
     Every step is a Keras preprocessing layer; a step whose option is 0 or
@@ -171,6 +160,8 @@ def _mixers(mixup, cutmix, seed):
 
 def _augment_fn(steps, mixers, num_classes, seed):
     """The function on batches: the image steps, then one mixer (a random one when both are on)."""
+    import tensorflow as tf  # tf.data runs augmentation in TensorFlow on every backend
+
     rng = tf.random.Generator.from_seed(seed or 0) if len(mixers) == 2 else None
 
     def augment(images, labels):

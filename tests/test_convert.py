@@ -17,6 +17,7 @@ import torch
 
 from keras_vit import build_vit
 from keras_vit import convert
+from keras_vit import presets
 from keras_vit.models import pretrained
 from keras_vit.layers import pair, resample_posemb
 from tests.conftest import import_timm, run_python
@@ -502,7 +503,7 @@ def test_timm_preset_directory_gives_timm_logits_from_raw_pixels(timm_vit, tmp_p
 
 
 def test_timm_preset_settings_read_what_the_weights_do_not_record():
-    settings = convert.timm_preset_settings({
+    settings = presets.timm_preset_settings({
         "architecture": "vit_base_patch16_clip_quickgelu_224", "global_pool": "avg", "num_classes": 2,
         "model_args": {"num_heads": 3}, "label_names": ["a", "b"],
         "pretrained_cfg": {"input_size": [3, 48, 64], "interpolation": "bilinear", "crop_pct": 0.9,
@@ -512,7 +513,7 @@ def test_timm_preset_settings_read_what_the_weights_do_not_record():
         pixel_std=[0.4, 0.5, 0.6], image_size=(48, 64), class_names=["a", "b"],
         preprocessing=dict(interpolation="bilinear", crop_pct=0.9, source="vit_base_patch16_clip_quickgelu_224"))
     with pytest.raises(ValueError, match="global_pool='avgmax' is not supported"):
-        convert.timm_preset_settings({"global_pool": "avgmax"})
+        presets.timm_preset_settings({"global_pool": "avgmax"})
 
 
 # --------------------------------------------------------------------------
@@ -663,13 +664,15 @@ def test_wrong_loader_and_bad_arguments(tmp_path, tiny_checkpoint):
     with pytest.raises(ValueError, match="Unknown `pooling`: 'mean'"):
         pretrained.from_checkpoint(tiny_checkpoint, pooling="mean")
     with pytest.raises(ValueError, match="Pass `num_heads`"):
-        pretrained.default_num_heads(40)
+        presets.default_num_heads(40)
 
 
 @pytest.mark.backend_independent
-def test_names_moved_to_models_pretrained_still_load_from_convert_with_a_warning():
-    for name in convert.MOVED:
-        with pytest.warns(DeprecationWarning, match=f"keras_vit.models.pretrained.{name}"):
-            assert getattr(convert, name) is getattr(pretrained, name)
+def test_names_moved_out_of_convert_still_load_from_it_with_a_warning():
+    import importlib
+
+    for name, home in convert.MOVED.items():
+        with pytest.warns(DeprecationWarning, match=f"{home}.{name}"):
+            assert getattr(convert, name) is getattr(importlib.import_module(home), name)
     with pytest.raises(AttributeError):
         convert.no_such_name

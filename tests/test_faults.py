@@ -145,7 +145,7 @@ def test_train_killed_at_random_points_resumes_and_loses_at_most_one_epoch(tmp_p
 
 
 TUNE_FIXED = {"patch_size": 4, "hidden_dim": 8, "num_heads": 2, "depth": 1, "mlp_ratio": 2, "pooling": "gap",
-              "pos_embedding": "learned", "drop_path_rate": 0.0, "weight_decay": 0.01, "warmup_fraction": 0.0,
+              "pos_embedding": "learned", "drop_path_rate": 0.0, "weight_decay": 0.01, "warmup_epochs": 0.0,
               "label_smoothing": 0.0, "augment": 0.0, "batch_size": 64}
 
 

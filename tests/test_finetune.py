@@ -145,16 +145,16 @@ def test_finetune_example_demo_runs_offline():
 
 
 def test_a_preset_directory_gives_its_size_and_channels_without_being_built(tmp_path):
-    from keras_vit.training.finetune import _preset_geometry
+    from keras_vit.presets import get_preset_loader
 
     model = build_vit(image_size=(16, 24), num_classes=3, channels=1, patch_size=4, hidden_dim=16, depth=1,
                       num_heads=2, mlp_dim=32)
     model.save_to_preset(tmp_path / "preset")
     (tmp_path / "preset" / "model.weights.h5").write_bytes(b"not weights")  # never read: nothing is built
-    assert _preset_geometry(str(tmp_path / "preset")) == ((16, 24), 1)
+    assert get_preset_loader(str(tmp_path / "preset")).geometry() == ((16, 24), 1)
     timm_dir = tmp_path / "timm"
     timm_dir.mkdir()
     (timm_dir / "model.safetensors").write_bytes(b"")
     (timm_dir / "config.json").write_text(
         '{"architecture": "vit_tiny_patch4_32", "pretrained_cfg": {"input_size": [3, 32, 48]}}')
-    assert _preset_geometry(str(timm_dir)) == ((32, 48), 3)
+    assert get_preset_loader(str(timm_dir)).geometry() == ((32, 48), 3)

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from keras_vit.hub import PRETRAINED, parse_hf_handle, resolve_preset
+from keras_vit.presets import PRETRAINED, resolve_preset
+from keras_vit.presets.registry import parse_hf_handle
 from tests.conftest import run_python
 
 
@@ -30,7 +31,7 @@ def test_known_names_and_hf_handles_resolve_offline_from_the_cache(tmp_path):
     make_hub_cache(cache, "someone/my_vit", files)
     code = f"""
 import json
-from keras_vit.hub import resolve_preset
+from keras_vit.presets import resolve_preset
 out = {{}}
 for handle in ({name!r}, "hf://someone/my_vit", "hf://someone/my_vit@main"):
     files = resolve_preset(handle)

@@ -216,7 +216,7 @@ def test_drop_path_drops_whole_samples_in_training_only():
 LAYERS = [
     lambda: Patches(4, stride=2),
     lambda: PatchEncoder(8, (4, 2), stride=(2, 2), grid_size=(3, 7), num_registers=1,
-                         interpolation="bilinear"),
+                         pos_interpolation="bilinear"),
     lambda: PatchEncoder(8, 4, use_cls_token=False, pos_embedding="sincos", patch_embedding="linear"),
     lambda: PatchEncoder(8, 4, grid_size=(2, 4), conv_stem=[4, 6]),
     lambda: ConvStem([4, 6], norm_epsilon=1e-5),
@@ -258,3 +258,23 @@ def test_patch_encoder_rejects_bad_images_clearly(shape, message):
     encoder(np.zeros((1, 8, 8, 3), "float32"))
     with pytest.raises(ValueError, match=message):
         encoder(np.zeros(shape, "float32"))
+
+
+def test_the_old_interpolation_argument_is_pos_interpolation_with_a_warning():
+    """`interpolation` meant position resampling in the backbone and image
+    resizing in preprocessing; the backbone's is now `pos_interpolation`."""
+    from keras_vit.models import ViTBackbone
+
+    with pytest.warns(DeprecationWarning, match="now `pos_interpolation`"):
+        encoder = PatchEncoder(8, 4, grid_size=(2, 2), interpolation="bilinear")
+    assert encoder.pos_interpolation == "bilinear"
+    with pytest.warns(DeprecationWarning, match="ViTBackbone"):
+        backbone = ViTBackbone(image_size=8, patch_size=4, hidden_dim=8, depth=1, num_heads=2, mlp_dim=8,
+                               interpolation="bilinear")
+    config = backbone.get_config()
+    assert config["pos_interpolation"] == "bilinear" and "interpolation" not in config
+    config["interpolation"] = config.pop("pos_interpolation")  # as keras_vit 0.2 saved it
+    assert ViTBackbone.from_config(config).pos_interpolation == "bilinear"
+    old = encoder.get_config()
+    old["interpolation"] = old.pop("pos_interpolation")
+    assert PatchEncoder.from_config(old).pos_interpolation == "bilinear"

@@ -59,7 +59,7 @@ def test_the_lock_is_reentrant_after_release_in_one_process(tmp_path):
 
 HOLD_DESTINATION = """
 import sys, time
-from keras_vit.utils.locks import destination_lock
+from keras_vit.utils.io import destination_lock
 with destination_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(60)

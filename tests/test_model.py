@@ -168,7 +168,7 @@ SAVE_CONFIGS = {
     "map_layerscale_qknorm": dict(pooling="map", layer_scale=0.1, qk_norm=True, use_qkv_bias=False),
     "prelogits_mlp_head": dict(representation_size=8, head_units=[8], activation="relu"),
     "linear_overlap": dict(patch_embedding="linear", stride=2, class_token=True, pooling="gap"),
-    "any_size": dict(image_size=None, reference_image_size=16, interpolation="bilinear"),
+    "any_size": dict(image_size=None, reference_image_size=16, pos_interpolation="bilinear"),
 }
 
 

@@ -1,4 +1,4 @@
-"""keras_vit 0.1's public modules still import, and say where their names went."""
+"""Public modules that moved (0.1's, and 0.2's preset modules) still import, and say where their names went."""
 
 import importlib
 
@@ -12,6 +12,10 @@ import pytest
     ("keras_vit.model", "keras_vit.models", "build_vit"),
     ("keras_vit.model", "keras_vit.models", "PRESETS"),
     ("keras_vit.visualize", "keras_vit.explain", "attention_maps"),
+    ("keras_vit.hub", "keras_vit.presets.registry", "PRETRAINED"),
+    ("keras_vit.hub", "keras_vit.presets.registry", "resolve_preset"),
+    ("keras_vit.models.presets", "keras_vit.presets.architectures", "PRESETS"),
+    ("keras_vit.models.preset_io", "keras_vit.presets.folder", "save_to_preset"),
 ])
 def test_a_0_1_import_gives_the_new_object_and_names_its_home(old, new, name):
     module = importlib.import_module(old)

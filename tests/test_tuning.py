@@ -17,7 +17,7 @@ from tests.conftest import REPO, run_python
 # Everything fixed but what a test varies: 8 px digits, one tiny block.
 TINY = {"patch_size": 4, "hidden_dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 2,
         "pooling": "gap", "pos_embedding": "learned", "drop_path_rate": 0.0,
-        "weight_decay": 0.01, "warmup_fraction": 0.0, "label_smoothing": 0.0,
+        "weight_decay": 0.01, "warmup_epochs": 0.0, "label_smoothing": 0.0,
         "augment": 0.0, "batch_size": 64}
 
 
@@ -127,7 +127,7 @@ def test_fit_schedule_spans_the_trials_real_steps(train_size):
     hypermodel.fit(hp, model, train, validation_data=validation, epochs=2, verbose=0)
     steps = -(-size // 16)
     assert int(model.optimizer.iterations) == 2 * steps
-    # warmup_fraction is 0: a cosine over the whole run, not over a few steps.
+    # warmup_epochs is 0: a cosine over the whole run, not over a few steps.
     assert model.optimizer._learning_rate.decay_steps == 2 * steps
 
 
@@ -274,6 +274,24 @@ def test_cli_rejects_bad_flags_with_usage_error(capsys):
     help_text = capsys.readouterr().out
     for flag in ("--tuner", "--max-trials", "--objective", "--space", "--fix", "--directory"):
         assert flag in help_text
+
+
+def test_the_old_warmup_fraction_entry_is_read_as_epochs_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="'warmup_fraction' is now 'warmup_epochs'"):
+        hypermodel = ViTHyperModel(16, 10, epochs=10, space={"warmup_fraction": (0.0, 0.2)},
+                                   fixed={"warmup_fraction": 0.1})
+    assert hypermodel.space["warmup_epochs"] == 1.0  # fixed wins over the range, as before
+    with pytest.warns(DeprecationWarning):
+        assert ViTHyperModel(16, 10, epochs=5, space={"warmup_fraction": [0.0, 0.2]}).space["warmup_epochs"] == [0.0, 1.0]
+
+
+def test_a_trial_becomes_a_recipe_with_the_same_names():
+    hypermodel = ViTHyperModel(8, 10, channels=1, fixed=dict(TINY, learning_rate=2e-3, warmup_epochs=0.5))
+    hp = keras_tuner.HyperParameters()
+    hypermodel.build(hp)
+    recipe = hypermodel.to_recipe(hp, dataset="digits", epochs=3)
+    assert (recipe.learning_rate, recipe.warmup_epochs, recipe.hidden_dim, recipe.num_heads, recipe.mlp_dim,
+            recipe.image_size, recipe.epochs, recipe.augment) == (2e-3, 0.5, 16, 2, 32, 8, 3, None)
 
 
 def test_a_search_whose_every_trial_fails_ends_in_one_clear_line(tmp_path, capsys):

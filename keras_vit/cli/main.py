@@ -48,7 +48,7 @@ def _ours(err):
 
 
 def build_parser():
-    from keras_vit import __version__
+    from keras_vit._install import __version__
 
     parser = argparse.ArgumentParser(
         prog="keras-vit",

@@ -4,8 +4,8 @@ TensorFlow and XLA print native log lines on stderr (``I0000 ...
 cudart_stub.cc`` "Could not find cuda drivers", ``cpu_feature_guard``,
 ``failed call to cuInit``, ``service.cc`` "XLA service ... initialized")
 that Python cannot filter. `keras_vit.cli.main.main` calls `quiet_startup`
-before anything imports Keras or TensorFlow (`keras_vit/__init__.py` leaves
-that import to the command, see `cli_is_starting`). Quiet means:
+before anything imports Keras or TensorFlow (importing `keras_vit` imports
+neither: its names load on first use). Quiet means:
 
 - ``TF_CPP_MIN_LOG_LEVEL=3`` for TensorFlow's and XLA's own logs, which it
   reads once, when it loads;
@@ -19,10 +19,10 @@ that import to the command, see `cli_is_starting`). Quiet means:
 ``keras-vit --debug ...`` or ``KERAS_VIT_DEBUG=1`` shows everything as
 TensorFlow and Python print it. Python errors always reach stderr.
 
-`refuse_the_other_keras_vit` (run by `keras_vit/__init__.py` and again by
-the command, in case another project's ``keras_vit/__init__.py`` replaced
-ours) stops with an ImportError when the other PyPI project named keras-vit
-is installed.
+`refuse_the_other_keras_vit` (`keras_vit._install`, run by
+`keras_vit/__init__.py` and again by the command, in case another project's
+``keras_vit/__init__.py`` replaced ours) stops with an ImportError when the
+other PyPI project named keras-vit is installed.
 """
 
 import contextlib
@@ -32,48 +32,10 @@ import sys
 import tempfile
 import warnings
 
+from keras_vit._install import DISTRIBUTION, OTHER_DISTRIBUTION, SUMMARY, refuse_the_other_keras_vit  # noqa: F401
+
 DEBUG_ENV = "KERAS_VIT_DEBUG"
-DISTRIBUTION = "keras-vision-transformer"
-OTHER_DISTRIBUTION = "keras-vit"
-# Every release of this repository, including those installed under the old
-# name keras-vit (0.1.0, 0.2.0), had this summary; the other project's
-# (keras-vit 1.0.1, github.com/djsaber/Keras-ViT) is "Implementation of ViT
-# model based on Keras".
-SUMMARY = "Vision Transformers as serializable Keras 3 layers"
 PROGRAM = "keras-vit"
-CLI_MODULES = ("keras_vit.cli", "keras_vit.cli.main")
-
-
-def refuse_the_other_keras_vit():
-    """Raises ImportError when the other project named keras-vit is
-    installed: its `keras_vit` module and ours share one import name, so
-    which files Python finds (or an uninstall removes) is an accident. An
-    install of this project under its old name keras-vit is recognised by
-    its summary. Reads installed metadata only: milliseconds."""
-    from importlib import metadata
-
-    for dist in metadata.distributions(name=OTHER_DISTRIBUTION):
-        summary = dist.metadata.get("Summary") or ""
-        if summary.startswith(SUMMARY):
-            continue  # this project, installed under its old name
-        raise ImportError(
-            f"The distribution {OTHER_DISTRIBUTION!r} {dist.version} ({summary or 'no summary'}, at "
-            f"{dist.locate_file('')}) is another project that also installs a module named keras_vit; "
-            f"this keras_vit is the distribution {DISTRIBUTION!r}. The two cannot be installed together. "
-            f"Fix: pip uninstall {OTHER_DISTRIBUTION}, then reinstall this one: "
-            f"pip install --force-reinstall {DISTRIBUTION} (or pip install -e . in its checkout).")
-
-
-def cli_is_starting():
-    """True while this process starts as the `keras-vit` command: the
-    console script, or ``python -m keras_vit.cli``. `keras_vit/__init__.py`
-    then defers importing Keras to the command, which imports it after its
-    quiet start-up; any other program importing keras_vit gets it at once."""
-    script = os.path.basename(sys.argv[0] if sys.argv else "")
-    if os.path.splitext(script)[0] in (PROGRAM, f"{PROGRAM}-script"):
-        return True
-    argv = list(getattr(sys, "orig_argv", []))
-    return "-m" in argv[:-1] and argv[argv.index("-m") + 1] in CLI_MODULES
 
 
 def wants_debug(argv=None):

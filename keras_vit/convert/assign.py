@@ -209,7 +209,7 @@ def _fit_positions(converted, encoder):
     table = converted.tensors[POSITIONS]
     if encoder.use_cls_token and not class_row:
         table = np.concatenate([np.zeros_like(table[:, :1]), table], axis=1)
-    return fit_position_embedding(table, encoder.grid_size, encoder.use_cls_token, grid, encoder.interpolation)
+    return fit_position_embedding(table, encoder.grid_size, encoder.use_cls_token, grid, encoder.pos_interpolation)
 
 
 def _fit_layouts(table, tensors):

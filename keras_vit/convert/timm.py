@@ -17,41 +17,39 @@ from keras_vit.convert.readers import CheckpointError, read_checkpoint, state_di
 from keras_vit.convert.rules import apply_rules, conv_kernel, dense_kernel, same
 
 _BLOCK = r"encoder_block_\1"
+
+
+def _norm(source, target):
+    """The rules of a LayerNorm: weight -> gamma, bias -> beta."""
+    return ((rf"{source}\.weight", f"{target}/gamma", same), (rf"{source}\.bias", f"{target}/beta", same))
+
+
+def _linear(source, target, kernel=dense_kernel):
+    """The rules of a Linear (or Conv2d) layer: weight -> kernel in Keras layout, bias -> bias."""
+    return ((rf"{source}\.weight", f"{target}/kernel", kernel), (rf"{source}\.bias", f"{target}/bias", same))
+
+
 TIMM_RULES = (
-    (r"patch_embed\.proj\.weight", "patch_encoder/projection/kernel", conv_kernel),
-    (r"patch_embed\.proj\.bias", "patch_encoder/projection/bias", same),
+    *_linear(r"patch_embed\.proj", "patch_encoder/projection", conv_kernel),
     (r"cls_token", "patch_encoder/cls_token", same),
     (r"reg_token", "patch_encoder/registers", same),
     (r"pos_embed", "patch_encoder/position_embedding", same),
-    (r"norm_pre\.weight", "norm_pre/gamma", same),
-    (r"norm_pre\.bias", "norm_pre/beta", same),
-    (r"blocks\.(\d+)\.norm([12])\.weight", _BLOCK + r"/norm\2/gamma", same),
-    (r"blocks\.(\d+)\.norm([12])\.bias", _BLOCK + r"/norm\2/beta", same),
-    (r"blocks\.(\d+)\.attn\.qkv\.weight", _BLOCK + "/attention/qkv/kernel", dense_kernel),
-    (r"blocks\.(\d+)\.attn\.qkv\.bias", _BLOCK + "/attention/qkv/bias", same),
-    (r"blocks\.(\d+)\.attn\.([qk])_norm\.weight", _BLOCK + r"/attention/\2_norm/gamma", same),
-    (r"blocks\.(\d+)\.attn\.([qk])_norm\.bias", _BLOCK + r"/attention/\2_norm/beta", same),
-    (r"blocks\.(\d+)\.attn\.proj\.weight", _BLOCK + "/attention/proj/kernel", dense_kernel),
-    (r"blocks\.(\d+)\.attn\.proj\.bias", _BLOCK + "/attention/proj/bias", same),
-    (r"blocks\.(\d+)\.mlp\.fc([12])\.weight", _BLOCK + r"/mlp_dense\2/kernel", dense_kernel),
-    (r"blocks\.(\d+)\.mlp\.fc([12])\.bias", _BLOCK + r"/mlp_dense\2/bias", same),
+    *_norm(r"norm_pre", "norm_pre"),
+    *_norm(r"blocks\.(\d+)\.norm([12])", _BLOCK + r"/norm\2"),
+    *_linear(r"blocks\.(\d+)\.attn\.qkv", _BLOCK + "/attention/qkv"),
+    *_norm(r"blocks\.(\d+)\.attn\.([qk])_norm", _BLOCK + r"/attention/\2_norm"),
+    *_linear(r"blocks\.(\d+)\.attn\.proj", _BLOCK + "/attention/proj"),
+    *_linear(r"blocks\.(\d+)\.mlp\.fc([12])", _BLOCK + r"/mlp_dense\2"),
     (r"blocks\.(\d+)\.ls([12])\.gamma", _BLOCK + r"/layer_scale\2/gamma", same),
-    (r"norm\.weight", "encoder_norm/gamma", same),
-    (r"norm\.bias", "encoder_norm/beta", same),
-    (r"fc_norm\.weight", "fc_norm/gamma", same),
-    (r"fc_norm\.bias", "fc_norm/beta", same),
-    (r"pre_logits\.fc\.weight", "pre_logits/kernel", dense_kernel),
-    (r"pre_logits\.fc\.bias", "pre_logits/bias", same),
-    (r"head\.weight", "head/kernel", dense_kernel),
-    (r"head\.bias", "head/bias", same),
+    *_norm(r"norm", "encoder_norm"),
+    *_norm(r"fc_norm", "fc_norm"),
+    *_linear(r"pre_logits\.fc", "pre_logits"),
+    *_linear(r"head", "head"),
     # attention pooling ("map"); heads are split to the model's in `assign_weights`
     (r"attn_pool\.latent", "map_pooling/probe", same),
-    (r"attn_pool\.(q|kv|proj)\.weight", r"map_pooling/attention/\1/kernel", dense_kernel),
-    (r"attn_pool\.(q|kv|proj)\.bias", r"map_pooling/attention/\1/bias", same),
-    (r"attn_pool\.norm\.weight", "map_pooling/norm/gamma", same),
-    (r"attn_pool\.norm\.bias", "map_pooling/norm/beta", same),
-    (r"attn_pool\.mlp\.fc([12])\.weight", r"map_pooling/mlp_dense\1/kernel", dense_kernel),
-    (r"attn_pool\.mlp\.fc([12])\.bias", r"map_pooling/mlp_dense\1/bias", same),
+    *_linear(r"attn_pool\.(q|kv|proj)", r"map_pooling/attention/\1"),
+    *_norm(r"attn_pool\.norm", "map_pooling/norm"),
+    *_linear(r"attn_pool\.mlp\.fc([12])", r"map_pooling/mlp_dense\1"),
 )
 TIMM_UNSUPPORTED = (
     (r"attn_pool\.(q_norm|k_norm)\..*", "query/key norms in timm's attention pooling have no "

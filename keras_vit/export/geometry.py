@@ -11,6 +11,7 @@ import keras
 
 from keras_vit.layers import grid_size
 from keras_vit.preprocessing import ImageSettings
+from keras_vit.presets.registry import is_pretrained_name
 from keras_vit.utils.validation import check_class_names, pair  # noqa: F401 - check_class_names: export's name for it
 
 FORMATS = ("savedmodel", "tflite", "onnx")
@@ -22,8 +23,10 @@ BYTES_SIGNATURE = "serving_bytes"
 CHECKPOINT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin")
 
 
-def check_target(path, kind):
-    """Refuses to overwrite something that is not an artifact of `kind`."""
+def check_target(path, kind, read_metadata=None):
+    """Refuses to overwrite something that is not an artifact of `kind`;
+    for a file, `read_metadata(path)` (the exporter's own reader) tells
+    whether keras_vit wrote it."""
     path = Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"The directory of `path` does not exist. Received: path={str(path)!r}")
@@ -35,29 +38,11 @@ def check_target(path, kind):
             )
     if kind in ("tflite", "onnx") and path.is_dir():
         raise ValueError(f"`path` is a directory; a .{kind} file was expected. Received: path={str(path)!r}")
-    if kind in ("tflite", "onnx") and os.path.lexists(path) and not _written_by_keras_vit(path, kind):
+    if kind in ("tflite", "onnx") and os.path.lexists(path) and not _holds_metadata(path, read_metadata):
         raise ValueError(f"`path` exists and is not a .{kind} file that keras_vit wrote; refusing to replace it. "
                          f"Remove it, or choose another path. Received: path={str(path)!r}")
     return path
 
-
-def _written_by_keras_vit(path, kind):
-    """Whether the file at `path` is an export of ours (it holds our metadata)."""
-    try:
-        if kind == "tflite":
-            from keras_vit.export.tflite import tflite_metadata
-
-            return path.is_file() and tflite_metadata(path) is not None
-        from keras_vit.export.onnx import onnx_metadata
-
-        return path.is_file() and onnx_metadata(path) is not None
-    except (ValueError, OSError):
-        return False
-
-
-# --------------------------------------------------------------------------
-# What an artifact needs to know about the model.
-# --------------------------------------------------------------------------
 
 
 def model_geometry(model, image_size=None):
@@ -180,10 +165,8 @@ def artifact_kind(path, presets=False):
     >>> artifact_kind("digits_savedmodel")
     'savedmodel'
     """
-    from keras_vit.hub import HF_PREFIX, PRETRAINED
-
     text = str(path)
-    if presets and (text in PRETRAINED or text.startswith(HF_PREFIX)):
+    if presets and is_pretrained_name(text):
         return "preset"
     path = Path(path)
     if not path.exists():
@@ -200,3 +183,11 @@ def artifact_kind(path, presets=False):
         "(with saved_model.pb), a .tflite or an .onnx file"
         + (", a known pretrained name, hf://owner/repo[@rev], a preset directory (with config.json) "
            f"or a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})." if presets else "."))
+
+
+def _holds_metadata(path, read_metadata):
+    """Whether the file at `path` is an export of ours (it holds our metadata)."""
+    try:
+        return path.is_file() and read_metadata is not None and read_metadata(path) is not None
+    except (ValueError, OSError):
+        return False

@@ -21,8 +21,7 @@ from keras_vit.export.onnx_fusion import fuse_for_onnx_runtime
 from keras_vit.export.geometry import (
     METADATA_NAME, check_class_names, check_target, class_probabilities, image_settings, model_geometry,
     warn_if_not_pixels)
-from keras_vit.utils.io import atomic_path
-from keras_vit.utils.locks import destination_lock
+from keras_vit.utils.io import atomic_path, destination_lock
 from keras_vit.utils.validation import strict_keywords
 
 # Opset 17 has LayerNormalization; tf2onnx 1.17 writes opsets up to 18 and
@@ -116,7 +115,7 @@ def export_onnx(model, path, *, opset=DEFAULT_OPSET, class_names=None, image_siz
     geo = model_geometry(model, image_size)
     names = check_class_names(class_names or getattr(model, "class_names", None), geo["num_classes"])
     warn_if_not_pixels(model)
-    path = check_target(path, "onnx")
+    path = check_target(path, "onnx", onnx_metadata)
 
     import onnx
     import tensorflow as tf

@@ -10,8 +10,7 @@ import numpy as np
 from keras_vit.export.geometry import (
     METADATA_NAME, QUANTIZATIONS, check_backend, check_class_names, check_target, class_probabilities,
     image_settings, model_geometry, warn_if_not_pixels)
-from keras_vit.utils.io import atomic_path, scratch_dir
-from keras_vit.utils.locks import destination_lock
+from keras_vit.utils.io import atomic_path, destination_lock, scratch_dir
 from keras_vit.utils.validation import check_choice, strict_keywords
 
 
@@ -156,7 +155,7 @@ def export_tflite(
             )
         samples = calibration_samples(representative_data, shape, num_calibration_samples)
     warn_if_not_pixels(model)
-    path = check_target(path, "tflite")
+    path = check_target(path, "tflite", tflite_metadata)
     with destination_lock(path):  # one writer; leftovers of a killed export removed
         flatbuffer = _convert(model, path, shape, quantization, samples)
         metadata = dict(

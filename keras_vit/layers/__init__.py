@@ -30,7 +30,7 @@ from keras_vit.layers.patching import (
     grid_size,
     patch_stride,
 )
-from keras_vit.layers.positions import INTERPOLATIONS, resample_position_table, resample_posemb, sincos_posemb_2d
+from keras_vit.layers.positions import POS_INTERPOLATIONS, resample_position_table, resample_posemb, sincos_posemb_2d
 from keras_vit.layers.patch_dropout import PatchDropout
 from keras_vit.layers.norm import LayerNorm, layer_norm
 from keras_vit.layers.stem import ConvStem
@@ -38,8 +38,18 @@ from keras_vit.layers.pooling import POOLINGS, AttentionPooling, TokenPooling
 from keras_vit.utils.validation import check_choice, check_rate, pair
 
 __all__ = [
-    "ACTIVATIONS", "INTERPOLATIONS", "PATCH_EMBEDDINGS", "POOLINGS", "POS_EMBEDDINGS",
+    "ACTIVATIONS", "PATCH_EMBEDDINGS", "POS_INTERPOLATIONS", "POOLINGS", "POS_EMBEDDINGS",
     "AttentionPooling", "ConvStem", "DropPath", "LayerNorm", "LayerScale", "MultiHeadSelfAttention", "PatchDropout", "PatchEncoder",
     "Patches", "TokenPooling", "TransformerBlock", "check_choice", "check_images", "check_rate",
     "grid_size", "layer_norm", "pair", "patch_stride", "resample_position_table", "resample_posemb", "sincos_posemb_2d", "use_fused_attention",
 ]
+
+
+def __getattr__(name):
+    if name == "INTERPOLATIONS":  # keras_vit 0.2's name, which preprocessing uses for image resizing
+        import warnings
+
+        warnings.warn("keras_vit.layers.INTERPOLATIONS is now POS_INTERPOLATIONS (position resampling); "
+                      "INTERPOLATIONS will be removed in 0.4.", DeprecationWarning, stacklevel=2)
+        return POS_INTERPOLATIONS
+    raise AttributeError(f"module 'keras_vit.layers' has no attribute {name!r}")

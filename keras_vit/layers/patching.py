@@ -10,7 +10,8 @@ import keras
 from keras import ops
 
 from keras_vit.layers.stem import ConvStem, check_conv_stem
-from keras_vit.layers.positions import INTERPOLATIONS, SINCOS_LAYOUTS, resample_posemb, sincos_posemb_2d
+from keras_vit.layers.positions import (
+    POS_INTERPOLATIONS, SINCOS_LAYOUTS, renamed_in_config, renamed_interpolation, resample_posemb, sincos_posemb_2d)
 from keras_vit.utils.validation import check_choice, pair
 
 POS_EMBEDDINGS = ("learned", "sincos", "none")
@@ -182,8 +183,9 @@ class PatchEncoder(keras.layers.Layer):
         num_registers: int, number of learnable register tokens.
         pos_embedding: "learned" (trainable, normal init with std 0.02),
             "sincos" (fixed 2-D sine/cosine) or "none".
-        interpolation: "bicubic" or "bilinear", used to resample learned
-            positions.
+        pos_interpolation: "bicubic" or "bilinear", used to resample learned
+            positions (called `interpolation` until 0.2, still accepted
+            with a `DeprecationWarning`).
         patch_embedding: "conv" (one strided convolution) or "linear"
             (`Patches` followed by a `Dense` layer); the two compute the
             same function.
@@ -212,13 +214,14 @@ class PatchEncoder(keras.layers.Layer):
         use_cls_token=True,
         num_registers=0,
         pos_embedding="learned",
-        interpolation="bicubic",
+        pos_interpolation="bicubic",
         patch_embedding="conv",
         sincos_layout="big_vision",
         patch_bias=True,
         conv_stem=None,
         **kwargs,
     ):
+        pos_interpolation = renamed_interpolation(kwargs, pos_interpolation, "PatchEncoder")
         super().__init__(**kwargs)
         self.conv_stem = check_conv_stem(conv_stem, patch_size, stride, patch_embedding)
         self.patch_bias = check_choice(patch_bias, "patch_bias", (True, False))
@@ -226,9 +229,7 @@ class PatchEncoder(keras.layers.Layer):
         if not isinstance(hidden_dim, int) or hidden_dim <= 0:
             raise ValueError(f"`hidden_dim` must be a positive int. Received: {hidden_dim!r}")
         if not isinstance(num_registers, int) or num_registers < 0:
-            raise ValueError(
-                f"`num_registers` must be an int >= 0. Received: {num_registers!r}"
-            )
+            raise ValueError(f"`num_registers` must be an int >= 0. Received: {num_registers!r}")
         self.hidden_dim = hidden_dim
         self.patch_size = pair(patch_size, "patch_size")
         self.stride = patch_stride(patch_size, stride)
@@ -236,10 +237,8 @@ class PatchEncoder(keras.layers.Layer):
         self.use_cls_token = bool(use_cls_token)
         self.num_registers = num_registers
         self.pos_embedding = check_choice(pos_embedding, "pos_embedding", POS_EMBEDDINGS)
-        self.interpolation = check_choice(interpolation, "interpolation", INTERPOLATIONS)
-        self.patch_embedding = check_choice(
-            patch_embedding, "patch_embedding", PATCH_EMBEDDINGS
-        )
+        self.pos_interpolation = check_choice(pos_interpolation, "pos_interpolation", POS_INTERPOLATIONS)
+        self.patch_embedding = check_choice(patch_embedding, "patch_embedding", PATCH_EMBEDDINGS)
         if pos_embedding == "learned" and self.grid_size is None:
             raise ValueError("`grid_size` is required with pos_embedding='learned'.")
         if pos_embedding == "sincos" and hidden_dim % 4:
@@ -307,7 +306,7 @@ class PatchEncoder(keras.layers.Layer):
         table = self.position_embedding[:, int(self.use_cls_token) :, :]
         if all(isinstance(g, int) for g in grid) and tuple(grid) == self.grid_size:
             return table
-        return resample_posemb(table, grid, self.grid_size, self.interpolation)
+        return resample_posemb(table, grid, self.grid_size, self.pos_interpolation)
 
     def call(self, images, training=None):
         check_images(images, self.channels, self.patch_size, self.stride)
@@ -353,7 +352,7 @@ class PatchEncoder(keras.layers.Layer):
             use_cls_token=self.use_cls_token,
             num_registers=self.num_registers,
             pos_embedding=self.pos_embedding,
-            interpolation=self.interpolation,
+            pos_interpolation=self.pos_interpolation,
             patch_embedding=self.patch_embedding,
             sincos_layout=self.sincos_layout,
             patch_bias=self.patch_bias,
@@ -364,4 +363,4 @@ class PatchEncoder(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         # keras_vit 0.1 wrote no layout and used rows-first, interleaved channels.
-        return cls(**{"sincos_layout": "rows_interleaved", **config})
+        return cls(**{"sincos_layout": "rows_interleaved", **renamed_in_config(config)})

@@ -3,14 +3,36 @@ table (`sincos_posemb_2d`) and resampling learned positions on their grid
 (`resample_posemb`). `keras.ops` only; grid sizes may be symbolic."""
 
 import math
+import warnings
 
 import numpy as np
 from keras import ops
 
 from keras_vit.utils.validation import check_choice
 
-INTERPOLATIONS = ("bicubic", "bilinear")
+# How a learned position table is resampled to another grid. Not image
+# resizing: that is `keras_vit.preprocessing.INTERPOLATIONS`.
+POS_INTERPOLATIONS = ("bicubic", "bilinear")
 SINCOS_LAYOUTS = ("big_vision", "rows_interleaved")
+
+
+def renamed_interpolation(kwargs, pos_interpolation, owner):
+    """`pos_interpolation`, or the `interpolation` keyword (its name until
+    keras_vit 0.2) taken out of `kwargs` with a `DeprecationWarning`."""
+    if "interpolation" not in kwargs:
+        return pos_interpolation
+    warnings.warn(f"{owner}(interpolation=...) is now `pos_interpolation` (how learned positions are resampled; "
+                  "`interpolation` elsewhere means image resizing); `interpolation` will be removed in 0.4.",
+                  DeprecationWarning, stacklevel=3)
+    return kwargs.pop("interpolation")
+
+
+def renamed_in_config(config):
+    """A config saved before the rename (``interpolation``) read as ``pos_interpolation``, silently."""
+    config = dict(config)
+    if "interpolation" in config:
+        config.setdefault("pos_interpolation", config.pop("interpolation"))
+    return config
 
 
 def sincos_posemb_2d(grid_h, grid_w, dim, temperature=10000.0, layout="big_vision"):
@@ -104,7 +126,7 @@ def resample_posemb(posemb, new_grid, old_grid=None, method="bicubic", antialias
     Returns:
         The embeddings on the new grid, with the input's rank.
     """
-    check_choice(method, "interpolation", INTERPOLATIONS)
+    check_choice(method, "interpolation", POS_INTERPOLATIONS)
     rank = len(posemb.shape)
     table = ops.reshape(posemb, (-1, posemb.shape[-1]))
     if old_grid is None:

@@ -10,13 +10,15 @@ import keras
 import numpy as np
 
 from keras_vit.kernels import resolve_kernels
-from keras_vit.layers import ACTIVATIONS, INTERPOLATIONS, PATCH_EMBEDDINGS, POS_EMBEDDINGS
+from keras_vit.layers import ACTIVATIONS, PATCH_EMBEDDINGS, POS_EMBEDDINGS, POS_INTERPOLATIONS
 from keras_vit.layers import PatchDropout, PatchEncoder, TransformerBlock, grid_size, layer_norm
 from keras_vit.layers.patching import patch_stride
+from keras_vit.layers.positions import renamed_in_config, renamed_interpolation
 from keras_vit.layers.stem import check_conv_stem
 from keras_vit.models.features import FeatureExtraction
 from keras_vit.models.lora import LoRA, quantized_layers, requantize
-from keras_vit.models.presets import PRESETS, SIZE_FIELDS, preset_config
+from keras_vit.presets.folder import save_to_preset
+from keras_vit.presets.loaders import get_preset_loader
 from keras_vit.utils.validation import (MODEL_KEYWORDS, check_choice, check_keywords, check_positive_int, check_rate,
                                         pair, parameter_names, strict_keywords)
 
@@ -103,7 +105,7 @@ def _check_config(c):
             f"{[h for h in range(1, 17) if c['hidden_dim'] % h == 0]}")
     check_choice(c["pos_embedding"], "pos_embedding", POS_EMBEDDINGS)
     check_choice(c["activation"], "activation", tuple(ACTIVATIONS))
-    check_choice(c["interpolation"], "interpolation", INTERPOLATIONS)
+    check_choice(c["pos_interpolation"], "pos_interpolation", POS_INTERPOLATIONS)
     check_choice(c["patch_embedding"], "patch_embedding", PATCH_EMBEDDINGS)
     for key in ("class_token", "qk_norm", "use_qkv_bias", "include_rescaling", "pre_norm", "final_norm",
                 "patch_bias"):
@@ -160,7 +162,7 @@ def _make_layers(c, grid, policy):
     kernels, epsilon, depth = c["kernels"], c["norm_epsilon"], c["depth"]
     patch_encoder = PatchEncoder(
         c["hidden_dim"], c["patch_size"], stride=c["stride"], grid_size=grid, use_cls_token=c["class_token"],
-        num_registers=c["num_registers"], pos_embedding=c["pos_embedding"], interpolation=c["interpolation"],
+        num_registers=c["num_registers"], pos_embedding=c["pos_embedding"], pos_interpolation=c["pos_interpolation"],
         patch_embedding=c["patch_embedding"], sincos_layout=c["sincos_layout"], patch_bias=c["patch_bias"],
         conv_stem=c["conv_stem"], dtype=policy, name="patch_encoder")
     blocks = [
@@ -228,7 +230,9 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
             (0.229, 0.224, 0.225) ImageNet's.
         reference_image_size: the size learned positions are built for when
             `image_size` is None (default 224).
-        interpolation: "bicubic" or "bilinear" resampling of positions.
+        pos_interpolation: "bicubic" or "bilinear" resampling of learned
+            positions (`interpolation` until 0.2: still accepted, with a
+            `DeprecationWarning`).
         patch_embedding: "conv" or "linear" (the same function).
         norm_epsilon: float > 0, LayerNorm epsilon.
         fused_attention: None (decided per backend), True or False.
@@ -288,7 +292,7 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
         pixel_mean=(0.5,),
         pixel_std=(0.5,),
         reference_image_size=None,
-        interpolation="bicubic",
+        pos_interpolation="bicubic",
         patch_embedding="conv",
         norm_epsilon=1e-6,
         fused_attention=None,
@@ -301,6 +305,7 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
         patch_dropout=0.0,
         **kwargs,
     ):
+        pos_interpolation = renamed_interpolation(kwargs, pos_interpolation, "ViTBackbone")
         arguments = dict(locals())  # the signature above is the whole config
         for key in ("self", "kwargs", "__class__"):
             arguments.pop(key, None)
@@ -318,34 +323,17 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
         self._set_config(config)
 
     def _set_parts(self, *, rescaling, patch_encoder, embedding_dropout, norm_pre, blocks, norm, patch_dropout):
-        self.rescaling = rescaling
-        self.patch_dropout_layer = patch_dropout
-        self.patch_encoder = patch_encoder
-        self.embedding_dropout = embedding_dropout
-        self.norm_pre = norm_pre
-        self.blocks = blocks
-        self.norm = norm
+        self.rescaling, self.patch_dropout_layer, self.patch_encoder = rescaling, patch_dropout, patch_encoder
+        self.embedding_dropout, self.norm_pre, self.blocks, self.norm = embedding_dropout, norm_pre, blocks, norm
 
     def _set_config(self, c):
-        """Keeps the config (`get_config`) and its values as attributes, read
-        elsewhere as `backbone.hidden_dim`, `backbone.patch_size`, ..."""
+        """Keeps the config (`get_config`) and each of its values as an
+        attribute of the same name (its keys are the constructor's
+        arguments), read elsewhere as `backbone.hidden_dim`,
+        `backbone.patch_size`, ..."""
         self._vit_config = c
-        self.image_size, self.reference_image_size = c["image_size"], c["reference_image_size"]
-        self.patch_size, self.stride, self.channels = c["patch_size"], c["stride"], c["channels"]
-        self.hidden_dim, self.depth = c["hidden_dim"], c["depth"]
-        self.num_heads, self.mlp_dim = c["num_heads"], c["mlp_dim"]
-        self.pos_embedding, self.interpolation = c["pos_embedding"], c["interpolation"]
-        self.sincos_layout = c["sincos_layout"]
-        self.num_registers, self.class_token = c["num_registers"], c["class_token"]
-        self.patch_embedding, self.patch_bias, self.conv_stem = c["patch_embedding"], c["patch_bias"], c["conv_stem"]
-        self.dropout, self.attention_dropout = c["dropout"], c["attention_dropout"]
-        self.drop_path_rate, self.layer_scale = c["drop_path_rate"], c["layer_scale"]
-        self.qk_norm, self.use_qkv_bias = c["qk_norm"], c["use_qkv_bias"]
-        self.activation, self.fused_attention = c["activation"], c["fused_attention"]
-        self.include_rescaling = c["include_rescaling"]
-        self.pixel_mean, self.pixel_std = c["pixel_mean"], c["pixel_std"]
-        self.norm_epsilon, self.pre_norm, self.final_norm = c["norm_epsilon"], c["pre_norm"], c["final_norm"]
-        self.kernels, self.patch_dropout = c["kernels"], c["patch_dropout"]
+        for name, value in c.items():
+            setattr(self, name, value)
 
     def _embed(self, images):
         return _embed(images, self.rescaling, self.patch_encoder, self.embedding_dropout, self.norm_pre,
@@ -377,7 +365,7 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = renamed_in_config(config)
         quantized = config.pop("quantized_layers", None)
         backbone = cls(**config)
         if quantized:
@@ -387,33 +375,20 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
     @strict_keywords()
     def save_to_preset(self, directory):
         """Writes a preset directory that `from_preset(directory)` loads."""
-        from keras_vit.models.preset_io import save_to_preset
-
         return save_to_preset(self, directory)
 
     @classmethod
     @strict_keywords("keras_vit.models.backbone:ViTBackbone", "keras_vit.models.pretrained:from_checkpoint",
-                     extra=MODEL_KEYWORDS, exclude=("path",))
+                     extra=(*MODEL_KEYWORDS, "interpolation"), exclude=("path",))
     def from_preset(cls, name, **overrides):
-        """A backbone of architecture preset `name` ("B/16", "Mu/4", ...),
-        with its own image size unless `image_size` is given, and other
-        arguments overridden; or a pretrained one: a known name,
-        ``"hf://owner/repo"``, a preset directory or a checkpoint file
-        (see `keras_vit.hub`).
+        """A backbone of architecture preset `name` ("B/16", "Mu/4", ...;
+        random weights), with its own image size unless `image_size` is
+        given, and other arguments overridden; or a pretrained one: a known
+        name, ``"hf://owner/repo"``, a preset directory or a checkpoint file
+        (`keras_vit.presets.get_preset_loader` tells them apart).
 
         Example:
         >>> ViTBackbone.from_preset("Mu/4", depth=2).image_size
         (32, 32)
         """
-        if name not in PRESETS:
-            from keras_vit.models.preset_io import load_preset
-
-            return load_preset(cls, name, **overrides)
-        overrides = dict(overrides)
-        sizes = {k: overrides.pop(k) for k in (*SIZE_FIELDS, "patch_size") if k in overrides}
-        config = preset_config(name, **sizes)
-        config.pop("num_classes")
-        if overrides.get("image_size", 0) is None:
-            overrides.setdefault("reference_image_size", config["image_size"])
-        config.update(overrides)
-        return cls(**config)
+        return get_preset_loader(name).load(cls, **overrides)

@@ -12,7 +12,9 @@ import keras
 from keras_vit.layers import POOLINGS, AttentionPooling, TokenPooling, layer_norm
 from keras_vit.models.backbone import ChecksImages, ViTBackbone
 from keras_vit.models.lora import check_lora_args, quantized_layers, requantize
-from keras_vit.models.presets import PRESETS, preset_config
+from keras_vit.presets.architectures import FROM_PRESET, HEAD_ARGS, vit_arguments
+from keras_vit.presets.folder import save_to_preset
+from keras_vit.presets.loaders import get_preset_loader
 from keras_vit.utils.validation import (MODEL_KEYWORDS, check_choice, check_class_names, check_keywords,
                                         check_positive_int, check_rate, parameter_names, strict_keywords)
 
@@ -116,6 +118,8 @@ class ViTClassifier(ChecksImages, keras.Model):
     True
     """
 
+    backbone_cls = ViTBackbone  # what the preset loaders build its backbone as (keras-hub's tasks say so too)
+
     def __init__(self, backbone, num_classes=1000, pooling="cls", fc_norm=False, representation_size=None,
                  head_units=None, dropout=0.0, classifier_activation=None, class_names=None,
                  preprocessing=None, **kwargs):
@@ -153,22 +157,14 @@ class ViTClassifier(ChecksImages, keras.Model):
 
         self.dtype_policy = policy  # a functional model ignores `dtype`; the config keeps it
         self.backbone = backbone
-        self.pooler = pooler
-        self.fc_norm = fc_norm_layer
-        self.pre_logits = pre_logits
-        self.head_hidden = head_hidden
-        self.head_dropout = head_dropout
-        self.head = head
-        self.predictions = predictions
+        (self.pooler, self.fc_norm, self.pre_logits, self.head_hidden, self.head_dropout, self.head,
+         self.predictions) = layers
 
         # === Config ===
-        self.num_classes = num_classes
-        self.pooling = pooling
-        self.use_fc_norm = fc_norm
-        self.representation_size = representation_size
+        self.num_classes, self.pooling, self.use_fc_norm = num_classes, pooling, fc_norm
+        self.representation_size, self.classifier_activation = representation_size, classifier_activation
         self.head_units = list(head_units) if head_units else None
         self.dropout = float(dropout)
-        self.classifier_activation = classifier_activation
         self.class_names = list(class_names) if class_names is not None else None
         self.preprocessing = dict(preprocessing) if preprocessing else None
 
@@ -269,18 +265,17 @@ class ViTClassifier(ChecksImages, keras.Model):
     def save_to_preset(self, directory):
         """Writes a preset directory (config, weights, preprocessing) that
         `ViTClassifier.from_preset(directory)` loads in any process."""
-        from keras_vit.models.preset_io import save_to_preset
-
         return save_to_preset(self, directory)
 
     @classmethod
     @strict_keywords("keras_vit.models.classifier:build_vit", "keras_vit.models.pretrained:from_checkpoint",
                      exclude=("variant", "path"))
     def from_preset(cls, name, **overrides):
-        """A classifier of architecture preset `name` with the preset's image
-        size and class count unless overridden (see `build_vit` for the
-        arguments); or a pretrained one: a known name, ``"hf://owner/repo"``,
-        a preset directory or a checkpoint file (see `keras_vit.hub`). A new
+        """A classifier of architecture preset `name` (random weights) with
+        the preset's image size and class count unless overridden (see
+        `build_vit` for the arguments); or a pretrained one: a known name,
+        ``"hf://owner/repo"``, a preset directory or a checkpoint file
+        (`keras_vit.presets.get_preset_loader` tells them apart). A new
         `num_classes` gets a fresh head; a new `image_size` resamples the
         learned positions.
 
@@ -289,26 +284,10 @@ class ViTClassifier(ChecksImages, keras.Model):
         >>> model.image_size, model.num_classes
         ((32, 32), 10)
         """
-        if name not in PRESETS:
-            from keras_vit.models.preset_io import load_preset
-
-            return load_preset(cls, name, **overrides)
-        return build_vit(name, **overrides)
+        return get_preset_loader(name).load(cls, **overrides)
 
 
-_HEAD_ARGS = ("num_classes", "pooling", "fc_norm", "representation_size", "head_units",
-              "classifier_activation", "class_names", "preprocessing")
-
-
-class _FromPreset:
-    def __repr__(self):
-        return "<the preset's>"
-
-
-FROM_PRESET = _FromPreset()
-
-
-@strict_keywords(ViTBackbone, extra=(*_HEAD_ARGS, *MODEL_KEYWORDS))
+@strict_keywords(ViTBackbone, extra=(*HEAD_ARGS, *MODEL_KEYWORDS, "interpolation"))  # interpolation: deprecated
 def build_vit(variant=None, *, image_size=FROM_PRESET, num_classes=FROM_PRESET, patch_size=None,
               hidden_dim=None, depth=None, num_heads=None, mlp_dim=None, pooling="cls",
               class_token=None, dropout=0.0, name=None, **kwargs):
@@ -331,7 +310,7 @@ def build_vit(variant=None, *, image_size=FROM_PRESET, num_classes=FROM_PRESET, 
         **kwargs: other `ViTBackbone` arguments (stride, channels,
             pos_embedding, num_registers, attention_dropout, drop_path_rate,
             layer_scale, qk_norm, activation, use_qkv_bias, include_rescaling,
-            reference_image_size, interpolation, patch_embedding,
+            reference_image_size, pos_interpolation, patch_embedding,
             norm_epsilon, fused_attention, sincos_layout, patch_bias,
             pre_norm, final_norm, conv_stem) and `ViTClassifier` arguments (fc_norm,
             representation_size, head_units, classifier_activation,
@@ -349,20 +328,8 @@ def build_vit(variant=None, *, image_size=FROM_PRESET, num_classes=FROM_PRESET, 
     >>> build_vit("Mu/4", depth=1).image_size
     (32, 32)
     """
-    config = preset_config(variant, patch_size=patch_size, hidden_dim=hidden_dim, depth=depth,
-                           num_heads=num_heads, mlp_dim=mlp_dim)
-    if image_size is not FROM_PRESET:
-        config["image_size"] = image_size
-    if image_size is None and kwargs.get("reference_image_size") is None:
-        kwargs["reference_image_size"] = preset_config(variant)["image_size"]
-    if num_classes is not FROM_PRESET:
-        config["num_classes"] = num_classes
-    check_choice(pooling, "pooling", POOLINGS)
-    if class_token is not None:
-        check_choice(class_token, "class_token", (True, False))
-    head = {k: kwargs.pop(k) for k in _HEAD_ARGS if k in kwargs}
-    head["num_classes"] = config.pop("num_classes")
-    backbone = ViTBackbone(
-        **config, dropout=dropout, class_token=pooling == "cls" if class_token is None else class_token,
-        **kwargs)
-    return ViTClassifier(backbone, pooling=pooling, dropout=dropout, name=name or "vit", **head)
+    backbone, head = vit_arguments(
+        variant, image_size=image_size, num_classes=num_classes, patch_size=patch_size, hidden_dim=hidden_dim,
+        depth=depth, num_heads=num_heads, mlp_dim=mlp_dim, pooling=pooling, class_token=class_token,
+        dropout=dropout, name=name, **kwargs)
+    return ViTClassifier(ViTBackbone(**backbone), **head)

@@ -12,6 +12,7 @@ import os
 import time
 
 from keras_vit.training.budget import parse_duration
+from keras_vit.training.recipe import DEFAULTS
 from keras_vit.training.run import TrainResult, train
 from keras_vit.utils.ownership import RUN_DIR, claim_directory
 from keras_vit.utils.validation import check_positive_int, pair, strict_keywords
@@ -57,36 +58,13 @@ def _load_splits(data, size, channels, *, batch_size, validation_split, test_spl
         label_mode="categorical" if label_smoothing else "int")
 
 
-def _preset_geometry(handle):
-    """A preset's native (image_size, channels) from its files, without
-    building it: a keras_vit preset's ``preprocessing.json``, or a timm
-    config's image size and ``pretrained_cfg.input_size`` channels; None
-    where the files do not say."""
-    import json
-
-    from keras_vit.hub import resolve_preset
-    from keras_vit.models.preset_io import PREPROCESSING_FILE, is_keras_vit_preset
-
-    files = resolve_preset(handle)
-    if files.directory is not None and is_keras_vit_preset(files.config):
-        info = json.loads((files.directory / PREPROCESSING_FILE).read_text())
-        return (tuple(info["image_size"]) if info.get("image_size") else None), info["channels"]
-    input_size = (files.config.get("pretrained_cfg") or {}).get("input_size")
-    if not input_size:
-        return None
-    from keras_vit.convert.checkpoint import timm_preset_settings
-
-    channels = (files.config.get("model_args") or {}).get("in_chans") or input_size[0]
-    return timm_preset_settings(files.config).get("image_size"), channels
-
-
 class _Pretrained:
     """A checkpoint file or a preset handle: its native size and channels,
     and `build(num_classes, image_size, **kwargs)` for the model to train."""
 
     def __init__(self, checkpoint, num_heads, keep_pre_logits):
         from keras_vit.convert import convert_file
-        from keras_vit.models.pretrained import infer_config
+        from keras_vit.presets import get_preset_loader, infer_config
 
         self.checkpoint, self.num_heads, self.keep_pre_logits = checkpoint, num_heads, keep_pre_logits
         text = os.fspath(checkpoint)
@@ -97,7 +75,13 @@ class _Pretrained:
             self.image_size, self.channels = config["image_size"], config["channels"]
             self.source = os.path.abspath(text)
         else:
-            geometry = _preset_geometry(text)
+            loader = get_preset_loader(text)  # what the preset's files say, without building it
+            if not loader.pretrained:
+                raise ValueError(
+                    f"{text!r} is an architecture preset (random weights); fine-tuning starts from pretrained "
+                    "weights: a known pretrained name, hf://owner/repo, a preset directory or a checkpoint "
+                    "file. To train an architecture from scratch use keras_vit.training.train (keras-vit train).")
+            geometry = loader.geometry()
             if geometry is None:  # nothing on file says it: build the preset once to ask it
                 from keras_vit.models import ViTClassifier
 
@@ -127,7 +111,8 @@ class _Pretrained:
 @strict_keywords("keras_vit.models.classifier:build_vit", "keras_vit.models.pretrained:from_checkpoint", exclude=("variant", "path"))
 def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, epochs=None,
               frozen_epochs=1, time_budget=None, budget_start=None, batch_size=32, learning_rate=1e-4,
-              head_learning_rate=1e-3, weight_decay=0.05, warmup_epochs=0, label_smoothing=0.1, augment=None,
+              head_learning_rate=DEFAULTS.learning_rate, weight_decay=DEFAULTS.weight_decay,
+              warmup_epochs=DEFAULTS.warmup_epochs, label_smoothing=DEFAULTS.label_smoothing, augment=None,
               validation_split=0.1, test_split=0.2, data_dir=None, num_heads=None,
               keep_pre_logits=True, lora_rank=None, seed=0, resume="auto", verbose="auto", **build_kwargs):
     """Fine-tunes a pretrained checkpoint or preset on a new data set.
@@ -143,7 +128,7 @@ def fine_tune(checkpoint, data, *, run_dir, num_classes=None, image_size=None, e
 
     Args:
         checkpoint: a `.npz`, `.safetensors` or PyTorch checkpoint file, or
-            a preset: a known pretrained name (`keras_vit.hub.PRETRAINED`),
+            a preset: a known pretrained name (`keras_vit.presets.PRETRAINED`),
             ``"hf://owner/repo[@revision]"`` or a preset directory
             (`save_to_preset`'s or timm's ``config.json`` + weights).
         data: an image folder (`root/<class>/*.png`, or with train/val/test

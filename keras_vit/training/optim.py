@@ -10,7 +10,8 @@
 import keras
 
 from keras_vit.models.classifier import NO_DECAY_NAME_PATTERNS as NO_WEIGHT_DECAY
-from keras_vit.utils.validation import check_choice
+from keras_vit.training.recipe import DEFAULTS
+from keras_vit.utils.validation import check_choice, strict_keywords
 
 
 def make_schedule(learning_rate, total_steps=None, warmup_steps=0, min_learning_rate=0.0):
@@ -52,19 +53,20 @@ def make_schedule(learning_rate, total_steps=None, warmup_steps=0, min_learning_
 
 
 def make_optimizer(
-    learning_rate=1e-3,
+    learning_rate=DEFAULTS.learning_rate,
     *,
-    weight_decay=0.05,
+    weight_decay=DEFAULTS.weight_decay,
     total_steps=None,
     warmup_steps=0,
-    min_learning_rate=0.0,
-    clipnorm=1.0,
-    ema_momentum=None,
-    gradient_accumulation_steps=None,
+    min_learning_rate=DEFAULTS.min_learning_rate,
+    clipnorm=DEFAULTS.clipnorm,
+    ema_momentum=DEFAULTS.ema_momentum,
+    gradient_accumulation_steps=DEFAULTS.gradient_accumulation_steps,
     beta_2=0.999,
     no_weight_decay=NO_WEIGHT_DECAY,
 ):
     """AdamW with warmup + cosine decay and the ViT weight-decay exclusions.
+    The defaults are `Recipe`'s (`keras_vit.training.recipe.DEFAULTS`).
 
     Args:
         learning_rate: peak learning rate.
@@ -122,30 +124,19 @@ def outputs_probabilities(model):
     return getattr(activation, "__name__", "") == "softmax" and last.name == "predictions"
 
 
-def compile_model(
-    model,
-    *,
-    learning_rate=1e-3,
-    weight_decay=0.05,
-    total_steps=None,
-    warmup_steps=0,
-    min_learning_rate=0.0,
-    label_smoothing=0.1,
-    clipnorm=1.0,
-    ema_momentum=None,
-    gradient_accumulation_steps=None,
-    sparse_labels=False,
-    jit_compile="auto",
-    steps_per_execution=1,
-):
-    """Compiles `model` with the recipe's optimizer, loss and accuracy.
+@strict_keywords(make_optimizer, exclude=("no_weight_decay",))
+def compile_model(model, *, label_smoothing=DEFAULTS.label_smoothing, sparse_labels=False,
+                  jit_compile=DEFAULTS.jit_compile, steps_per_execution=DEFAULTS.steps_per_execution,
+                  **optimizer):
+    """Compiles `model` with the recipe's optimizer, loss and accuracy. The
+    defaults are `Recipe`'s (`keras_vit.training.recipe.DEFAULTS`).
 
     Args:
         model: a classifier returning logits (or softmax probabilities from
             a layer named "predictions").
-        learning_rate, weight_decay, total_steps, warmup_steps,
-        min_learning_rate, clipnorm, ema_momentum,
-        gradient_accumulation_steps: see `make_optimizer`.
+        **optimizer: `make_optimizer`'s arguments (learning_rate,
+            weight_decay, total_steps, warmup_steps, min_learning_rate,
+            clipnorm, ema_momentum, gradient_accumulation_steps, beta_2).
         label_smoothing: float in [0, 1); needs one-hot labels.
         sparse_labels: True for int labels (then no label smoothing).
         jit_compile: True, False or "auto": XLA on TensorFlow and JAX
@@ -184,11 +175,7 @@ def compile_model(
     else:
         loss = keras.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=label_smoothing)
         accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
-    optimizer = make_optimizer(
-        learning_rate, weight_decay=weight_decay, total_steps=total_steps,
-        warmup_steps=warmup_steps, min_learning_rate=min_learning_rate, clipnorm=clipnorm,
-        ema_momentum=ema_momentum, gradient_accumulation_steps=gradient_accumulation_steps,
-    )
+    optimizer = make_optimizer(**optimizer)
     if hasattr(model, "no_weight_decay"):  # the model names its own exemptions (keras_vit models do)
         optimizer.exclude_from_weight_decay(var_list=model.no_weight_decay())
     model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy],

@@ -14,9 +14,10 @@ import os
 import warnings
 from pathlib import Path
 
+from keras_vit.augment import AUGMENTATIONS
+from keras_vit.layers.pooling import POOLINGS
 from keras_vit.layers.stem import check_conv_stem, stem_filters
-from keras_vit.models.classifier import POOLINGS
-from keras_vit.models.presets import PRESETS
+from keras_vit.presets.architectures import PRESETS
 from keras_vit.training.budget import parse_duration
 from keras_vit.training.distribute import PRECISIONS, STRATEGIES
 from keras_vit.utils.validation import check_choice
@@ -51,9 +52,7 @@ RECIPES = {
     ),
 }
 DEFAULT_RECIPE = "digits"
-# Names `keras_vit.data.AUGMENTATIONS` defines (listed here so the CLI can
-# offer them without importing the data pipeline).
-AUGMENT_NAMES = ("none", "digits", "light", "medium", "strong")
+AUGMENT_NAMES = tuple(AUGMENTATIONS)  # the named strengths of `keras_vit.augment`
 
 
 
@@ -282,6 +281,12 @@ class Recipe:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+# The field defaults: `train`, `compile_model`, `make_optimizer`, `fine_tune`
+# and the tuner take theirs from here, so each training default is written
+# once, in the fields of `Recipe` above.
+DEFAULTS = Recipe()
 
 
 def resolve_recipe(recipe=None, config_file=None, **overrides):

@@ -25,7 +25,7 @@ import keras
 
 from keras_vit.training.budget import parse_duration
 from keras_vit.training.distribute import PRECISIONS, get_strategy
-from keras_vit.training.recipe import DATA, HARDWARE, MODEL, OPTIM, RUN
+from keras_vit.training.recipe import DATA, DEFAULTS, HARDWARE, MODEL, OPTIM, RUN
 from keras_vit.training.rundir import RunBackup
 from keras_vit.training.session import TrainSession
 from keras_vit.utils.io import DiskFullError, is_disk_full
@@ -84,18 +84,18 @@ def train(
     run_dir,
     time_budget=None,
     budget_start=None,
-    learning_rate=1e-3,
-    weight_decay=0.05,
-    warmup_epochs=0,
-    min_learning_rate=0.0,
-    label_smoothing=0.1,
-    clipnorm=1.0,
-    ema_momentum=None,
-    gradient_accumulation_steps=None,
-    progressive_resize=0.0,
-    precision=None,
-    jit_compile="auto",
-    steps_per_execution=1,
+    learning_rate=DEFAULTS.learning_rate,
+    weight_decay=DEFAULTS.weight_decay,
+    warmup_epochs=DEFAULTS.warmup_epochs,
+    min_learning_rate=DEFAULTS.min_learning_rate,
+    label_smoothing=DEFAULTS.label_smoothing,
+    clipnorm=DEFAULTS.clipnorm,
+    ema_momentum=DEFAULTS.ema_momentum,
+    gradient_accumulation_steps=DEFAULTS.gradient_accumulation_steps,
+    progressive_resize=DEFAULTS.progressive_resize,
+    precision=DEFAULTS.precision,
+    jit_compile=DEFAULTS.jit_compile,
+    steps_per_execution=DEFAULTS.steps_per_execution,
     strategy=None,
     steps_per_epoch=None,
     resume="auto",
@@ -107,6 +107,7 @@ def train(
 ):
     """Compiles and fits a model with the recipe, in a resumable run directory.
 
+    The recipe's settings default to `Recipe`'s (`keras_vit.training.recipe.DEFAULTS`).
     Re-running the same call after the process died (even by `kill -9`)
     resumes from the last completed epoch; a finished run re-evaluates and
     rewrites its artifacts without training again.
@@ -168,11 +169,7 @@ def train(
         raise ValueError("`epochs` is required unless a `time_budget` is given.")
     train_ds, val_ds, test_ds, info = _split_data(data)
     steps_per_epoch = _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds)
-    if isinstance(gradient_accumulation_steps, int) and gradient_accumulation_steps > steps_per_epoch:
-        raise ValueError(
-            f"`gradient_accumulation_steps={gradient_accumulation_steps}` is more than the {steps_per_epoch} "
-            "steps of an epoch: the weights would rarely or never be updated. Use at most "
-            f"gradient_accumulation_steps={steps_per_epoch} (or smaller batches).")
+    _check_accumulation(gradient_accumulation_steps, steps_per_epoch)
     if val_ds is None and monitor.startswith("val_"):
         monitor = monitor[len("val_"):]
     recipe = dict(
@@ -185,10 +182,9 @@ def train(
         steps_per_epoch=steps_per_epoch, monitor=monitor, seed=seed, time_budget=time_budget,
     )
     run = TrainSession(run_dir=run_dir, splits=(train_ds, val_ds, test_ds), info=info, recipe=recipe,
-               budget_start=budget_start, resume=resume, verbose=verbose, epochs=epochs)
+                       budget_start=budget_start, resume=resume, verbose=verbose, epochs=epochs)
     run.place(strategy)
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(seed) if seed is not None else None
     # Everything that can be refused is checked before the run directory is touched.
     model = run.build_and_compile(model)
     run.claim(config)  # ours to write into? Before the lock file and the cleaning of temporaries touch it
@@ -218,6 +214,14 @@ def _disk_full_is_named(run_dir):
             errno.ENOSPC, f"The disk is full: no space left while writing the run directory {run_dir} "
             f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Every file there is whole; it keeps "
             f"{kept}. Free some space and re-run the same command to resume.") from err
+
+
+def _check_accumulation(gradient_accumulation_steps, steps_per_epoch):
+    if isinstance(gradient_accumulation_steps, int) and gradient_accumulation_steps > steps_per_epoch:
+        raise ValueError(
+            f"`gradient_accumulation_steps={gradient_accumulation_steps}` is more than the {steps_per_epoch} "
+            "steps of an epoch: the weights would rarely or never be updated. Use at most "
+            f"gradient_accumulation_steps={steps_per_epoch} (or smaller batches).")
 
 
 def _check_train_args(epochs, warmup_epochs, precision, monitor, steps_per_epoch, train_ds):

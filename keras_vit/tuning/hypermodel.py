@@ -3,6 +3,7 @@ recipe, and each trial's `fit` with the recipe, early stopping and failure
 handling."""
 
 import math
+import warnings
 
 import keras
 import keras_tuner
@@ -33,19 +34,21 @@ DEFAULT_SPACE = {
     # recipe
     "learning_rate": (3e-4, 3e-3),
     "weight_decay": (1e-3, 1e-1),
-    "warmup_fraction": (0.0, 0.2),
+    "warmup_epochs": (0.0, 2.0),  # epochs of linear warmup, as `Recipe.warmup_epochs`
     "label_smoothing": [0.0, 0.1],
     "augment": [0.0, 0.1, 0.3],
     "batch_size": [32, 64],
 }
 LOG_SCALE = ("learning_rate", "weight_decay")
+# Entries renamed to the recipe's names: old name -> (new name, how a value converts given the epochs).
+RENAMED = {"warmup_fraction": ("warmup_epochs", lambda fraction, epochs: fraction * epochs)}
 # The values each entry takes: (low, high, low_open, high_open) for numbers,
 # a tuple of choices for the strings (conv_stem: STEM_CHOICES).
 ENTRY_VALUES = {
     **{name: (1, None, False, False) for name in ("patch_size", "hidden_dim", "num_heads", "depth", "mlp_ratio",
                                                     "batch_size")},
     "learning_rate": (0, None, True, False), "weight_decay": (0, None, True, False),
-    "drop_path_rate": (0, 1, False, True), "warmup_fraction": (0, 1, False, True),
+    "drop_path_rate": (0, 1, False, True), "warmup_epochs": (0, None, False, False),
     "label_smoothing": (0, 1, False, True), "augment": (0, 1, False, False),
     "pooling": POOLINGS, "pos_embedding": ("learned", "sincos", "none"),
 }
@@ -56,6 +59,19 @@ TUNERS = {
     "bayesian": keras_tuner.BayesianOptimization,
 }
 OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
+
+
+def _renamed(entries, epochs):
+    """`space`/`fixed` entries with deprecated names (`RENAMED`) converted, with a warning."""
+    entries = dict(entries or {})
+    for old, (new, convert) in RENAMED.items():
+        if old in entries:
+            warnings.warn(f"The search-space entry {old!r} is now {new!r} (the Recipe's name and unit); "
+                          f"{old!r} will be removed in 0.4.", DeprecationWarning, stacklevel=3)
+            value = entries.pop(old)
+            values = [convert(v, epochs) for v in (value if isinstance(value, (list, tuple)) else [value])]
+            entries[new] = type(value)(values) if isinstance(value, (list, tuple)) else values[0]
+    return entries
 
 
 def heads_name(hidden_dim):
@@ -134,6 +150,7 @@ class ViTHyperModel(keras_tuner.HyperModel):
         self.patience = patience
         self.objective = check_choice(objective, "objective", OBJECTIVES)
         self.build_kwargs = dict(build_kwargs or {})
+        space, fixed = _renamed(space, epochs), _renamed(fixed, epochs)
         unknown = set(space or {}) | set(fixed or {})
         unknown -= set(DEFAULT_SPACE)
         if unknown:
@@ -161,7 +178,7 @@ class ViTHyperModel(keras_tuner.HyperModel):
         for name, value in self.space.items():
             values = value if isinstance(value, (list, tuple)) else [value]
             kind = str if name in ("pooling", "pos_embedding", "conv_stem") else (
-                float if name in ("drop_path_rate", "learning_rate", "weight_decay", "warmup_fraction",
+                float if name in ("drop_path_rate", "learning_rate", "weight_decay", "warmup_epochs",
                                   "label_smoothing", "augment") else int)
             if not all((isinstance(v, (int, float)) and not isinstance(v, bool)) if kind is float
                        else (isinstance(v, kind) and not isinstance(v, bool)) for v in values):
@@ -261,9 +278,36 @@ class ViTHyperModel(keras_tuner.HyperModel):
             )
         except ValueError as err:  # a combination the user's fixed values rule out
             raise keras_tuner.errors.FailedTrialError(f"Invalid combination: {err}") from err
-        for name in ("learning_rate", "weight_decay", "warmup_fraction", "label_smoothing", "augment", "batch_size"):
+        for name in ("learning_rate", "weight_decay", "warmup_epochs", "label_smoothing", "augment", "batch_size"):
             self._hp(hp, name)
         return model
+
+    def to_recipe(self, hp, **overrides):
+        """A trial's settings as a `Recipe` (the tuner's names are the
+        recipe's), to train that model again, e.g. longer, with
+        `keras_vit.training.train_from_config`; `overrides` (the dataset,
+        epochs, ...) win. Only square image sizes have a recipe.
+
+        Example:
+        >>> recipe = hypermodel.to_recipe(best_hp, dataset="digits", epochs=60)  # doctest: +SKIP
+        """
+        from keras_vit.training.recipe import Recipe
+
+        values = hp.values
+        if self.image_size[0] != self.image_size[1]:
+            raise ValueError(f"A Recipe has one image size; this search's images are {self.image_size}.")
+        hidden_dim, patch_size = values["hidden_dim"], values["patch_size"]
+        stem = stem_channels(hidden_dim, max(1, patch_size.bit_length() - 1))
+        settings = dict(
+            image_size=self.image_size[0], channels=self.channels, epochs=self.epochs, patch_size=patch_size,
+            conv_stem=stem if values["conv_stem"] == "stem" else [], hidden_dim=hidden_dim,
+            num_heads=values[heads_name(hidden_dim)], depth=values["depth"],
+            mlp_dim=hidden_dim * values["mlp_ratio"], augment=float(values["augment"]) or None,
+            **{name: values[name] for name in ("pooling", "pos_embedding", "drop_path_rate", "learning_rate",
+                                               "weight_decay", "warmup_epochs", "label_smoothing", "batch_size")})
+        recipe = Recipe(**{**settings, **overrides})
+        recipe.validate()
+        return recipe
 
     # ------------------------------------------------------------------ fit
 
@@ -296,7 +340,7 @@ class ViTHyperModel(keras_tuner.HyperModel):
             learning_rate=hp.get("learning_rate"),
             weight_decay=hp.get("weight_decay"),
             total_steps=total_steps,
-            warmup_steps=min(int(hp.get("warmup_fraction") * total_steps), total_steps - 1),
+            warmup_steps=min(int(round(hp.get("warmup_epochs") * steps)), total_steps - 1),
             label_smoothing=hp.get("label_smoothing"),
         )
         callbacks = list(callbacks or []) + [keras.callbacks.TerminateOnNaN()]

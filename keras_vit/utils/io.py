@@ -6,7 +6,9 @@ that: JSON, CSV and PNG figures; and `load_keras_file`, which checks a
 temporary path (a file or a directory) replaces the target only when the
 block finishes without an exception, so a crash never leaves half an
 artifact where a good one was. Temporary names start with a dot and carry
-``.tmp-``, so `remove_stale_temporaries` can clean up after a killed write.
+``.tmp-``, so `remove_stale_temporaries` can clean up after a killed write;
+`destination_lock` holds a destination's lock (`keras_vit.utils.locks`)
+and cleans what killed writes of it left.
 """
 
 import contextlib
@@ -19,7 +21,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from keras_vit.utils.locks import destination_locked
+from keras_vit.utils.disk import is_disk_full, make_directory  # noqa: F401 - public here too
+from keras_vit.utils.locks import destination_lock_file, destination_locked, exclusive_lock
 
 TMP_TAG = ".tmp-"
 OLD_TAG = ".old-"
@@ -135,36 +138,24 @@ class DiskFullError(OSError):
     """A write failed because the disk (or the quota) is full."""
 
 
-def is_disk_full(err):
-    """Whether `err` (or an exception it was raised from) reports a full
-    disk: ENOSPC or EDQUOT, also as the text that h5py and TensorFlow put in
-    their own errors.
+@contextlib.contextmanager
+def destination_lock(path, what="export destination"):
+    """Holds an exclusive lock on the artifact `path` (a file or a directory
+    written atomically) through a hidden lock file beside it, removed on
+    release; at the start it cleans the temporaries that killed writes of
+    `path` left (`remove_stale_temporaries`).
 
     Example:
-    >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
-    True
+    >>> import tempfile
+    >>> with destination_lock(Path(tempfile.mkdtemp()) / "model.tflite"):
+    ...     pass
     """
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
-                text in str(err) for text in ("No space left on device", "Disk quota exceeded", "errno = 28")):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
+    path = Path(path)
+    lock_file = destination_lock_file(path)
+    with exclusive_lock(path.parent, what, lock_name=lock_file.name, target=path, remove=True) as record:
+        remove_stale_temporaries(path.parent, name=path.name, skip_locked=False)  # ours
+        yield record
 
-
-def make_directory(path, what="directory"):
-    """`Path(path).mkdir(parents=True, exist_ok=True)`; a directory that
-    cannot be made (a read-only or virtual file system, no permission) is a
-    `ValueError` naming it. A full disk stays an `OSError`."""
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        if is_disk_full(err):
-            raise
-        raise ValueError(f"The {what} {str(path)!r} cannot be created: {err.strerror or err}.") from None
-    return Path(path)
 
 
 def write_bytes(path, data):

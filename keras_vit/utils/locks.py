@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from keras_vit.utils.disk import make_directory
+
 LOCK_NAME = ".keras_vit.lock"
 
 
@@ -72,8 +74,6 @@ def exclusive_lock(directory, what="directory", *, lock_name=LOCK_NAME, target=N
     ...     pass
     """
     directory = Path(directory)
-    from keras_vit.utils.io import make_directory  # io imports this module
-
     created = not directory.exists()
     make_directory(directory, what)
     path = directory / lock_name
@@ -109,13 +109,13 @@ def exclusive_lock(directory, what="directory", *, lock_name=LOCK_NAME, target=N
 
 def destination_lock_file(path):
     """The hidden lock file beside the artifact `path` that
-    `destination_lock` holds: ``.NAME.lock`` in the same folder."""
+    `keras_vit.utils.io.destination_lock` holds: ``.NAME.lock`` in the same folder."""
     path = Path(path)
     return path.parent / f".{path.name}.lock"
 
 
 def destination_locked(path):
-    """Whether another process holds `destination_lock(path)` now (its
+    """Whether another process holds `keras_vit.utils.io.destination_lock(path)` now (its
     writes to `path` are in progress, so their temporaries are live).
 
     Example:
@@ -134,24 +134,3 @@ def destination_locked(path):
         return True
     finally:
         os.close(fd)
-
-
-@contextlib.contextmanager
-def destination_lock(path, what="export destination"):
-    """Holds an exclusive lock on the artifact `path` (a file or a directory
-    written atomically) through a hidden lock file beside it, removed on
-    release; at the start it cleans the temporaries that killed writes of
-    `path` left (`keras_vit.utils.io.remove_stale_temporaries`).
-
-    Example:
-    >>> import tempfile
-    >>> with destination_lock(Path(tempfile.mkdtemp()) / "model.tflite"):
-    ...     pass
-    """
-    from keras_vit.utils.io import remove_stale_temporaries
-
-    path = Path(path)
-    lock_file = destination_lock_file(path)
-    with exclusive_lock(path.parent, what, lock_name=lock_file.name, target=path, remove=True) as record:
-        remove_stale_temporaries(path.parent, name=path.name, skip_locked=False)  # ours
-        yield record

@@ -241,7 +241,7 @@ def claim_directory(path, kind=RUN_DIR, *, inputs=(), flag=None, mark=True):
                              "saving replaces the directory as a whole, so it is refused. Move them, or "
                              "name another directory.")
     if mark and kind.marker and not known:
-        from keras_vit import __version__
+        from keras_vit._install import __version__
         from keras_vit.utils.io import make_directory, write_json
 
         make_directory(path, kind.name)
