@@ -218,8 +218,8 @@ def test_corrupt_resume_state_names_the_file_and_restart_works(tmp_path, digits)
 
 def test_raising_epochs_on_a_finished_run_ignores_the_derived_warmup(tmp_path, capsys):
     args = ["train", "--dataset", "digits", "--image-size", "8", "--patch-size", "4", "--hidden-dim", "8",
-            "--depth", "1", "--num-heads", "2", "--mlp-dim", "8", "--batch-size", "512", "--verbose", "0",
-            "--run-dir", str(tmp_path / "run")]
+            "--depth", "1", "--num-heads", "2", "--mlp-dim", "8", "--batch-size", "512", "--augment", "none",
+            "--verbose", "0", "--run-dir", str(tmp_path / "run")]
     assert cli_main(args + ["--epochs", "1"]) == 0
     assert "using warmup_epochs=0.1" in capsys.readouterr().err  # derived from --epochs 1
     assert cli_main(args + ["--epochs", "2"]) == 0  # was refused: "changed: warmup_epochs: 0.1 -> 0.2"
