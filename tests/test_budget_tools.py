@@ -61,7 +61,7 @@ def test_a_low_resolution_training_call_resamples_the_positions_of_the_same_mode
     # the embedding of the resized images plus the learned table resampled to 2x2
     resized = ops.image.resize(x, (8, 8), interpolation="bilinear", antialias=True)
     patches = ops.reshape(encoder.projection(resized), (2, 4, 16))
-    positions = resample_posemb(encoder.position_embedding, (2, 2), (4, 4), encoder.interpolation)
+    positions = resample_posemb(encoder.position_embedding, (2, 2), (4, 4), encoder.pos_interpolation)
     np.testing.assert_allclose(low, ops.convert_to_numpy(patches + positions), atol=1e-4)
     assert tuple(encoder(x, training=False).shape) == (2, 16, 16)  # inference: the full size
     set_training_size(model, None)
