@@ -108,7 +108,7 @@ def test_int8_model_saves_and_reloads_in_a_fresh_process(int8_pair, batch, tmp_p
         "m = keras.saving.load_model(f'{d}/int8.keras')\n"
         "assert m.backbone.blocks[0].attention.qkv.quantization_mode == 'int8'\n"
         "np.save(f'{d}/out.npy', keras.ops.convert_to_numpy(m(np.load(f'{d}/x.npy'))))\n")
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), predict(model, batch[:8]), atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), predict(model, batch[:8]), atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["int4", "float8"])

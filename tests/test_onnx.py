@@ -4,6 +4,7 @@ batch, dynamic image size), the metadata `load_predictor` serves from,
 Keras' own `model.export(format="onnx")` on our model."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -199,7 +200,8 @@ def test_no_half_written_file_on_failure(fixed, tmp_path, monkeypatch):
     import tf2onnx
 
     target = tmp_path / "vit.onnx"
-    target.write_bytes(b"the previous file")
+    shutil.copyfile(fixed["onnx"], target)  # an earlier export of ours, which a new one may replace
+    previous = target.read_bytes()
 
     def broken(*args, **kwargs):
         raise RuntimeError("converter crashed")
@@ -215,7 +217,7 @@ def test_no_half_written_file_on_failure(fixed, tmp_path, monkeypatch):
     monkeypatch.setattr(O, "_check_parity", wrong)
     with pytest.raises(ValueError, match="does not reproduce"):
         E.export_onnx(fixed["model"], target)
-    assert target.read_bytes() == b"the previous file"
+    assert target.read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["vit.onnx"]
 
 

@@ -171,7 +171,10 @@ def _env():
 def _trial_states(out):
     states = {}
     for path in out.glob("trial_*/trial.json"):
-        states[path.parent.name] = json.loads(path.read_text())["status"]
+        try:  # KerasTuner may be writing it this very moment: read it at the next poll
+            states[path.parent.name] = json.loads(path.read_text())["status"]
+        except (OSError, ValueError, KeyError):
+            continue
     return states
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 
 from keras_vit.layers import resample_position_table
-from keras_vit.utils.io import atomic_path, write_json
+from keras_vit.utils.io import atomic_path, remove_stale_temporaries, write_json
 from keras_vit.utils.ownership import PRESET_DIR, claim_directory
 from keras_vit.utils.validation import strict_keywords
 
@@ -47,6 +47,7 @@ def save_to_preset(model, directory):
     ['config.json', 'model.weights.h5', 'preprocessing.json']
     """
     directory = claim_directory(directory, PRESET_DIR, flag="directory")  # new, empty, or a preset of ours
+    remove_stale_temporaries(directory.parent, name=directory.name)  # of a save that was killed
     with atomic_path(directory) as tmp:
         tmp.mkdir()
         write_json(tmp / CONFIG_FILE, dict(format=PRESET_FORMAT, class_name=type(model).__name__,
