@@ -325,6 +325,7 @@ def start_budget(model, run_dir, budget, budget_start, datasets, *, steps_per_ep
         from keras_vit.training.progressive import low_size_for, set_training_size
 
         low_size = low_size_for(model)
+    full_step = speed.train_step
     if low_size is not None:
         set_training_size(model, low_size)
         low_speed = measure_speed(model, train_ds, None, min_seconds=1.0)
@@ -349,8 +350,7 @@ def start_budget(model, run_dir, budget, budget_start, datasets, *, steps_per_ep
         callbacks.append(ProgressiveResize(low_size, progressive_resize, timer=timer))
         plan.tools["progressive_resize"] = dict(
             low_size=low_size, fraction=progressive_resize, low_step_seconds=round(low_speed.train_step, 4),
-            full_step_seconds=round((speed.train_step - progressive_resize * low_speed.train_step)
-                                    / (1 - progressive_resize), 4))
+            full_step_seconds=round(full_step, 4))
     # the plan may grow when the first epochs run faster than measured
     epochs = max_epochs or 2 * plan.epochs + 2
     return plan, callbacks, epochs, previous
