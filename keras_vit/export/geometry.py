@@ -12,7 +12,7 @@ import keras
 from keras_vit.layers import grid_size
 from keras_vit.preprocessing import ImageSettings
 from keras_vit.presets.registry import is_pretrained_name
-from keras_vit.utils.validation import check_class_names, pair  # noqa: F401 - check_class_names: export's name for it
+from keras_vit.utils.validation import pair
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")

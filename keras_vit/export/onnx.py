@@ -19,10 +19,10 @@ import numpy as np
 
 from keras_vit.export.onnx_fusion import fuse_for_onnx_runtime
 from keras_vit.export.geometry import (
-    METADATA_NAME, check_class_names, check_target, class_probabilities, image_settings, model_geometry,
+    METADATA_NAME, check_target, class_probabilities, image_settings, model_geometry,
     warn_if_not_pixels)
 from keras_vit.utils.io import atomic_path, destination_lock
-from keras_vit.utils.validation import strict_keywords
+from keras_vit.utils.validation import check_class_names, strict_keywords
 
 # Opset 17 has LayerNormalization; tf2onnx 1.17 writes opsets up to 18 and
 # ONNX Runtime 1.32 runs both.

@@ -13,10 +13,10 @@ import keras
 from keras_vit import preprocessing
 from keras_vit.export.inference import inference_model
 from keras_vit.export.geometry import (
-    BYTES_SIGNATURE, METADATA_NAME, check_backend, check_class_names, check_target, class_probabilities,
+    BYTES_SIGNATURE, METADATA_NAME, check_backend, check_target, class_probabilities,
     image_settings, model_geometry, warn_if_not_pixels)
 from keras_vit.utils.io import atomic_path, destination_lock
-from keras_vit.utils.validation import strict_keywords
+from keras_vit.utils.validation import check_class_names, strict_keywords
 
 
 @strict_keywords()

@@ -8,10 +8,10 @@ import keras
 import numpy as np
 
 from keras_vit.export.geometry import (
-    METADATA_NAME, QUANTIZATIONS, check_backend, check_class_names, check_target, class_probabilities,
+    METADATA_NAME, QUANTIZATIONS, check_backend, check_target, class_probabilities,
     image_settings, model_geometry, warn_if_not_pixels)
 from keras_vit.utils.io import atomic_path, destination_lock, scratch_dir
-from keras_vit.utils.validation import check_choice, strict_keywords
+from keras_vit.utils.validation import check_choice, check_class_names, strict_keywords
 
 
 def _sample_arrays(data):

@@ -2,10 +2,11 @@
 
 import numpy as np
 
-from keras_vit.export.geometry import check_class_names, image_settings, model_geometry, outputs_probabilities
+from keras_vit.export.geometry import image_settings, model_geometry, outputs_probabilities
 from keras_vit.export.inference import inference_model
 from keras_vit.export.runtimes.base import Predictor
 from keras_vit.models.preset_io import load_model
+from keras_vit.utils.validation import check_class_names
 
 
 class KerasPredictor(Predictor):

@@ -2,8 +2,9 @@
 
 import json
 
-from keras_vit.export.geometry import METADATA_NAME, check_class_names
+from keras_vit.export.geometry import METADATA_NAME
 from keras_vit.export.runtimes.base import Predictor
+from keras_vit.utils.validation import check_class_names
 
 
 class ONNXPredictor(Predictor):

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_vit.export.geometry import check_class_names
 from keras_vit.export.runtimes.base import Predictor
 from keras_vit.export.saved_model import read_saved_model_metadata
 from keras_vit.export.tflite import tflite_metadata
+from keras_vit.utils.validation import check_class_names
 
 
 class SavedModelPredictor(Predictor):
