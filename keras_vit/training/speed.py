@@ -61,6 +61,8 @@ def measure_speed(model, train_ds, val_ds=None, *, min_steps=4, min_seconds=2.0,
     peak = float(keras.ops.convert_to_numpy(peak)) if not callable(peak) else None
     optimizer.learning_rate = 0.0
     timer = _StepTimer(skip=2, min_steps=min_steps, min_seconds=min_seconds)
+    if hasattr(train_ds, "repeat"):  # a tf.data split of fewer than `max_steps` batches is measured, not run dry
+        train_ds = train_ds.repeat()
     try:
         model.fit(train_ds, epochs=1, steps_per_epoch=max_steps, verbose=0, callbacks=[timer], shuffle=False)
     finally:
