@@ -39,7 +39,7 @@ setup(
     extras_require={
         # Tests compare against timm; timm imports torchvision, whose PyPI
         # x86-64 wheel 0.28.0 is the one that pairs with the CPU torch 2.13.0.
-        "dev": ["pytest>=8", "hypothesis>=6", "importlib_resources", "jax>=0.4.30", *WEIGHTS, "timm>=1.0,<2", "torchvision==0.28.0",
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "importlib_resources", "jax>=0.4.30", *WEIGHTS, "timm>=1.0,<2", "torchvision==0.28.0",
                 "onnx>=1.16", "onnxruntime>=1.18", "tf2onnx>=1.17,<2"],
         "weights": WEIGHTS,
         "benchmarks": ["keras-hub==0.32.0"],

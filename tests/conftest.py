@@ -1,9 +1,12 @@
 """Shared fixtures. Tests run on the backend named by KERAS_BACKEND
 (TensorFlow by default); models and images are tiny so the suite stays fast."""
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import keras
@@ -12,6 +15,42 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BACKEND = keras.backend.backend()
+
+
+def _cpu_lock(name):
+    """A lock file shared by the pytest-xdist workers of this run (one per
+    run: the workers share PYTEST_XDIST_TESTRUNUID; without xdist, one per
+    process and never contended)."""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID", f"pid{os.getpid()}")
+    return os.open(os.path.join(tempfile.gettempdir(), f"keras_vit-tests-{run_id}.{name}"),
+                   os.O_RDWR | os.O_CREAT, 0o600)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Tests run two at a time (`pytest -n 2`), except those marked `quiet`
+    (real time budgets, processes that heartbeat each other), which have the
+    machine to themselves: every test holds a shared lock from the setup of
+    its fixtures (module-scoped ones included) to their teardown; a quiet
+    test takes it exclusively, so the other worker waits before its next
+    test. The turnstile lets a waiting quiet test in ahead of later tests,
+    so that it is not starved."""
+    quiet = item.get_closest_marker("quiet") is not None
+    turnstile, share = _cpu_lock("turnstile"), _cpu_lock("share")
+    try:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        if quiet:
+            fcntl.flock(share, fcntl.LOCK_EX)  # waits for the running test of the other worker
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        else:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+            fcntl.flock(share, fcntl.LOCK_SH)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        os.close(share)  # closing the descriptor releases its lock
+        os.close(turnstile)
 
 
 def import_timm():

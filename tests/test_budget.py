@@ -70,6 +70,7 @@ def _wait_for(proc, condition, deadline_seconds):
         time.sleep(0.05)
 
 
+@pytest.mark.quiet
 def test_a_20_second_budget_ends_within_it_evaluated_and_saved(tmp_path):
     run = tmp_path / "run"
     start = time.time()
@@ -95,6 +96,7 @@ def test_a_20_second_budget_ends_within_it_evaluated_and_saved(tmp_path):
         assert session["last_step"] == record["plan"]["planned_steps"]
 
 
+@pytest.mark.quiet
 def test_a_killed_budgeted_run_resumes_and_ends_where_planned(tmp_path):
     run = tmp_path / "run"
     args = cli("--time-budget", "5m", "--epochs", "4", "--batch-size", "8", "--run-dir", str(run), *TINY)
@@ -213,6 +215,7 @@ def test_the_cli_shows_the_recipe_it_chose_for_the_data(tmp_path, capsys, side, 
     assert (model.backbone.patch_encoder.stem is not None) == bool(stem)
 
 
+@pytest.mark.quiet
 def test_budgeted_steps_count_real_optimizer_steps_with_steps_per_execution(tmp_path):
     from keras_vit import build_vit
     from keras_vit.data import load_data

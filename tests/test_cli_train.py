@@ -131,6 +131,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.quiet
 def test_two_workers_train_the_same_model(tmp_path):
     ports = [free_port(), free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}

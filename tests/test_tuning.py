@@ -230,6 +230,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.quiet
 def test_chief_and_two_workers_finish_one_shared_search(tmp_path):
     port = str(_free_port())
     args = _cli(tmp_path, "--max-trials", "4", "--epochs", "1",
