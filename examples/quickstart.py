@@ -1,7 +1,7 @@
 """Quickstart: train a Vision Transformer from scratch on the bundled digits.
 
-Offline (scikit-learn's 8x8 digits, upsampled to 16 px), a few CPU minutes,
-about 98 % test accuracy. These are the settings of the "digits" recipe
+Offline (scikit-learn's 8x8 digits, upsampled to 16 px), about a minute and a
+half on a 2-core CPU, about 99 % test accuracy. These are the settings of the "digits" recipe
 (`keras_vit.training.RECIPES["digits"]`), spelled out.
 
     python examples/quickstart.py                 # the full recipe
@@ -17,7 +17,7 @@ from keras_vit.training import train
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=50, help="training epochs (default: 50)")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
     parser.add_argument("--run-dir", default="runs/quickstart", help="run directory")
     parser.add_argument("--tiny", action="store_true", help="a tiny model, for smoke tests")
     args = parser.parse_args(argv)
@@ -28,9 +28,10 @@ def main(argv=None):
     info = data[3]
     print(f"{info.source}: {info.split_sizes}")
 
-    # 2. Model: one 2x2 patch per original pixel, a narrow 4-block ViT.
+    # 2. Model: two 3x3 stride-2 convolutions cut the image into a 4x4 grid of
+    #    tokens for a narrow 4-block ViT.
     size = dict(hidden_dim=16, depth=1, num_heads=2, mlp_dim=32, patch_size=4) if args.tiny else dict(
-        hidden_dim=64, depth=4, num_heads=4, mlp_dim=128, patch_size=2)
+        hidden_dim=64, depth=4, num_heads=4, mlp_dim=128, patch_size=4, conv_stem=[32, 64])
 
     def model():
         return build_vit(image_size=16, num_classes=info.num_classes, channels=info.channels,

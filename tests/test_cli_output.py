@@ -17,7 +17,7 @@ from keras_vit.cli import startup
 from keras_vit.cli.main import main
 from tests.conftest import REPO
 
-TINY = ["--image-size", "8", "--patch-size", "4", "--hidden-dim", "16", "--depth", "1",
+TINY = ["--image-size", "8", "--patch-size", "4", "--conv-stem", "none", "--hidden-dim", "16", "--depth", "1",
         "--num-heads", "2", "--mlp-dim", "32", "--jit-compile", "false"]
 NATIVE_LOG = re.compile(
     r"^[IWEF]\d{4} |service\.cc|cpu_feature_guard|cudart_stub|absl::InitializeLog", re.MULTILINE)

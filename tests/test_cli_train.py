@@ -16,7 +16,8 @@ import pytest
 from keras_vit.cli.main import main
 from tests.conftest import REPO, run_python
 
-TINY = ["--image-size", "8", "--patch-size", "4", "--hidden-dim", "16", "--depth", "1",
+# the digits recipe's network, shrunk (no conv stem: patchify convolutions)
+TINY = ["--image-size", "8", "--patch-size", "4", "--conv-stem", "none", "--hidden-dim", "16", "--depth", "1",
         "--num-heads", "2", "--mlp-dim", "32", "--verbose", "2", "--jit-compile", "false"]
 
 

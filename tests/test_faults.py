@@ -29,7 +29,7 @@ SEED = int(os.environ.get("KERAS_VIT_FAULT_SEED", "0"))
 LEFTOVER = re.compile(r"\.tmp-|\.old-|^\.last-|^\.epoch-")
 EPOCH_START = re.compile(r"^Epoch \d+/\d+$", re.M)
 # no augmentation: digits' augmentation triples a tiny model's step time
-TINY = ["--image-size", "8", "--patch-size", "4", "--hidden-dim", "8", "--depth", "1", "--num-heads", "2",
+TINY = ["--image-size", "8", "--patch-size", "4", "--conv-stem", "none", "--hidden-dim", "8", "--depth", "1", "--num-heads", "2",
         "--mlp-dim", "16", "--verbose", "2", "--jit-compile", "false", "--augment", "none"]
 
 

@@ -23,16 +23,18 @@ from keras_vit.training.distribute import PRECISIONS, STRATEGIES
 from keras_vit.utils.validation import check_choice
 
 RECIPES = {
-    # From scratch on scikit-learn's 8x8 digits upsampled to 16 px: one
-    # 2x2 patch per original pixel, a narrow 4-block ViT, mean pooling,
-    # translations and small rotations, label smoothing, stochastic depth;
-    # no progressive resizing: --progressive-resize 0.5 (30 epochs at 8 px,
-    # 30 at 16 px) gave 99.44 % and 98.89 % test in two runs where all 60 at
-    # 16 px gave 98.89 %: no gain shown, and a budget measures twice.
+    # From scratch on scikit-learn's 8x8 digits upsampled to 16 px: a stem
+    # of two 3x3 stride-2 convolutions (32, 64 channels) to a 4x4 grid of
+    # 16 tokens, a narrow 4-block ViT, mean pooling, translations and small
+    # rotations, label smoothing, stochastic depth, 30 epochs. Measured
+    # (2-core CPU, whole `keras-vit train`, 360 test images): 99.17 % in
+    # 79 s (seeds 1 and 2: 98.06 %, 98.61 %), where the earlier recipe
+    # (2x2 patches, 64 tokens, 60 epochs) gave 99.44 % in 298 s on the same
+    # machine the same day; 60 epochs of this one gave 99.17 % in 147 s.
     "digits": dict(
-        dataset="digits", image_size=16, patch_size=2, hidden_dim=64, depth=4, num_heads=4,
+        dataset="digits", image_size=16, patch_size=4, conv_stem=[32, 64], hidden_dim=64, depth=4, num_heads=4,
         mlp_dim=128, pooling="gap", dropout=0.1, drop_path_rate=0.1, batch_size=64,
-        augment="digits", epochs=60, learning_rate=2e-3, weight_decay=0.05, warmup_epochs=3,
+        augment="digits", epochs=30, learning_rate=2e-3, weight_decay=0.05, warmup_epochs=3,
         label_smoothing=0.1, clipnorm=1.0,
     ),
     # Small images (28 to 64 px) and small data: a micro ViT with 4x4
@@ -247,15 +249,17 @@ class Recipe:
         name = recipe or given.get("recipe") or (DEFAULT_RECIPE if dataset == "digits" else "auto")
         check_choice(name, "recipe", (*RECIPES, "auto"))
         if name == "auto":
-            from keras_vit.training.auto import ARCHITECTURE_FIELDS, choose_recipe, describe_source
+            from keras_vit.training.auto import choose_recipe, describe_source
 
             budget = given.get("time_budget")
             base = choose_recipe(describe_source(dataset, given.get("data_dir"), bool(given.get("download"))),
                                  parse_duration(budget) if budget is not None else None)
-            if given.get("preset") is not None:  # the preset's network; the data still choose the rest
-                base = {k: v for k, v in base.items() if k not in ARCHITECTURE_FIELDS}
         else:
             base = RECIPES[name]
+        if given.get("preset") is not None:  # the preset's network; the recipe or the data choose the rest
+            from keras_vit.training.auto import ARCHITECTURE_FIELDS
+
+            base = {k: v for k, v in base.items() if k not in ARCHITECTURE_FIELDS}
         values = {**base, **given, "recipe": name}
         epochs, warmup = values.get("epochs", 10), values.get("warmup_epochs", 0)
         if isinstance(epochs, int) and isinstance(warmup, (int, float)) and warmup >= epochs > 0:

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import keras
@@ -41,6 +42,10 @@ def to_float(value):
     return float(keras.ops.convert_to_numpy(value))
 
 
+# history.png is redrawn at most this often during training (and at its end).
+PLOT_EVERY_SECONDS = 20.0
+
+
 class RunBackup(keras.callbacks.Callback):
     """The resume state of a run directory, which survives `kill -9` at any
     moment.
@@ -49,8 +54,10 @@ class RunBackup(keras.callbacks.Callback):
     changed: `best.keras` when the monitored metric improved, the weights
     with the optimizer state under a new per-epoch name, then
     `training_metadata.json` (epoch, weights file, history rows, best
-    score), which is the commit point; then `history.csv` and
-    `history.png`. Every write is atomic. On `fit` start it restores the
+    score), which is the commit point; then `history.csv`, and
+    `history.png` when `PLOT_EVERY_SECONDS` have passed since it was last
+    drawn (drawing takes about 0.3 s, as long as a whole epoch of a small
+    data set) and at the end of training. Every write is atomic. On `fit` start it restores the
     last committed state. (The full model, optimizer included, is not saved
     every epoch: for ViT-B that would be gigabytes an epoch.)
 
@@ -74,6 +81,7 @@ class RunBackup(keras.callbacks.Callback):
         self.best = None
         self.restored_epoch = 0
         self.diverged_at = None
+        self.plotted_at = -math.inf
         self.state = self.read_state(run_dir)
 
     @staticmethod
@@ -133,7 +141,17 @@ class RunBackup(keras.callbacks.Callback):
             if old.name != weights:
                 old.unlink()
         if self.artifacts:
-            write_history_files(self.run_dir, self.history_rows)
+            write_csv(self.run_dir / "history.csv", self.history_rows)
+            if time.monotonic() - self.plotted_at >= PLOT_EVERY_SECONDS:
+                self._plot()
+
+    def on_train_end(self, logs=None):
+        if self.artifacts and self.history_rows:
+            self._plot()
+
+    def _plot(self):
+        plot_history(self.run_dir / "history.png", self.history_rows)
+        self.plotted_at = time.monotonic()
 
 
 def plot_history(path, rows):
