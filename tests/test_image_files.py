@@ -155,7 +155,7 @@ def test_train_predict_and_explain_commands_on_animated_images(tmp_path):
         data, run = {str(tmp_path / 'data')!r}, {str(tmp_path / 'run')!r}
         webp = data + "/a/anim.webp"
         assert main(["train", "--dataset", data, "--recipe", "digits", "--warmup-epochs", "0", "--augment", "0", "--image-size", "16", "--epochs", "1",
-                     "--batch-size", "4", "--patch-size", "8", "--hidden-dim", "16", "--depth", "1",
+                     "--batch-size", "4", "--patch-size", "8", "--conv-stem", "none", "--hidden-dim", "16", "--depth", "1",
                      "--num-heads", "2", "--mlp-dim", "16", "--validation-split", "0", "--test-split", "0",
                      "--verbose", "0", "--run-dir", run]) == 0
         assert main(["predict", run + "/model.keras", webp, "--resize"]) == 0
