@@ -15,8 +15,7 @@ from keras_vit.training.budget import plan_record, start_budget
 from keras_vit.training.distribute import get_strategy, prepare_multi_worker, set_precision, worker_info
 from keras_vit.training.optim import compile_model
 from keras_vit.training.progressive import progressive_callbacks
-from keras_vit.training.rundir import (RunBackup, model_settings, prepare_run_dir, run_inputs, to_float,
-                                      write_history_files)
+from keras_vit.training.rundir import RunBackup, model_settings, prepare_run_dir, run_inputs, to_float
 from keras_vit.utils.io import atomic_path, remove_stale_temporaries, write_json
 from keras_vit.utils.ownership import RUN_DIR, check_directory_name, claim_directory
 
@@ -134,9 +133,9 @@ class TrainSession:
         return backup
 
     def finish(self, model, backup):
-        """Writes the history, the metrics, the final model and the closed plan."""
+        """Writes the metrics, the final model and the closed plan (the
+        history files are the `RunBackup`'s, written at the end of `fit`)."""
         run_dir = self.run_dir
-        write_history_files(run_dir, backup.history_rows)
         write_json(run_dir / "metrics.json", dict(
             **self.metrics, epochs=len(backup.history_rows), resumed_from_epoch=backup.restored_epoch,
             best={self.recipe["monitor"]: backup.best}, last_session_seconds=round(self.train_seconds, 2),
