@@ -17,7 +17,7 @@ from keras import ops
 
 from keras_vit import MultiHeadSelfAttention, TransformerBlock, ViTBackbone, build_vit
 from keras_vit.export.inference import INFERENCE_REWRITES, InferenceModel, fold, inference_model, project
-from keras_vit.kernels import KERNELS, resolve_kernels, xla_module
+from keras_vit.kernels import KERNELS, resolve_kernels, torch_module, xla_module
 from keras_vit.layers import LayerNorm
 from keras_vit.layers.attention import LayerNorm as LayerNormFromAttention
 
@@ -43,7 +43,12 @@ def value_and_grad(fn, x):
 
         y = fn(x)
         return np.asarray(y), np.asarray(jax.grad(lambda t: (fn(t) * t).sum())(x))
-    pytest.skip(f"no gradient helper for the {BACKEND} backend")
+    import torch
+
+    x = torch.tensor(x, requires_grad=True)
+    y = fn(x)
+    (y * x).sum().backward()
+    return y.detach().numpy(), x.grad.numpy()
 
 
 def randomize(layer, scale=0.5):
@@ -78,11 +83,14 @@ def numpy_gelu(h):
 
 def test_kernel_setting_resolves_at_construction_and_refuses_unknown_values():
     expected = "xla" if BACKEND == "tensorflow" and xla_module("xla") is not None else "plain"
+    expected = "torch" if BACKEND == "torch" else expected
     assert resolve_kernels() == expected
-    assert resolve_kernels("xla") == "xla" and resolve_kernels("plain") == "plain"  # stored as given
-    assert xla_module("plain") is None
+    assert [resolve_kernels(k) for k in KERNELS] == list(KERNELS)  # stored as given
+    assert xla_module("plain") is None and torch_module("plain") is None
     if BACKEND != "tensorflow":
         assert xla_module("xla") is None  # "xla" falls back to plain ops here
+    if BACKEND != "torch":
+        assert torch_module("torch") is None  # and "torch" here
     for layer in (LayerNorm(), MultiHeadSelfAttention(2), TransformerBlock(2, 8)):
         assert layer.kernels == expected and layer.get_config()["kernels"] == expected
     with pytest.raises(ValueError, match="kernels"):
@@ -253,18 +261,51 @@ def test_an_old_config_without_the_setting_loads_with_this_backends_default():
     assert TransformerBlock.from_config(config).kernels == resolve_kernels()
 
 
-def test_both_kernel_settings_give_the_same_training_numbers():
+@pytest.mark.parametrize("kernels", ["xla", "torch"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_every_kernel_setting_gives_the_plain_training_numbers(kernels, fused):
     x = RNG.normal(size=(2, 5, 8)).astype("float32")
-    xla, plain = TransformerBlock(2, 16, kernels="xla"), TransformerBlock(2, 16, kernels="plain")
-    for block in (xla, plain):
+    fast = TransformerBlock(2, 16, kernels=kernels, fused_attention=fused)
+    plain = TransformerBlock(2, 16, kernels="plain", fused_attention=False)
+    for block in (fast, plain):
         block.build(x.shape)
-    randomize(xla)
-    plain.set_weights(xla.get_weights())
+    randomize(fast)
+    plain.set_weights(fast.get_weights())
     for training in (True, False):
-        a, grad_a = value_and_grad(lambda t: xla(t, training=training), x)
+        a, grad_a = value_and_grad(lambda t: fast(t, training=training), x)
         b, grad_b = value_and_grad(lambda t: plain(t, training=training), x)
         np.testing.assert_allclose(a, b, atol=1e-5)
         np.testing.assert_allclose(grad_a, grad_b, atol=1e-4)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch kernels run on the torch backend only")
+def test_torch_kernels_give_weight_gradients_lora_and_quantized_numbers_of_the_plain_block():
+    import torch
+
+    x = torch.tensor(RNG.normal(size=(2, 5, 8)).astype("float32"))
+    fast, plain = TransformerBlock(2, 16, kernels="torch"), TransformerBlock(2, 16, kernels="plain")
+    for block in (fast, plain):
+        block.build(x.shape)
+    randomize(fast)
+    plain.set_weights(fast.get_weights())
+    grads = []
+    for block in (fast, plain):
+        (block(x, training=True) ** 2).sum().backward()
+        grads.append([w.value.grad.numpy().copy() for w in block.trainable_weights])
+    for fast_grad, plain_grad in zip(*grads):
+        np.testing.assert_allclose(fast_grad, plain_grad, atol=1e-4)
+    before = x.clone()
+    with torch.no_grad():  # inference: the GELU and residual adds write over the block's own tensors
+        np.testing.assert_allclose(fast(x).numpy(), plain(x).numpy(), atol=1e-5)
+    assert torch.equal(x, before)  # never over the caller's
+    for block in (fast, plain):  # LoRA: the addmm takes the kernel with its low-rank update
+        block.mlp_dense1.enable_lora(2)
+        block.mlp_dense1.lora_kernel_a.assign(np.full((8, 2), 0.1, "float32"))
+        block.mlp_dense1.lora_kernel_b.assign(np.ones((2, 16), "float32"))
+    np.testing.assert_allclose(ops.convert_to_numpy(fast(x)), ops.convert_to_numpy(plain(x)), atol=1e-5)
+    fast.mlp_dense2.quantize("int8")  # a quantized Dense keeps its own call
+    plain.mlp_dense2.quantize("int8")
+    np.testing.assert_allclose(ops.convert_to_numpy(fast(x)), ops.convert_to_numpy(plain(x)), atol=1e-5)
 
 
 def _run(code, backend):
@@ -414,3 +455,13 @@ def test_layer_norm_folded_under_mixed_precision_returns_the_dense_dtype():
     y = project(norm, x, dense)
     expected = ops.convert_to_numpy(ops.cast(dense(norm(x)), "float32"))
     np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(y, "float32")), expected, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch kernel module runs on the torch backend")
+def test_torch_kernel_docstring_examples_run():
+    import doctest
+
+    from keras_vit.kernels import torch_native
+
+    result = doctest.testmod(torch_native, extraglobs={"np": np})
+    assert result.attempted > 0 and result.failed == 0

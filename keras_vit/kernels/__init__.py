@@ -8,24 +8,32 @@ constructed and stored, resolved, in its config.
   backends, or where XLA does not compile, the setting falls back to the
   plain ops: a model saved with ``kernels="xla"`` on TensorFlow loads and
   runs on JAX and torch with the plain numbers.
+- ``"torch"``: on the torch backend, the blocks' Dense projections run as
+  one ``addmm`` each, their float32 LayerNorms as one ``layer_norm`` call
+  and the fused attention as PyTorch's ``scaled_dot_product_attention`` on
+  strided views (`torch_native`).
+  On other backends, the plain ops.
 - ``"plain"``: `keras.ops` only.
 
 `None` (the layers' default) resolves here, at construction, to ``"xla"`` on
-TensorFlow where XLA compiles and to ``"plain"`` elsewhere. Either setting
-computes the same function (within float rounding, 1e-5 in float32).
+TensorFlow where XLA compiles, to ``"torch"`` on torch and to ``"plain"``
+elsewhere. Every setting computes the same function (within float
+rounding, 1e-5 in float32), so a model saved with one loads and runs on
+any backend.
 
-This module imports only Keras; the TensorFlow module is imported lazily,
-when the backend is TensorFlow and a layer's setting asks for it.
+This module imports only Keras; the TensorFlow and torch modules are
+imported lazily, when the backend is theirs and a layer's setting asks for
+them.
 """
 
 import keras
 
-KERNELS = ("xla", "plain")
+KERNELS = ("xla", "torch", "plain")
 
 
 def resolve_kernels(kernels=None):
-    """The stored kernel setting for the argument `kernels`: "xla" or
-    "plain" as given, or for None the default of this backend.
+    """The stored kernel setting for the argument `kernels`: "xla", "torch"
+    or "plain" as given, or for None the default of this backend.
 
     Example:
     >>> resolve_kernels("plain")
@@ -34,9 +42,11 @@ def resolve_kernels(kernels=None):
     True
     """
     if kernels is None:
+        if keras.backend.backend() == "torch":
+            return "torch"
         return "xla" if xla_module("xla") is not None else "plain"
     if kernels not in KERNELS:
-        raise ValueError(f"`kernels` must be None, 'xla' or 'plain'. Received: kernels={kernels!r}")
+        raise ValueError(f"`kernels` must be None, 'xla', 'torch' or 'plain'. Received: kernels={kernels!r}")
     return kernels
 
 
@@ -54,3 +64,51 @@ def xla_module(kernels):
     from keras_vit.kernels import tensorflow_xla as module
 
     return module if module.available() else None
+
+
+def torch_module(kernels):
+    """The PyTorch kernel module where `kernels` is "torch" and the backend
+    is torch; else None (the caller uses plain ops).
+
+    Example:
+    >>> torch_module("plain") is None
+    True
+    """
+    if kernels != "torch" or keras.backend.backend() != "torch":
+        return None
+    from keras_vit.kernels import torch_native as module
+
+    return module
+
+
+def apply_dense(layer, rows, kernels):
+    """``layer(rows)`` for a `keras.layers.Dense` on 2-D `rows`, through
+    `kernels`' native kernel where there is one for it (torch: one
+    ``addmm``), else the layer's own call. For use inside the call of the
+    layer that owns `layer`.
+
+    Example:
+    >>> layer = keras.layers.Dense(3)
+    >>> tuple(apply_dense(layer, np.ones((4, 2), "float32"), "plain").shape)
+    (4, 3)
+    """
+    native = torch_module(kernels)
+    if native is not None and native.applies(layer):
+        return native.dense(layer, rows)
+    return layer(rows)
+
+
+def apply_norm(norm, rows, kernels, training=None):
+    """``norm(rows, training=training)`` for a LayerNorm inside the call of
+    the layer that owns it, through `kernels`' native kernel where there is
+    one for it (torch: one ``layer_norm`` call), else the layer's own call.
+
+    Example:
+    >>> norm = keras.layers.LayerNormalization()
+    >>> tuple(apply_norm(norm, np.ones((4, 2), "float32"), "plain").shape)
+    (4, 2)
+    """
+    native = torch_module(kernels)
+    if native is not None and native.norm_applies(norm, rows):
+        return native.layer_norm(norm, rows)
+    return norm(rows, training=training)

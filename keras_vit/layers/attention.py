@@ -16,7 +16,7 @@ import math
 import keras
 from keras import ops
 
-from keras_vit.kernels import resolve_kernels
+from keras_vit.kernels import apply_dense, resolve_kernels, torch_module
 from keras_vit.layers.norm import LayerNorm, layer_norm  # noqa: F401 - LayerNorm was defined here
 from keras_vit.utils.validation import check_rate
 
@@ -72,8 +72,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             `use_fused_attention`), True or False: whether to call the
             backend's fused attention kernel when no weights are returned
             and no attention dropout is active. Stored resolved.
-        kernels: None, "xla" or "plain", the qk-norm layers' kernels (see
-            `keras_vit.kernels`). Stored resolved.
+        kernels: None, "xla", "torch" or "plain" (see `keras_vit.kernels`):
+            the qk-norm layers' kernels, and with "torch" on torch the
+            projections as one ``addmm`` each and the fused attention on
+            strided views. Stored resolved.
 
     Example:
     >>> attn = MultiHeadSelfAttention(num_heads=2)
@@ -148,7 +150,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         subclass that changes the attention overrides this method (or
         `attend`), not `call` (which reshapes to rows and calls it).
         """
-        return self.attend(self.qkv(rows), batch, training, return_attention_scores)
+        return self.attend(apply_dense(self.qkv, rows, self.kernels), batch, training, return_attention_scores)
 
     def attend(self, qkv, batch, training=None, return_attention_scores=False):
         """`call_rows` after the QKV projection: `qkv` is its output,
@@ -156,6 +158,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         the weights, if asked)."""
         dropout = bool(training) and self.attention_dropout > 0.0
         fused = self.fused and not (return_attention_scores or dropout)
+        native = torch_module(self.kernels) if fused and not self.qk_norm else None
+        if native is not None:
+            out = native.attention(qkv, batch, self.num_heads, self.head_dim)
+            return apply_dense(self.proj, out, self.kernels)
         qkv = ops.reshape(qkv, (batch, -1, 3, self.num_heads, self.head_dim))
         if fused:
             # The backend's fused kernel takes (B, N, heads, head_dim).
@@ -171,7 +177,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             weights = ops.softmax(scores, axis=-1)
             out = ops.matmul(ops.cast(self.dropout(weights, training=training), v.dtype), v)
             out = ops.transpose(out, (0, 2, 1, 3))
-        out = self.proj(ops.reshape(out, (-1, self.num_heads * self.head_dim)))
+        out = apply_dense(self.proj, ops.reshape(out, (-1, self.num_heads * self.head_dim)), self.kernels)
         return (out, weights) if return_attention_scores else out
 
     def _normalize_qk(self, q, k, v):

@@ -4,7 +4,7 @@
 import keras
 from keras import ops
 
-from keras_vit.kernels import resolve_kernels, xla_module
+from keras_vit.kernels import apply_dense, apply_norm, resolve_kernels, torch_module, xla_module
 from keras_vit.layers.attention import MultiHeadSelfAttention
 from keras_vit.layers.norm import layer_norm
 from keras_vit.utils.validation import check_choice, check_rate
@@ -129,9 +129,12 @@ class TransformerBlock(keras.layers.Layer):
         use_qkv_bias: bool, whether the QKV projection has a bias.
         fused_attention: None (per backend), True or False; see
             `MultiHeadSelfAttention`'s `fused`.
-        kernels: None (this backend's default), "xla" or "plain": with
-            "xla" on TensorFlow, the training passes of the exact GELU and
-            of the LayerNorms run as XLA kernels; see `keras_vit.kernels`.
+        kernels: None (this backend's default), "xla", "torch" or "plain":
+            with "xla" on TensorFlow, the training passes of the exact GELU
+            and of the LayerNorms run as XLA kernels; with "torch" on torch,
+            the Dense projections run as one ``addmm`` each, the float32
+            LayerNorms as one ``layer_norm`` call and the fused attention on
+            strided views; see `keras_vit.kernels`.
             Stored resolved in the config; the block computes the same
             function with either.
 
@@ -205,13 +208,19 @@ class TransformerBlock(keras.layers.Layer):
             self.layer_scale2.build(input_shape)
 
     def _residual(self, rows, branch, scale, training, batch):
-        branch = self.dropout(branch, training=training)
+        if self.dropout_rate > 0.0:
+            branch = self.dropout(branch, training=training)
         if self.layer_scale is not None:
             branch = scale(branch)
         if training and self.drop_path_rate > 0.0:
             # Stochastic depth drops whole images: it needs the batch axis.
             dim = rows.shape[-1]
             branch = ops.reshape(self.drop_path(ops.reshape(branch, (batch, -1, dim)), training=training), (-1, dim))
+        native = torch_module(self.kernels)
+        if native is not None:
+            out = native.add_inplace(branch, rows)
+            if out is not None:
+                return out
         return rows + ops.cast(branch, rows.dtype)
 
     def call(self, x, training=None, return_attention_scores=False):
@@ -226,21 +235,26 @@ class TransformerBlock(keras.layers.Layer):
         shape = ops.shape(x)
         rows = ops.reshape(x, (-1, x.shape[-1]))
         attn = self.attention.call_rows(
-            self.norm1(rows, training=training), shape[0], training=training,
+            apply_norm(self.norm1, rows, self.kernels, training), shape[0], training=training,
             return_attention_scores=return_attention_scores,
         )
         if return_attention_scores:
             attn, weights = attn
         rows = self._residual(rows, attn, getattr(self, "layer_scale1", None), training, shape[0])
-        h = self.mlp(self.norm2(rows, training=training), training)
+        h = self.mlp(apply_norm(self.norm2, rows, self.kernels, training), training)
         rows = self._residual(rows, h, getattr(self, "layer_scale2", None), training, shape[0])
         x = ops.reshape(rows, shape)
         return (x, weights) if return_attention_scores else x
 
     def mlp(self, h, training=None):
         """``mlp_dense2(dropout(activation(mlp_dense1(h))))`` on rows."""
-        h = self.activate(self.mlp_dense1(h), training)
-        return self.mlp_dense2(self.dropout(h, training=training))
+        h = apply_dense(self.mlp_dense1, h, self.kernels)
+        native = torch_module(self.kernels) if self.activation == "gelu" else None
+        fresh = native.gelu_inplace(h) if native is not None else None  # h is ours to overwrite
+        h = self.activate(h, training) if fresh is None else fresh
+        if self.dropout_rate > 0.0:
+            h = self.dropout(h, training=training)
+        return apply_dense(self.mlp_dense2, h, self.kernels)
 
     def activate(self, h, training=None):
         """The MLP activation. In training with ``kernels="xla"`` on

@@ -27,8 +27,9 @@ class LayerNorm(keras.layers.LayerNormalization):
     JAX).
 
     Args:
-        kernels: None (this backend's default), "xla" or "plain"; see
-            `keras_vit.kernels`. Stored resolved in the config.
+        kernels: None (this backend's default), "xla", "torch" or "plain";
+            see `keras_vit.kernels` (only "xla" changes a LayerNorm's
+            kernels). Stored resolved in the config.
         **kwargs: `keras.layers.LayerNormalization`'s arguments.
 
     Example:

@@ -249,11 +249,12 @@ class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
         final_norm: bool, the LayerNorm after the blocks; False leaves it
             out (`norm` is None), for classifiers that normalise after
             pooling instead (`ViTClassifier(fc_norm=True)`).
-        kernels: None (this backend's default), "xla" or "plain", the
+        kernels: None (this backend's default), "xla", "torch" or "plain", the
             blocks' and norms' kernels (`keras_vit.kernels`: "xla" runs the
-            training GELU and LayerNorms as XLA kernels on TensorFlow and
-            falls back to plain ops elsewhere). Stored resolved in the
-            config; the same function either way.
+            training GELU and LayerNorms as XLA kernels on TensorFlow,
+            "torch" the projections and attention as PyTorch's fused
+            kernels on torch; each falls back to plain ops elsewhere).
+            Stored resolved in the config; the same function either way.
         patch_dropout: float in [0, 1): in training, the blocks see a random
             `1 - patch_dropout` of each image's patch tokens (prefix tokens
             always); the identity at inference (`keras_vit.layers.PatchDropout`).
