@@ -4,6 +4,13 @@ same process.
 
     python -m benchmarks.mfu                      # Ti-like, jit off and on, both contenders
     python -m benchmarks.mfu --configs ti --repeats 5 --contenders keras_vit
+    KERAS_BACKEND=jax python -m benchmarks.mfu     # the backend axis: results/mfu-<backend>-cpu.*
+    KERAS_BACKEND=torch python -m benchmarks.mfu
+
+The backend is Keras' (`KERAS_BACKEND`); `--jit auto` measures what the
+backend runs by default: TensorFlow with XLA off and on, JAX compiled, torch
+eagerly. The GEMM peak and the "matmuls alone" ceiling use the same
+backend's kernels.
 
 Matmul FLOPs are counted per image (multiply-adds x 2): the patch
 projection, the QKV, output and MLP projections, the two attention
@@ -49,31 +56,72 @@ from keras_vit.export.inference import inference_model
 RESULTS = Path(__file__).parent / "results"
 
 
+def compiled(fn, jit):
+    """`fn` as this backend runs a model's step: TensorFlow `tf.function`
+    (XLA with `jit`), JAX `jax.jit` with `jit` (else op by op), torch
+    eagerly (`jit` is not used: the torch rows run eagerly)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=jit)
+    if backend == "jax" and jit:
+        import jax
+
+        return jax.jit(fn)
+    return fn
+
+
+def matmul_fn():
+    """This backend's batched matmul with transpose flags:
+    (a, b, transpose_a, transpose_b) -> a' @ b'."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return lambda a, b, ta=False, tb=False: tf.linalg.matmul(a, b, transpose_a=ta, transpose_b=tb)
+    swap = (lambda t: t.swapaxes(-1, -2)) if backend == "jax" else (lambda t: t.transpose(-1, -2))
+    matmul = keras.ops.matmul
+    return lambda a, b, ta=False, tb=False: matmul(swap(a) if ta else a, swap(b) if tb else b)
+
+
+def _normal(shape, seed=0):
+    return keras.ops.convert_to_tensor(keras.random.normal(shape, seed=seed))
+
+
+def _sync(values):
+    """Waits for `values` (one element of each, so that nothing big is copied)."""
+    return [float(keras.ops.convert_to_numpy(keras.ops.reshape(v, (-1,))[0])) for v in values]
+
+
 @functools.lru_cache(maxsize=None)
 def _matmul(jit):
-    """One compiled 2-D matmul (XLA with `jit`, else TensorFlow's own kernel,
-    oneDNN where it is on), reused by every `gemm_peak` sample."""
-    import tensorflow as tf
+    """One compiled 2-D matmul (on TensorFlow: XLA with `jit`, else
+    TensorFlow's own kernel, oneDNN where it is on), reused by every
+    `gemm_peak` sample."""
+    matmul = matmul_fn()
+    return compiled(lambda x, y: matmul(x, y), jit)
 
-    return tf.function(lambda x, y: tf.linalg.matmul(x, y), jit_compile=jit)
+
+def peak_jit_modes():
+    """The kernels `gemm_peak` takes the best of: TensorFlow's own and XLA's
+    on TensorFlow, XLA's on JAX, torch's eager kernel on torch."""
+    return {"tensorflow": (False, True), "jax": (True,)}.get(keras.backend.backend(), (False,))
 
 
 def gemm_peak(n=2048, repeats=3):
     """One sample of the GEMM peak: (wall FLOP/s, FLOP per CPU-second) of
-    the best of `repeats` n x n x n float32 matmuls, with and without XLA
-    (the faster of the two kernels), on TensorFlow's own thread pool, the
-    one the models run on (the same thread count)."""
-    import tensorflow as tf
-
-    a = tf.random.normal((n, n))
-    b = tf.random.normal((n, n))
+    the best of `repeats` n x n x n float32 matmuls with each of this
+    backend's kernels (`peak_jit_modes`), on the thread pool the models run
+    on (the same thread count)."""
+    a, b = _normal((n, n), 1), _normal((n, n), 2)
     best_wall, best_cpu = float("inf"), float("inf")
-    for jit in (False, True):
+    for jit in peak_jit_modes():
         matmul = _matmul(jit)
-        matmul(a, b).numpy()
+        _sync([matmul(a, b)])
         for _ in range(repeats):
             wall, cpu = time.perf_counter(), time.process_time()
-            matmul(a, b).numpy()
+            _sync([matmul(a, b)])
             best_wall = min(best_wall, time.perf_counter() - wall)
             best_cpu = min(best_cpu, time.process_time() - cpu)
     return 2 * n**3 / best_wall, 2 * n**3 / max(best_cpu, 1e-9)
@@ -114,31 +162,29 @@ def matmul_ceiling(cfg, jit, repeats=5):
     (forward, training), the most any implementation of `cfg` could reach
     here. Training adds each product's two gradient products (dA = dC Bᵀ,
     dB = Aᵀ dC)."""
-    import tensorflow as tf
-
     shapes = matmul_shapes(cfg)
-    operands = [(tf.random.normal((b, m, k)), tf.random.normal((b, k, n)), tf.random.normal((b, m, n)))
-                for b, m, k, n in shapes]
+    operands = [(_normal((b, m, k), 1), _normal((b, k, n), 2), _normal((b, m, n), 3)) for b, m, k, n in shapes]
+    matmul = matmul_fn()
 
     def forward():
-        return [tf.linalg.matmul(a, w)[0, 0, 0] for a, w, _ in operands]
+        return [matmul(a, w)[0, 0, 0] for a, w, _ in operands]
 
     def training():
         out = forward()
         for a, w, grad in operands:
-            out.append(tf.linalg.matmul(grad, w, transpose_b=True)[0, 0, 0])
-            out.append(tf.linalg.matmul(a, grad, transpose_a=True)[0, 0, 0])
+            out.append(matmul(grad, w, tb=True)[0, 0, 0])
+            out.append(matmul(a, grad, ta=True)[0, 0, 0])
         return out
 
     flops = sum(2 * b * m * k * n for b, m, k, n in shapes)
     rates = []
     for fn, total in ((forward, flops), (training, 3 * flops)):
-        fn = tf.function(fn, jit_compile=jit)
-        [x.numpy() for x in fn()]
+        fn = compiled(fn, jit)
+        _sync(fn())
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            [x.numpy() for x in fn()]
+            _sync(fn())
             times.append(time.perf_counter() - start)
         rates.append(total / min(times))
     return tuple(rates)
@@ -227,7 +273,10 @@ def _cell(row, mode, key):
 
 def markdown(peaks, rows, environment):
     walls = [w / 1e9 for w, _ in peaks]
-    lines = [f"GEMM peak (2048^3 float32, best of TensorFlow's kernel and XLA, on the models' thread pool), "
+    kernel = {"tensorflow": "best of TensorFlow's kernel and XLA", "jax": "jax.jit",
+              "torch": "torch eager"}.get(environment["backend"], environment["backend"])
+    lines = [f"Keras backend: {environment['backend']}. "
+             f"GEMM peak (2048^3 float32, {kernel}, on the models' thread pool), "
              f"sampled {len(peaks)} times between the measurements: median {statistics.median(walls):.0f} "
              f"GFLOP/s (range {min(walls):.0f}-{max(walls):.0f}) on {environment['cpu_count']} cores, "
              f"TF_ENABLE_ONEDNN_OPTS={environment['tf_enable_onednn_opts']}, load average "
@@ -253,18 +302,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mfu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="ti", help="comma-separated names from benchmarks.contenders")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
-    parser.add_argument("--jit", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--jit", choices=("auto", "both", "on", "off"), default="auto",
+                        help="auto: both on TensorFlow, on (XLA) on JAX, off (eager) on torch")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(RESULTS / f"mfu-{keras.backend.backend()}-cpu"))
     args = parser.parse_args(argv)
-    jit_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.jit]
+    auto = {"tensorflow": "both", "jax": "on"}.get(keras.backend.backend(), "off")
+    jit_modes = {"both": (False, True), "on": (True,), "off": (False,)}[auto if args.jit == "auto" else args.jit]
     all_rows, peaks = [], []
     load_start = os.getloadavg()
     for name in args.configs.split(","):
         config_peaks, rows = measure(CONFIGS[name], args.contenders.split(","), jit_modes, args.repeats)
         all_rows += rows
         peaks += config_peaks
-    environment = dict(cpu_count=os.cpu_count(), load_average_start=load_start, load_average_end=os.getloadavg(),
+    environment = dict(backend=keras.backend.backend(), cpu_count=os.cpu_count(), load_average_start=load_start, load_average_end=os.getloadavg(),
                        tf_enable_onednn_opts=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
                        date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        command="python -m benchmarks.mfu " + " ".join(argv if argv is not None else sys.argv[1:]))

@@ -84,6 +84,20 @@ def test_mfu_counts_flops_against_the_measured_gemm_peak(tmp_path):
     assert "| tiny | keras_vit | off |" in out.with_suffix(".md").read_text()
 
 
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_mfu_has_a_backend_axis(tmp_path, backend):
+    out = tmp_path / "mfu"
+    run_python(["-m", "benchmarks.mfu", "--configs", "tiny", "--contenders", "keras_vit", "--repeats", "1",
+                "--out", str(out)], env={"KERAS_BACKEND": backend}, timeout=600)
+    result = json.loads(out.with_suffix(".json").read_text())
+    row, ceiling = result["rows"]
+    assert result["environment"]["backend"] == backend and result["gemm_peak_flops"] > 1e9
+    # JAX compiled, torch eager: each backend's default way of running the model
+    assert row["jit_compile"] is (backend == "jax") and 0 < row["train_mfu"] < 1 and 0 < row["infer_mfu"] < 1
+    assert ceiling["contender"] == "matmuls alone" and ceiling["infer_mfu"] > 0
+    assert f"Keras backend: {backend}." in out.with_suffix(".md").read_text()
+
+
 def test_code_health_counts_code_lines_only(tmp_path):
     """Docstrings, comments and blank lines are not counted; nested functions count in their parent too."""
     from benchmarks.code_health import function_lengths, long_functions
