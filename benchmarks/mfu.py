@@ -90,8 +90,21 @@ def _normal(shape, seed=0):
 
 
 def _sync(values):
-    """Waits for `values` (one element of each, so that nothing big is copied)."""
+    """Waits for `values` (on JAX until they are computed; elsewhere by
+    reading one element of each, so that nothing big is copied)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.block_until_ready(values)
     return [float(keras.ops.convert_to_numpy(keras.ops.reshape(v, (-1,))[0])) for v in values]
+
+
+def _kept(product):
+    """What `matmul_ceiling`'s functions return of a product: one element on
+    TensorFlow (as measured so far), the whole product elsewhere: XLA on JAX
+    computes only the elements a jitted function returns, so one element
+    would time almost nothing."""
+    return product[0, 0, 0] if keras.backend.backend() == "tensorflow" else product
 
 
 @functools.lru_cache(maxsize=None)
@@ -166,25 +179,27 @@ def matmul_ceiling(cfg, jit, repeats=5):
     operands = [(_normal((b, m, k), 1), _normal((b, k, n), 2), _normal((b, m, n), 3)) for b, m, k, n in shapes]
     matmul = matmul_fn()
 
-    def forward():
-        return [matmul(a, w)[0, 0, 0] for a, w, _ in operands]
+    # The operands are arguments, not captured constants: XLA on JAX would
+    # fold products of constants at compile time.
+    def forward(operands):
+        return [_kept(matmul(a, w)) for a, w, _ in operands]
 
-    def training():
-        out = forward()
+    def training(operands):
+        out = forward(operands)
         for a, w, grad in operands:
-            out.append(matmul(grad, w, tb=True)[0, 0, 0])
-            out.append(matmul(a, grad, ta=True)[0, 0, 0])
+            out.append(_kept(matmul(grad, w, tb=True)))
+            out.append(_kept(matmul(a, grad, ta=True)))
         return out
 
     flops = sum(2 * b * m * k * n for b, m, k, n in shapes)
     rates = []
     for fn, total in ((forward, flops), (training, 3 * flops)):
         fn = compiled(fn, jit)
-        _sync(fn())
+        _sync(fn(operands))
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            _sync(fn())
+            _sync(fn(operands))
             times.append(time.perf_counter() - start)
         rates.append(total / min(times))
     return tuple(rates)
