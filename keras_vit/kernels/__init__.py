@@ -66,6 +66,20 @@ def xla_module(kernels):
     return module if module.available() else None
 
 
+def normalizes_last_axis(norm, rank):
+    """Whether `norm` is a `keras.layers.LayerNormalization` over the last
+    axis of a rank-`rank` input, with gamma and beta and not RMS scaling:
+    the LayerNorm the kernels compute.
+
+    Example:
+    >>> normalizes_last_axis(keras.layers.LayerNormalization(), 3)
+    True
+    """
+    return (isinstance(norm, keras.layers.LayerNormalization)
+            and norm.axis in (-1, [-1], rank - 1, [rank - 1])
+            and norm.center and norm.scale and not getattr(norm, "rms_scaling", False))
+
+
 def torch_module(kernels):
     """The PyTorch kernel module where `kernels` is "torch" and the backend
     is torch; else None (the caller uses plain ops).
@@ -109,6 +123,6 @@ def apply_norm(norm, rows, kernels, training=None):
     (4, 2)
     """
     native = torch_module(kernels)
-    if native is not None and native.norm_applies(norm, rows):
+    if native is not None and normalizes_last_axis(norm, len(rows.shape)) and native.norm_applies(norm, rows):
         return native.layer_norm(norm, rows)
     return norm(rows, training=training)

@@ -83,14 +83,11 @@ def attention(qkv, batch, num_heads, head_dim):
 
 
 def norm_applies(norm, rows):
-    """Whether `layer_norm` can compute `norm(rows)`: a built float32
-    `keras.layers.LayerNormalization` over the last axis with gamma and
-    beta, on float32 `rows` (under mixed precision the layer's own call
-    keeps its casts)."""
-    return (isinstance(norm, keras.layers.LayerNormalization) and norm.built
-            and norm.axis in (-1, [-1], len(rows.shape) - 1, [len(rows.shape) - 1])
-            and norm.center and norm.scale and not norm.rms_scaling
-            and norm.compute_dtype == "float32" and rows.dtype == torch.float32)
+    """Whether `layer_norm` can compute `norm(rows)` for a LayerNorm over
+    the last axis with gamma and beta (`keras_vit.kernels.normalizes_last_axis`,
+    which the caller checks): built, float32, on float32 `rows` (under mixed
+    precision the layer's own call keeps its casts)."""
+    return norm.built and norm.compute_dtype == "float32" and rows.dtype == torch.float32
 
 
 def layer_norm(norm, rows):

@@ -8,7 +8,7 @@ the layer's `kernels` setting and the backend ask for it (see
 import keras
 from keras import ops
 
-from keras_vit.kernels import resolve_kernels, xla_module
+from keras_vit.kernels import normalizes_last_axis, resolve_kernels, xla_module
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -45,11 +45,9 @@ class LayerNorm(keras.layers.LayerNormalization):
         self.kernels = resolve_kernels(kernels)
 
     def _lean(self, inputs):
-        rank = len(inputs.shape)
         return (
             keras.backend.backend() == "tensorflow"
-            and self.axis in (-1, [-1], rank - 1, [rank - 1])
-            and self.center and self.scale and not getattr(self, "rms_scaling", False)
+            and normalizes_last_axis(self, len(inputs.shape))
             and keras.backend.standardize_dtype(inputs.dtype) in ("float16", "bfloat16", "float32")
         )
 
