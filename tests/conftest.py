@@ -89,6 +89,16 @@ def tiny_vit_kwargs(**overrides):
     return kwargs
 
 
+def tiny_train_flags(*extra, hidden_dim=16):
+    """`keras-vit train` flags of a tiny model (8 px images, one block, no
+    XLA) that trains in seconds, then `extra`.
+
+    Example: ``tiny_train_flags("--verbose", "2")``.
+    """
+    return ["--image-size", "8", "--patch-size", "4", "--conv-stem", "none", "--hidden-dim", str(hidden_dim),
+            "--depth", "1", "--num-heads", "2", "--mlp-dim", str(2 * hidden_dim), "--jit-compile", "false", *extra]
+
+
 @pytest.fixture
 def tiny_vit():
     from keras_vit import build_vit

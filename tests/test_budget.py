@@ -17,10 +17,10 @@ from keras_vit.training.auto import DataShape, choose_recipe, describe_source, t
 from keras_vit.training.budget import BudgetPlan, learning_rate_at, parse_duration, plan_budget
 from keras_vit.training.speed import Speed
 from keras_vit.training.recipe import Recipe
+from tests.conftest import tiny_train_flags
 from tests.test_cli_train import cli, env, read_state
 
-TINY = ["--image-size", "8", "--patch-size", "4", "--conv-stem", "none", "--hidden-dim", "16", "--depth", "1",
-        "--num-heads", "2", "--mlp-dim", "32", "--jit-compile", "false"]
+TINY = tiny_train_flags()
 
 
 @pytest.mark.parametrize("value, seconds", [(45, 45.0), ("90s", 90.0), ("10m", 600.0), ("2h", 7200.0),

@@ -15,10 +15,9 @@ import pytest
 import keras_vit
 from keras_vit.cli import startup
 from keras_vit.cli.main import main
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_train_flags
 
-TINY = ["--image-size", "8", "--patch-size", "4", "--conv-stem", "none", "--hidden-dim", "16", "--depth", "1",
-        "--num-heads", "2", "--mlp-dim", "32", "--jit-compile", "false"]
+TINY = tiny_train_flags()
 NATIVE_LOG = re.compile(
     r"^[IWEF]\d{4} |service\.cc|cpu_feature_guard|cudart_stub|absl::InitializeLog", re.MULTILINE)
 SOURCE_WARNING = re.compile(r"\.py:\d+: \w*Warning:")

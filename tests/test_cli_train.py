@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from keras_vit.cli.main import main
-from tests.conftest import REPO, run_python
+from tests.conftest import REPO, run_python, tiny_train_flags
 
 # the digits recipe's network, shrunk (no conv stem: patchify convolutions)
-TINY = ["--image-size", "8", "--patch-size", "4", "--conv-stem", "none", "--hidden-dim", "16", "--depth", "1",
-        "--num-heads", "2", "--mlp-dim", "32", "--verbose", "2", "--jit-compile", "false"]
+TINY = tiny_train_flags("--verbose", "2")
 
 
 def cli(*args):

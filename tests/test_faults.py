@@ -22,15 +22,14 @@ import keras
 import keras_vit  # noqa: F401 (registers the layers the loaders need)
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_train_flags
 
 POINTS = int(os.environ.get("KERAS_VIT_FAULT_POINTS", "1"))
 SEED = int(os.environ.get("KERAS_VIT_FAULT_SEED", "0"))
 LEFTOVER = re.compile(r"\.tmp-|\.old-|^\.last-|^\.epoch-")
 EPOCH_START = re.compile(r"^Epoch \d+/\d+$", re.M)
 # no augmentation: digits' augmentation triples a tiny model's step time
-TINY = ["--image-size", "8", "--patch-size", "4", "--conv-stem", "none", "--hidden-dim", "8", "--depth", "1", "--num-heads", "2",
-        "--mlp-dim", "16", "--verbose", "2", "--jit-compile", "false", "--augment", "none"]
+TINY = tiny_train_flags("--verbose", "2", "--augment", "none", hidden_dim=8)
 
 
 def env():
