@@ -6,6 +6,7 @@ and a PNG plot).
     python -m benchmarks.time_to_accuracy --dataset ../shared/data/mnist_train.npz --budgets 10m
     python -m benchmarks.time_to_accuracy --dataset digits --budgets none   # the default recipe, no budget
     python -m benchmarks.time_to_accuracy --targets    # issue 25's targets, one command: MNIST 2m and 10m, digits
+    KERAS_BACKEND=jax python -m benchmarks.time_to_accuracy --dataset digits --budgets 30,none   # the backend axis
 
 `--targets` runs the three target commands (MNIST `--time-budget 2m`, goal
 99.0 %; MNIST `--time-budget 10m`, goal 99.5 %; digits with no flags, goal
@@ -13,6 +14,10 @@ and a PNG plot).
 the same table and plot. Every row records the machine's load average
 (`uptime`) at its start and end: on a shared machine a budgeted run gets
 fewer steps, so numbers taken under load are marked as such.
+
+The backend is Keras' (`KERAS_BACKEND`, TensorFlow when unset): each row
+records it, a run replaces only the row of the same data, budget and
+backend, and the plot draws one curve per data set and backend.
 
 Each run's wall time is measured around the whole command (start-up,
 data loading, compilation, training, evaluation, saving). The accuracy is
@@ -39,8 +44,13 @@ MNIST = os.environ.get("KERAS_VIT_MNIST", str(Path(__file__).resolve().parents[1
 TARGETS = ((MNIST, "2m", 0.990, None), (MNIST, "10m", 0.995, None), ("digits", "none", 0.990, 90.0))
 
 
+def backend():
+    """The Keras backend the runs use: `KERAS_BACKEND`, else TensorFlow."""
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
 def run_budget(dataset, budget, run_dir, extra=()):
-    """Runs one `keras-vit train`; returns a result row."""
+    """Runs one `keras-vit train` on this backend; returns a result row."""
     # --restart: a run directory kept from an earlier benchmark (--runs-dir) is measured again, not resumed
     args = [sys.executable, "-m", "keras_vit.cli", "train", "--dataset", dataset, "--run-dir", str(run_dir),
             "--verbose", "0", "--restart", *extra]
@@ -59,7 +69,7 @@ def run_budget(dataset, budget, run_dir, extra=()):
     plan_file = Path(run_dir) / "plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.exists() else None
     return dict(
-        dataset=dataset, budget=budget, wall_seconds=round(wall, 1), test_accuracy=metrics["test"]["accuracy"],
+        dataset=dataset, budget=budget, backend=backend(), wall_seconds=round(wall, 1), test_accuracy=metrics["test"]["accuracy"],
         epochs=metrics["epochs"], recipe=config.get("recipe"),
         model=f"{config.get('image_size')}px p{config.get('patch_size')}"
               f"{'s' + str(config['stride']) if config.get('stride') else ''}"
@@ -73,6 +83,15 @@ def run_budget(dataset, budget, run_dir, extra=()):
         run_seconds=plan["sessions"][-1]["total_seconds"] if plan else None)
 
 
+def row_backend(row):
+    """A row's backend (rows written before the backend axis ran on TensorFlow)."""
+    return row.get("backend", "tensorflow")
+
+
+def key(row):
+    return row["dataset"], row["budget"], row_backend(row)
+
+
 def plot(rows, path):
     """Test accuracy against wall seconds, a curve per data set (the
     time-to-accuracy curve over the budgets), with the targets' goals."""
@@ -80,9 +99,11 @@ def plot(rows, path):
 
     fig = new_figure(figsize=(6, 4), dpi=100)
     ax = fig.subplots()
-    for dataset in sorted({r["dataset"] for r in rows}):
-        points = sorted((r["wall_seconds"], r["test_accuracy"]) for r in rows if r["dataset"] == dataset)
-        ax.plot(*zip(*points), marker="o", label=Path(dataset).name)
+    for dataset, name in sorted({(r["dataset"], row_backend(r)) for r in rows}):
+        points = sorted((r["wall_seconds"], r["test_accuracy"]) for r in rows
+                        if (r["dataset"], row_backend(r)) == (dataset, name))
+        ax.plot(*zip(*points), marker="o", linestyle="-" if name == "tensorflow" else "--",
+                label=f"{Path(dataset).name} ({name})")
     for dataset, budget, goal, wall in TARGETS:
         seconds = wall or (parse_duration(budget) if budget != "none" else None)
         if seconds:
@@ -117,16 +138,17 @@ def main(argv=None):
             name = f"{Path(dataset).stem}-{budget}"
             row = run_budget(dataset, budget, Path(args.runs_dir or tmp) / name, args.extra)
             print(json.dumps(row), flush=True)
-            rows = [r for r in rows if (r["dataset"], r["budget"]) != (row["dataset"], row["budget"])] + [row]
+            rows = [r for r in rows if key(r) != key(row)] + [row]
             verdicts += [verdict(row, goal, wall) for d, b, goal, wall in TARGETS
                          if args.targets and (d, b) == (dataset, budget)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    lines = ["| data | budget | wall s | test accuracy | epochs | steps | recipe | model | tools | load |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["wall_seconds"])):
+    lines = ["| data | backend | budget | wall s | test accuracy | epochs | steps | recipe | model | tools | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["dataset"], row_backend(r), r["wall_seconds"])):
         tools = ", ".join(f"{k} {v}" for k, v in (r.get("tools") or {}).items() if v) or "-"
-        lines.append(f"| {Path(r['dataset']).name} | {r['budget']} | {r['wall_seconds']} | {r['test_accuracy']:.4f} | "
+        lines.append(f"| {Path(r['dataset']).name} | {row_backend(r)} | {r['budget']} | {r['wall_seconds']} | "
+                     f"{r['test_accuracy']:.4f} | "
                      f"{r['epochs']} | {r['steps']} | {r['recipe']} | {r['model']} | {tools} | "
                      f"{r.get('load', 'not recorded')} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -138,7 +160,7 @@ def verdict(row, goal, wall):
     """One line: whether a target run met its goal."""
     met = row["test_accuracy"] >= goal and (wall is None or row["wall_seconds"] <= wall)
     limit = f" within {wall:.0f} s" if wall else ""
-    return (f"{'MET' if met else 'MISSED'}: {Path(row['dataset']).stem} {row['budget']}: "
+    return (f"{'MET' if met else 'MISSED'}: {Path(row['dataset']).stem} {row['budget']} ({row_backend(row)}): "
             f"{100 * row['test_accuracy']:.2f} % in {row['wall_seconds']} s (goal {100 * goal:.1f} %{limit}; "
             f"load {row['load']})")
 
