@@ -134,7 +134,7 @@ def test_too_small_a_budget_touches_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("shape, budget, size, patch, augment", [
-    (DataShape(8, 8, 1, 1797, 10), 600, 16, 2, "digits"),  # scikit-learn digits
+    (DataShape(8, 8, 1, 1797, 10), 600, 16, 4, "digits"),  # scikit-learn digits: a stem's 4x4 grid
     (DataShape(28, 28, 1, 55000, 10), 600, 32, 8, "digits"),  # MNIST, 10 minutes: a conv stem's 4x4 grid
     (DataShape(28, 28, 1, 55000, 10), 120, 32, 8, "none"),  # MNIST, 2 minutes: a smaller model, too few passes to augment
     (DataShape(28, 28, 1, 55000, 10), 3600, 32, 8, "digits"),  # MNIST, an hour: a wider model
@@ -147,9 +147,11 @@ def test_the_auto_recipe_follows_the_data(shape, budget, size, patch, augment):
     fields = choose_recipe(shape, time_budget=budget, cores=2)
     assert (fields["image_size"], fields["patch_size"], fields["augment"]) == (size, patch, augment)
     assert fields["hidden_dim"] % fields["num_heads"] == 0 and fields["mlp_dim"] == 2 * fields["hidden_dim"]
-    small = 16 < min(shape.height, shape.width) <= 40  # small images get a stem of 3 convolutions
-    assert fields["conv_stem"] == ([fields["hidden_dim"] // 4, fields["hidden_dim"] // 2, fields["hidden_dim"]]
-                                   if small else None)
+    side, width = min(shape.height, shape.width), fields["hidden_dim"]
+    # images up to 80 px get a stem of 3x3 stride-2 convolutions, one per halving of the patch; larger ones patchify
+    convolutions = fields["patch_size"].bit_length() - 1 if side <= 80 else 0
+    assert fields["conv_stem"] == ([max(8, width // 2 ** (convolutions - 1 - i)) for i in range(convolutions)]
+                                   or None)
     Recipe(**{**fields, "dataset": "x"}).validate()  # every choice is a valid setting
     test, val = fields["test_split"], fields["validation_split"]
     held_out = shape.num_examples * (test + (1 - test) * val)  # validation is carved from what the test left
@@ -192,7 +194,8 @@ def test_recipe_sources_choose_auto_for_data_other_than_digits(tmp_path):
 
 
 @pytest.mark.parametrize("side, shown, patch, stem, extra", [
-    (12, "16 px, 2 px patches, width 16, depth 1", 2, None, []),  # tiny images: upsampled, 2x2 patches
+    (12, "16 px, 4 px patches from a stem of 2 convolutions (32,64), width 16, depth 1", 4,
+     [32, 64], []),  # tiny images: upsampled to 16 px, a stem of 2 convolutions to a 4x4 grid
     (20, "24 px, 8 px patches from a stem of 3 convolutions (16,32,64), width 16, depth 1", 8,
      [16, 32, 64], []),  # small images: resized to a multiple of 8, a conv stem
     # a named preset keeps its network (patch 4, no stem); the data choose the rest
