@@ -249,3 +249,34 @@ def test_a_stem_the_auto_recipe_chose_is_named_when_a_flag_conflicts_and_can_be_
     assert channels_arg("none") == [] and channels_arg("8,16,32") == [8, 16, 32]
     with pytest.raises(Exception, match="comma-separated channel counts"):
         channels_arg("8,x")
+
+
+def test_the_replanned_pace_leaves_out_the_first_calls_compilation(monkeypatch):
+    """An epoch whose first train call took 10 s (compiling the step, as on
+    JAX) and the other 99 0.1 s each: the next epoch is planned at 0.1 s a
+    step plus its share of the 1 s of validation, not at 0.2 s (the
+    epoch's wall time over its steps), which left a JAX 2-minute run a
+    fifth of its budget unused; and the schedule's progress starts again
+    from the step reached."""
+    from keras_vit.training import budget
+
+    clock = [1000.0]
+    monkeypatch.setattr(budget.time, "time", lambda: clock[0])
+    plan = plan_budget(120, 110, Speed(0.1, 0.05), steps_per_epoch=100, val_steps=10, test_steps=10)
+    callback = budget.TimeBudget(plan, 1e-3, budget_end=clock[0] + 110)
+    callback.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    for batch in range(100):
+        clock[0] += 10.0 if batch == 0 else 0.1
+        callback.on_train_batch_end(batch)
+    clock[0] += 1.0  # validation and saving
+    callback.on_epoch_begin(1)
+    left = 110 - plan.reserve_seconds - 1.0 - 20.9  # seconds to the deadline
+    expected = 100 + int(left / (0.1 + 1.0 / 100))
+    assert abs(plan.planned_steps - expected) <= 1, (plan.planned_steps, expected)
+    assert plan.epochs == -(-plan.planned_steps // 100)
+    # the learning-rate schedule follows the new plan from the step reached, not the clock since the start
+    assert callback.progress_step() == 100
+    clock[0] += 0.5 * (callback.deadline - clock[0])
+    assert abs(callback.progress_step() - (100 + 0.5 * (plan.planned_steps - 100))) < 1e-6

@@ -191,11 +191,14 @@ class TimeBudget(keras.callbacks.Callback):
     each epoch from the measured pace, and stops training in time.
 
     Progress is the larger of the steps done and the step the run should
-    have reached by now at the planned pace (the planned steps spread over
-    the time up to `deadline`), so a slower machine shortens the cosine
-    instead of overrunning the budget. At the start of each epoch the
-    number of planned steps is set again from the last epoch's wall time
-    (its validation and saving included). At each epoch end it adds
+    have reached by now at the planned pace (the steps left at the last
+    plan spread over the time from then to `deadline`), so a slower machine
+    shortens the cosine instead of overrunning the budget, and a first
+    epoch slowed by compiling the step does not age the schedule. At the start of each epoch the
+    number of planned steps is set again from the last epoch's pace (from
+    its first train call's end to its last's, so that compiling the step
+    is not counted as the pace of every step) and the time it spent after
+    its last call (validation and saving). At each epoch end it adds
     `train_seconds` (all sessions) to the logs, which the run directory's
     history keeps, and prints one line when `verbose`.
 
@@ -218,15 +221,18 @@ class TimeBudget(keras.callbacks.Callback):
         self.budget_end, self.max_steps, self.verbose = budget_end, max_steps, verbose
         self.deadline = budget_end - plan.reserve_seconds
         self.done_steps = self.step = done_steps
-        self.start = self.epoch_start = None
+        self.start = self.epoch_start = self.anchor = None
         self.epoch_first_step = done_steps
         self.paces = []  # (seconds per step, seconds outside the steps) of each epoch
+        self.first_call_end = self.last_call_end = self.first_call_step = None  # the epoch's train calls
         self.stopped_by_time = False
 
     def progress_step(self):
+        # the steps left at the last (re)plan, spread over the time left then
         now = time.time()
-        fraction = (now - self.start) / max(self.deadline - self.start, 1e-9)
-        return max(self.step, self.done_steps + (self.plan.planned_steps - self.done_steps) * fraction)
+        since, from_step = self.anchor
+        fraction = (now - since) / max(self.deadline - since, 1e-9)
+        return max(self.step, from_step + (self.plan.planned_steps - from_step) * fraction)
 
     def _set_learning_rate(self, value):
         if keras.backend.backend() == "jax":
@@ -235,20 +241,34 @@ class TimeBudget(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.start = time.time()
+        self.anchor = (self.start, self.done_steps)  # (time, step) of the last (re)plan
 
     def on_epoch_begin(self, epoch, logs=None):
         now = time.time()
         steps = self.step - self.epoch_first_step
         if self.epoch_start is not None and steps > 0:
-            # the pace of the last epochs (the median of five), their validation and saving included
-            self.paces.append(((now - self.epoch_start) / steps, max(0.0, (now - self.epoch_start) - steps *
-                                                                       self.plan.step_seconds)))
+            self.paces.append(self._last_epoch_pace(now, steps))
             pace, overhead = (sorted(p[i] for p in self.paces[-5:])[len(self.paces[-5:]) // 2] for i in (0, 1))
             self.deadline = self.budget_end - self.plan.reserve_seconds - overhead
-            fits = self.step + int((self.deadline - now) / pace)
+            # each epoch left also validates and saves
+            fits = self.step + int((self.deadline - now) / (pace + overhead / self.plan.steps_per_epoch))
             self.plan.planned_steps = max(self.step + 1, min(fits, self.max_steps or fits))
             self.plan.epochs = math.ceil(self.plan.planned_steps / self.plan.steps_per_epoch)
+            self.anchor = (now, self.step)
         self.epoch_start, self.epoch_first_step = now, self.step
+        self.first_call_end = self.last_call_end = None
+
+    def _last_epoch_pace(self, now, steps):
+        """(seconds per step, seconds after the steps) of the epoch that just
+        ended. The pace runs from the end of the epoch's first train call to
+        the end of its last, so that the one-time compilation of the train
+        step (seconds on JAX) is not taken for the pace of every later step;
+        the time after the last call is the epoch's validation and saving."""
+        if self.step > self.first_call_step:
+            pace = (self.last_call_end - self.first_call_end) / (self.step - self.first_call_step)
+        else:  # one call made the whole epoch
+            pace = (self.last_call_end - self.epoch_start) / steps
+        return pace, max(0.0, now - self.last_call_end)
 
     def on_train_batch_begin(self, batch, logs=None):
         self._set_learning_rate(learning_rate_at(self.progress_step(), self.plan, self.peak, self.floor))
@@ -256,6 +276,9 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         # `batch` is the call's last step (steps_per_execution), past the epoch's end in its last call
         self.step = self.epoch_first_step + min(batch + 1, self.plan.steps_per_epoch)
+        self.last_call_end = time.time()
+        if self.first_call_end is None:
+            self.first_call_end, self.first_call_step = self.last_call_end, self.step
         if self.progress_step() >= self.plan.planned_steps:
             self.stopped_by_time = self.step < self.plan.planned_steps
             self.model.stop_training = True
