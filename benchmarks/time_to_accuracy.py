@@ -89,7 +89,8 @@ def row_backend(row):
 
 
 def key(row):
-    return row["dataset"], row["budget"], row_backend(row)
+    """The rows one run replaces: same data file name, budget and backend."""
+    return Path(row["dataset"]).name, row["budget"], row_backend(row)
 
 
 def plot(rows, path):
@@ -130,6 +131,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = Path(args.out)
     rows = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
+    rows = list({key(r): r for r in rows}.values())  # the newest row of each key (rows are kept in run order)
     runs = ([(d, b) for d, b, _, _ in TARGETS] if args.targets
             else [(args.dataset, budget) for budget in args.budgets.split(",")])
     verdicts = []
