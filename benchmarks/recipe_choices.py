@@ -86,6 +86,8 @@ def main(argv=None):
     parser.add_argument("--only", help="with --train: train only the data sets whose names contain one of these "
                         "comma-separated words (the other rows of recipe-generality.json are kept)")
     args = parser.parse_args(argv)
+    if args.only and not args.train:
+        parser.error("--only chooses the data sets to train on; give --train BUDGET too")
     wanted = [w.strip().lower() for w in args.only.split(",")] if args.only else None
     trained = []
     lines = ["| data | images | flips keep label (nearest mean: plain → mirrored) | pixel mean | budget | size, patch, "
@@ -105,8 +107,7 @@ def main(argv=None):
                 and (wanted is None or any(w in name.lower() for w in wanted))):
             trained.append(dict(train(name, arrays, args.train), data=name))
             print(trained[-1], flush=True)
-    if trained:
-        write_generality(trained, RESULTS / "recipe-generality")
+            write_generality(trained, RESULTS / "recipe-generality")  # after each run: a later failure keeps it
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -131,7 +132,7 @@ def write_generality(rows, out):
     import json
 
     def key(row):
-        return row["data"], row["backend"], row["budget"]
+        return row["data"], row.get("backend", "tensorflow"), row["budget"]
 
     kept = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
     rows = [r for r in kept if key(r) not in {key(n) for n in rows}] + rows
@@ -139,7 +140,7 @@ def write_generality(rows, out):
              "|" + "---|" * 10]
     for r in rows:
         tools = ", ".join(f"{k} {v}" for k, v in (r.get("tools") or {}).items() if v) or "-"
-        lines.append(f"| {r['data']} | {r['backend']} | {r['budget']} | {r['wall_seconds']} | "
+        lines.append(f"| {r['data']} | {r.get('backend', 'tensorflow')} | {r['budget']} | {r['wall_seconds']} | "
                      f"{r['test_accuracy']:.4f} | {r['epochs']} | {r['steps']} | {r['model']} | {tools} | {r['load']} |")
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -100,11 +100,11 @@ def plot(rows, path):
 
     fig = new_figure(figsize=(6, 4), dpi=100)
     ax = fig.subplots()
-    for dataset, name in sorted({(r["dataset"], row_backend(r)) for r in rows}):
+    for dataset, name in sorted({(Path(r["dataset"]).name, row_backend(r)) for r in rows}):
         points = sorted((r["wall_seconds"], r["test_accuracy"]) for r in rows
-                        if (r["dataset"], row_backend(r)) == (dataset, name))
+                        if (Path(r["dataset"]).name, row_backend(r)) == (dataset, name))
         ax.plot(*zip(*points), marker="o", linestyle="-" if name == "tensorflow" else "--",
-                label=f"{Path(dataset).name} ({name})")
+                label=f"{dataset} ({name})")
     for dataset, budget, goal, wall in TARGETS:
         seconds = wall or (parse_duration(budget) if budget != "none" else None)
         if seconds:
@@ -147,7 +147,7 @@ def main(argv=None):
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     lines = ["| data | backend | budget | wall s | test accuracy | epochs | steps | recipe | model | tools | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["dataset"], row_backend(r), r["wall_seconds"])):
+    for r in sorted(rows, key=lambda r: (Path(r["dataset"]).name, row_backend(r), r["wall_seconds"])):
         tools = ", ".join(f"{k} {v}" for k, v in (r.get("tools") or {}).items() if v) or "-"
         lines.append(f"| {Path(r['dataset']).name} | {row_backend(r)} | {r['budget']} | {r['wall_seconds']} | "
                      f"{r['test_accuracy']:.4f} | "

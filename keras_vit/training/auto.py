@@ -309,8 +309,8 @@ def progressive_low_size(image_size, patch_size, stride):
     97.3 %.)
 
     Example:
-    >>> progressive_low_size(16, 2, None), progressive_low_size(32, 8, None)
-    (8, None)
+    >>> progressive_low_size(64, 8, None), progressive_low_size(32, 8, None)
+    (32, None)
     """
     from keras_vit.training.progressive import low_resolution
 
@@ -326,7 +326,7 @@ def progressive_cost(image_size, patch_size, stride):
     scales with the pixels (1.0 where the grid is too small to resize).
 
     Example:
-    >>> progressive_cost(16, 2, None), progressive_cost(32, 8, None)
+    >>> progressive_cost(64, 8, None), progressive_cost(32, 8, None)
     (0.625, 1.0)
     """
 
@@ -343,7 +343,7 @@ def budget_tools(image_size, patch_size, stride, passes):
     measured here showed it paying (see `TOOL_RULES`).
 
     Example:
-    >>> budget_tools(16, 2, None, passes=12), budget_tools(32, 8, None, passes=12)   # 8x8 and 4x4 grids
+    >>> budget_tools(64, 8, None, passes=12), budget_tools(32, 8, None, passes=12)   # 8x8 and 4x4 grids
     ({'progressive_resize': 0.5, 'patch_dropout': 0.0}, {'progressive_resize': 0.0, 'patch_dropout': 0.0})
     """
     short = passes is not None and passes < PROGRESSIVE_MAX_PASSES

@@ -8,8 +8,8 @@ evaluation steps after compilation; `plan_budget` turns those times into a
 final evaluation and saving are set aside.
 `TimeBudget`, a Keras callback, then drives the learning rate (linear
 warmup, then a cosine) over the *progress* of the run: the larger of the
-fraction of planned steps done and the fraction of the planned training
-time spent. When the machine slows down, time leads, the cosine still
+fraction of planned steps done and the fraction of the training time
+spent since the last re-plan. When the machine slows down, time leads, the cosine still
 reaches its end when the time is up, and training stops there.
 
 What a resumed budget means: the budget counts the training seconds of
@@ -193,21 +193,20 @@ class TimeBudget(keras.callbacks.Callback):
     Progress is the larger of the steps done and the step the run should
     have reached by now at the planned pace (the steps left at the last
     plan spread over the time from then to `deadline`), so a slower machine
-    shortens the cosine instead of overrunning the budget, and a first
-    epoch slowed by compiling the step does not age the schedule. At the start of each epoch the
-    number of planned steps is set again from the last epoch's pace (from
-    its first train call's end to its last's, so that compiling the step
-    is not counted as the pace of every step) and the time it spent after
-    its last call (validation and saving). At each epoch end it adds
-    `train_seconds` (all sessions) to the logs, which the run directory's
-    history keeps, and prints one line when `verbose`.
+    shortens the cosine instead of overrunning the budget. At the start of
+    each epoch the planned steps are set again from the pace and the time
+    outside the steps of the last epochs (`_last_epoch_pace`; the lower
+    median of five), and progress restarts from the step reached, so a
+    first epoch slowed by compiling does not age the schedule. At each
+    epoch end it adds `train_seconds` (all sessions) to the logs, which the
+    run directory's history keeps, and prints one line when `verbose`.
 
     Args:
         plan: a `BudgetPlan`.
         peak: peak learning rate; floor: the rate at the end.
         budget_end: `time.time()` by which the run must be done; training
-            ends earlier by the plan's reserve and the measured time an
-            epoch spends outside training steps (saving).
+            ends earlier by the plan's reserve (the final evaluation and
+            saving).
         done_steps: steps already done (a resumed run).
         max_steps: the most steps the plan may grow to.
         verbose: print a line per epoch.
@@ -224,7 +223,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.start = self.epoch_start = self.anchor = None
         self.epoch_first_step = done_steps
         self.paces = []  # (seconds per step, seconds outside the steps) of each epoch
-        self.first_call_end = self.last_call_end = self.first_call_step = None  # the epoch's train calls
+        self.calls = []  # (end time, step) of the epoch's train calls
         self.stopped_by_time = False
 
     def progress_step(self):
@@ -248,27 +247,35 @@ class TimeBudget(keras.callbacks.Callback):
         steps = self.step - self.epoch_first_step
         if self.epoch_start is not None and steps > 0:
             self.paces.append(self._last_epoch_pace(now, steps))
-            pace, overhead = (sorted(p[i] for p in self.paces[-5:])[len(self.paces[-5:]) // 2] for i in (0, 1))
-            self.deadline = self.budget_end - self.plan.reserve_seconds - overhead
-            # each epoch left also validates and saves
+            # the lower median of the last five epochs: a first epoch's compilations do not outvote a second
+            pace, overhead = (sorted(p[i] for p in self.paces[-5:])[(len(self.paces[-5:]) - 1) // 2] for i in (0, 1))
+            # the reserve keeps the final evaluation and saving; each epoch until then also validates and saves
             fits = self.step + int((self.deadline - now) / (pace + overhead / self.plan.steps_per_epoch))
             self.plan.planned_steps = max(self.step + 1, min(fits, self.max_steps or fits))
             self.plan.epochs = math.ceil(self.plan.planned_steps / self.plan.steps_per_epoch)
             self.anchor = (now, self.step)
         self.epoch_start, self.epoch_first_step = now, self.step
-        self.first_call_end = self.last_call_end = None
+        self.calls = []  # (end time, step) of the epoch's train calls
 
     def _last_epoch_pace(self, now, steps):
-        """(seconds per step, seconds after the steps) of the epoch that just
-        ended. The pace runs from the end of the epoch's first train call to
-        the end of its last, so that the one-time compilation of the train
-        step (seconds on JAX) is not taken for the pace of every later step;
-        the time after the last call is the epoch's validation and saving."""
-        if self.step > self.first_call_step:
-            pace = (self.last_call_end - self.first_call_end) / (self.step - self.first_call_step)
+        """(seconds per step, seconds outside the steps) of the epoch just
+        ended. The pace runs between the ends of its first and last-but-one
+        train calls: compiling the step (the first call, and on JAX the short
+        last batch: seconds each) is not every step's pace. Outside the steps:
+        validation and saving, and after the session's first epoch (whose
+        first and last calls compile) what those calls took beyond the pace
+        (making the iterator, filling the shuffle buffer)."""
+        (first_end, first_step), (last_end, last_step) = self.calls[0], self.calls[-1]
+        middle = self.calls[-2] if len(self.calls) > 2 else self.calls[-1]
+        if middle[1] > first_step:
+            pace = (middle[0] - first_end) / (middle[1] - first_step)
         else:  # one call made the whole epoch
-            pace = (self.last_call_end - self.epoch_start) / steps
-        return pace, max(0.0, now - self.last_call_end)
+            pace = (last_end - self.epoch_start) / steps
+        outside = now - last_end
+        if self.paces:  # not the session's first epoch
+            outside += max(0.0, first_end - self.epoch_start - pace * (first_step - self.epoch_first_step))
+            outside += max(0.0, last_end - middle[0] - pace * (last_step - middle[1]))
+        return pace, max(0.0, outside)
 
     def on_train_batch_begin(self, batch, logs=None):
         self._set_learning_rate(learning_rate_at(self.progress_step(), self.plan, self.peak, self.floor))
@@ -276,9 +283,7 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         # `batch` is the call's last step (steps_per_execution), past the epoch's end in its last call
         self.step = self.epoch_first_step + min(batch + 1, self.plan.steps_per_epoch)
-        self.last_call_end = time.time()
-        if self.first_call_end is None:
-            self.first_call_end, self.first_call_step = self.last_call_end, self.step
+        self.calls.append((time.time(), self.step))
         if self.progress_step() >= self.plan.planned_steps:
             self.stopped_by_time = self.step < self.plan.planned_steps
             self.model.stop_training = True
