@@ -131,17 +131,19 @@ def write_generality(rows, out):
     rows of the same data, backend and budget already there."""
     import json
 
+    from benchmarks.time_to_accuracy import row_backend, tools_text
+
     def key(row):
-        return row["data"], row.get("backend", "tensorflow"), row["budget"]
+        return row["data"], row_backend(row), row["budget"]
 
     kept = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
     rows = [r for r in kept if key(r) not in {key(n) for n in rows}] + rows
     lines = ["| data | backend | budget | wall s | test accuracy | epochs | steps | model | tools | load |",
              "|" + "---|" * 10]
     for r in rows:
-        tools = ", ".join(f"{k} {v}" for k, v in (r.get("tools") or {}).items() if v) or "-"
-        lines.append(f"| {r['data']} | {r.get('backend', 'tensorflow')} | {r['budget']} | {r['wall_seconds']} | "
-                     f"{r['test_accuracy']:.4f} | {r['epochs']} | {r['steps']} | {r['model']} | {tools} | {r['load']} |")
+        lines.append(f"| {r['data']} | {row_backend(r)} | {r['budget']} | {r['wall_seconds']} | "
+                     f"{r['test_accuracy']:.4f} | {r['epochs']} | {r['steps']} | {r['model']} | {tools_text(r)} | "
+                     f"{r['load']} |")
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -88,9 +88,19 @@ def row_backend(row):
     return row.get("backend", "tensorflow")
 
 
+def curve(row):
+    """A row's curve in the plot and group in the table: (data file name, backend)."""
+    return Path(row["dataset"]).name, row_backend(row)
+
+
 def key(row):
     """The rows one run replaces: same data file name, budget and backend."""
-    return Path(row["dataset"]).name, row["budget"], row_backend(row)
+    return curve(row) + (row["budget"],)
+
+
+def tools_text(row):
+    """The budget tools a row's run turned on, for a table cell."""
+    return ", ".join(f"{k} {v}" for k, v in (row.get("tools") or {}).items() if v) or "-"
 
 
 def plot(rows, path):
@@ -100,9 +110,8 @@ def plot(rows, path):
 
     fig = new_figure(figsize=(6, 4), dpi=100)
     ax = fig.subplots()
-    for dataset, name in sorted({(Path(r["dataset"]).name, row_backend(r)) for r in rows}):
-        points = sorted((r["wall_seconds"], r["test_accuracy"]) for r in rows
-                        if (Path(r["dataset"]).name, row_backend(r)) == (dataset, name))
+    for dataset, name in sorted({curve(r) for r in rows}):
+        points = sorted((r["wall_seconds"], r["test_accuracy"]) for r in rows if curve(r) == (dataset, name))
         ax.plot(*zip(*points), marker="o", linestyle="-" if name == "tensorflow" else "--",
                 label=f"{dataset} ({name})")
     for dataset, budget, goal, wall in TARGETS:
@@ -147,11 +156,10 @@ def main(argv=None):
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     lines = ["| data | backend | budget | wall s | test accuracy | epochs | steps | recipe | model | tools | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (Path(r["dataset"]).name, row_backend(r), r["wall_seconds"])):
-        tools = ", ".join(f"{k} {v}" for k, v in (r.get("tools") or {}).items() if v) or "-"
+    for r in sorted(rows, key=lambda r: (*curve(r), r["wall_seconds"])):
         lines.append(f"| {Path(r['dataset']).name} | {row_backend(r)} | {r['budget']} | {r['wall_seconds']} | "
                      f"{r['test_accuracy']:.4f} | "
-                     f"{r['epochs']} | {r['steps']} | {r['recipe']} | {r['model']} | {tools} | "
+                     f"{r['epochs']} | {r['steps']} | {r['recipe']} | {r['model']} | {tools_text(r)} | "
                      f"{r.get('load', 'not recorded')} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     plot(rows, out.with_suffix(".png"))
