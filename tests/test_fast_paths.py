@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_vit import MultiHeadSelfAttention, TransformerBlock, ViTBackbone, build_vit
+from keras_vit import ConvStem, MultiHeadSelfAttention, TransformerBlock, ViTBackbone, build_vit
 from keras_vit.export.inference import INFERENCE_REWRITES, InferenceModel, fold, inference_model, project
 from keras_vit.kernels import KERNELS, resolve_kernels, torch_module, xla_module
 from keras_vit.layers import LayerNorm
@@ -253,6 +253,35 @@ def test_kernel_setting_round_trips_through_config_and_a_keras_file(kernels, tmp
     assert [layer.kernels for layer in loaded.layers[1:]] == [kernels, kernels]
     x = RNG.normal(size=(2, 5, 8)).astype("float32")
     np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_conv_stem_kernels_give_the_plain_numbers_and_round_trip(kernels):
+    x = RNG.normal(size=(2, 8, 8, 3)).astype("float32")
+    fast, plain = ConvStem([4, 8], kernels=kernels), ConvStem([4, 8], kernels="plain")
+    for stem in (fast, plain):
+        stem.build(x.shape)
+    randomize(fast)
+    plain.set_weights(fast.get_weights())
+    weights = ops.convert_to_tensor(RNG.normal(size=(2, 2, 2, 8)).astype("float32"))
+    for training in (True, False):
+        # value_and_grad wants x's shape back: x scaled by a weighted sum of the stem's output
+        a, grad_a = value_and_grad(lambda t: t * ops.sum(fast(t, training=training) * weights), x)
+        b, grad_b = value_and_grad(lambda t: t * ops.sum(plain(t, training=training) * weights), x)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(grad_a, grad_b, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(ops.convert_to_numpy(ops.stop_gradient(fast(x, training=training))),
+                                   ops.convert_to_numpy(ops.stop_gradient(plain(x, training=training))), atol=1e-5)
+    assert ConvStem.from_config(fast.get_config()).kernels == kernels
+    assert all(norm.kernels == kernels for norm in fast.norms)
+    backbone = ViTBackbone(image_size=16, patch_size=4, conv_stem=[4, 8], hidden_dim=16, depth=1, num_heads=2,
+                           mlp_dim=32, kernels=kernels)
+    encoder = backbone.patch_encoder
+    assert encoder.kernels == encoder.stem.kernels == kernels
+    assert type(encoder).from_config(encoder.get_config()).stem.kernels == kernels
+    old = fast.get_config()
+    old.pop("kernels")  # a stem saved before the setting existed
+    assert ConvStem.from_config(old).kernels == resolve_kernels()
 
 
 def test_an_old_config_without_the_setting_loads_with_this_backends_default():

@@ -9,6 +9,7 @@ JAX and PyTorch.
 import keras
 from keras import ops
 
+from keras_vit.kernels import resolve_kernels
 from keras_vit.layers.stem import ConvStem, check_conv_stem
 from keras_vit.layers.positions import (
     POS_INTERPOLATIONS, SINCOS_LAYOUTS, renamed_in_config, renamed_interpolation, resample_posemb, sincos_posemb_2d)
@@ -198,6 +199,9 @@ class PatchEncoder(keras.layers.Layer):
             convolutions that replaces the patchify convolution (then a 1x1
             convolution projects to `hidden_dim`); `patch_size` must be
             2**len(conv_stem), without overlap.
+        kernels: None (this backend's default), "xla", "torch" or "plain":
+            the kernels of the `ConvStem`, if any (see `keras_vit.kernels`).
+            Stored resolved in the config.
 
     Example:
     >>> encoder = PatchEncoder(64, patch_size=8, grid_size=(4, 4))
@@ -219,6 +223,7 @@ class PatchEncoder(keras.layers.Layer):
         sincos_layout="big_vision",
         patch_bias=True,
         conv_stem=None,
+        kernels=None,
         **kwargs,
     ):
         pos_interpolation = renamed_interpolation(kwargs, pos_interpolation, "PatchEncoder")
@@ -244,9 +249,10 @@ class PatchEncoder(keras.layers.Layer):
         if pos_embedding == "sincos" and hidden_dim % 4:
             sincos_posemb_2d(1, 1, hidden_dim)  # raises the hidden_dim error
         self.training_image_size = None  # (h, w): training calls resize to it (training.progressive)
+        self.kernels = resolve_kernels(kernels)
         self.stem = None
         if self.conv_stem:
-            self.stem = ConvStem(self.conv_stem, dtype=self.dtype_policy, name="stem")
+            self.stem = ConvStem(self.conv_stem, kernels=self.kernels, dtype=self.dtype_policy, name="stem")
             self.projection = keras.layers.Conv2D(
                 hidden_dim, 1, use_bias=patch_bias, dtype=self.dtype_policy, name="projection")
         elif patch_embedding == "conv":
@@ -314,7 +320,7 @@ class PatchEncoder(keras.layers.Layer):
             images = ops.image.resize(images, self.training_image_size, interpolation="bilinear", antialias=True)
         batch = ops.shape(images)[0]
         if self.patch_embedding == "conv":
-            x = self.projection(images if self.stem is None else self.stem(images))
+            x = self.projection(images if self.stem is None else self.stem(images, training=training))
             grid = ops.shape(x)[1:3]
         else:
             grid = [(s - p) // st + 1 for s, p, st in zip(ops.shape(images)[1:3], self.patch_size, self.stride)]
@@ -357,6 +363,7 @@ class PatchEncoder(keras.layers.Layer):
             sincos_layout=self.sincos_layout,
             patch_bias=self.patch_bias,
             conv_stem=None if self.conv_stem is None else list(self.conv_stem),
+            kernels=self.kernels,
         )
         return config
 

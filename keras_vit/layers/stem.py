@@ -10,6 +10,8 @@ epoch than one large patchify convolution.
 import keras
 from keras import ops
 
+from keras_vit.kernels import resolve_kernels, xla_module
+from keras_vit.layers.norm import LayerNorm
 from keras_vit.utils.validation import pair
 
 
@@ -63,6 +65,13 @@ class ConvStem(keras.layers.Layer):
     Args:
         filters: list of ints, the channels of each convolution.
         norm_epsilon: float, the LayerNorms' epsilon.
+        kernels: None (this backend's default), "xla", "torch" or "plain";
+            see `keras_vit.kernels`. With "xla" on TensorFlow the training
+            passes of the LayerNorms and of the exact GELU run as XLA
+            kernels, as in `TransformerBlock`: on the stem of the auto
+            recipe's MNIST model (32 px, [32, 64, 128]) they are as much
+            element-wise work as the whole transformer. Stored resolved in
+            the config; every setting computes the same function.
 
     Example:
     >>> stem = ConvStem([16, 32])
@@ -70,16 +79,17 @@ class ConvStem(keras.layers.Layer):
     (2, 8, 8, 32)
     """
 
-    def __init__(self, filters, norm_epsilon=1e-6, **kwargs):
+    def __init__(self, filters, norm_epsilon=1e-6, kernels=None, **kwargs):
         super().__init__(**kwargs)
         self.filters = stem_filters(filters, "filters")
         self.norm_epsilon = float(norm_epsilon)
+        self.kernels = resolve_kernels(kernels)
         self.convs, self.norms = [], []
         for i, channels in enumerate(self.filters):
             self.convs.append(keras.layers.Conv2D(
                 channels, 3, strides=2, padding="same", use_bias=False, dtype=self.dtype_policy, name=f"conv_{i}"))
-            self.norms.append(keras.layers.LayerNormalization(
-                epsilon=self.norm_epsilon, dtype=self.dtype_policy, name=f"norm_{i}"))
+            self.norms.append(LayerNorm(
+                epsilon=self.norm_epsilon, kernels=self.kernels, dtype=self.dtype_policy, name=f"norm_{i}"))
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -88,10 +98,13 @@ class ConvStem(keras.layers.Layer):
             shape = conv.compute_output_shape(shape)
             norm.build(shape)
 
-    def call(self, images):
+    def call(self, images, training=None):
+        # The XLA GELU in training only: inference keeps the plain op (TFLite's builtin GELU).
+        kernels = xla_module(self.kernels) if isinstance(training, bool) and training else None
         x = images
         for conv, norm in zip(self.convs, self.norms):
-            x = ops.gelu(norm(conv(x)), approximate=False)  # TFLite's builtin GELU
+            x = norm(conv(x), training=training)
+            x = ops.gelu(x, approximate=False) if kernels is None else kernels.gelu_exact(x)
         return x
 
     def compute_output_shape(self, input_shape):
@@ -102,5 +115,5 @@ class ConvStem(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(filters=list(self.filters), norm_epsilon=self.norm_epsilon)
+        config.update(filters=list(self.filters), norm_epsilon=self.norm_epsilon, kernels=self.kernels)
         return config

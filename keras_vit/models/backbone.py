@@ -164,7 +164,7 @@ def _make_layers(c, grid, policy):
         c["hidden_dim"], c["patch_size"], stride=c["stride"], grid_size=grid, use_cls_token=c["class_token"],
         num_registers=c["num_registers"], pos_embedding=c["pos_embedding"], pos_interpolation=c["pos_interpolation"],
         patch_embedding=c["patch_embedding"], sincos_layout=c["sincos_layout"], patch_bias=c["patch_bias"],
-        conv_stem=c["conv_stem"], dtype=policy, name="patch_encoder")
+        conv_stem=c["conv_stem"], kernels=kernels, dtype=policy, name="patch_encoder")
     blocks = [
         TransformerBlock(
             c["num_heads"], c["mlp_dim"], dropout=c["dropout"], attention_dropout=c["attention_dropout"],
