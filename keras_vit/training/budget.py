@@ -6,11 +6,10 @@ run ends.
 evaluation steps after compilation; `plan_budget` turns those times into a
 `BudgetPlan`: how many steps fit once one validation pass per epoch, the
 final evaluation and saving are set aside.
-`TimeBudget`, a Keras callback, then drives the learning rate (linear
-warmup, then a cosine) over the *progress* of the run: the larger of the
-fraction of planned steps done and the fraction of the training time
-spent since the last re-plan. When the machine slows down, time leads, the cosine still
-reaches its end when the time is up, and training stops there.
+`TimeBudget`, a Keras callback, then drives the learning rate (linear warmup, then a
+cosine) over the *progress* of the run: the larger of the fraction of planned steps done
+and the fraction of the training time spent since the last re-plan. When the machine
+slows down, time leads, the cosine still ends when the time is up, and training stops.
 
 What a resumed budget means: the budget counts the training seconds of
 every session, as committed at each epoch end (`train_seconds` in the
@@ -223,7 +222,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.start = self.epoch_start = self.anchor = None
         self.epoch_first_step = done_steps
         self.paces = []  # (seconds per step, seconds outside the steps) of each epoch
-        self.calls = []  # (end time, step) of the epoch's train calls
+        self.calls = []  # see on_epoch_begin
         self.stopped_by_time = False
 
     def progress_step(self):
@@ -255,7 +254,7 @@ class TimeBudget(keras.callbacks.Callback):
             self.plan.epochs = math.ceil(self.plan.planned_steps / self.plan.steps_per_epoch)
             self.anchor = (now, self.step)
         self.epoch_start, self.epoch_first_step = now, self.step
-        self.calls = []  # (end time, step) of the epoch's train calls
+        self.calls = []  # (end time, step) of the epoch's first and last two train calls
 
     def _last_epoch_pace(self, now, steps):
         """(seconds per step, seconds outside the steps) of the epoch just
@@ -283,7 +282,7 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         # `batch` is the call's last step (steps_per_execution), past the epoch's end in its last call
         self.step = self.epoch_first_step + min(batch + 1, self.plan.steps_per_epoch)
-        self.calls.append((time.time(), self.step))
+        self.calls = self.calls[:1] + self.calls[1:][-1:] + [(time.time(), self.step)]
         if self.progress_step() >= self.plan.planned_steps:
             self.stopped_by_time = self.step < self.plan.planned_steps
             self.model.stop_training = True
