@@ -66,6 +66,24 @@ def xla_module(kernels):
     return module if module.available() else None
 
 
+def training_gelu(kernels, training):
+    """The exact-GELU kernel a layer with this `kernels` setting uses when
+    called with `training`: `tensorflow_xla.gelu_exact` (one XLA pass
+    forward and one backward) in training with "xla" on TensorFlow; else
+    None, and the caller uses its plain op (inference graphs keep it, for
+    grappler's fusion and TFLite's builtin GELU).
+
+    Example:
+    >>> training_gelu("plain", True) is None and training_gelu("xla", False) is None
+    True
+    """
+    if isinstance(training, bool) and training:  # a symbolic flag takes the plain (differentiable) op
+        module = xla_module(kernels)
+        if module is not None:
+            return module.gelu_exact
+    return None
+
+
 def normalizes_last_axis(norm, rank):
     """Whether `norm` is a `keras.layers.LayerNormalization` over the last
     axis of a rank-`rank` input, with gamma and beta and not RMS scaling:

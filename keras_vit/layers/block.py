@@ -4,7 +4,7 @@
 import keras
 from keras import ops
 
-from keras_vit.kernels import apply_dense, apply_norm, resolve_kernels, torch_module, xla_module
+from keras_vit.kernels import apply_dense, apply_norm, resolve_kernels, torch_module, training_gelu
 from keras_vit.layers.attention import MultiHeadSelfAttention
 from keras_vit.layers.norm import layer_norm
 from keras_vit.utils.validation import check_choice, check_rate
@@ -263,11 +263,8 @@ class TransformerBlock(keras.layers.Layer):
         element-wise ops over the MLP's widest tensor. Otherwise, and always
         at inference, `ACTIVATIONS` (grappler fuses the GELU with the matmul
         and TFLite converts it to its builtin GELU)."""
-        if self.activation == "gelu" and isinstance(training, bool) and training:
-            kernels = xla_module(self.kernels)
-            if kernels is not None:
-                return kernels.gelu_exact(h)
-        return ACTIVATIONS[self.activation](h)
+        fast = training_gelu(self.kernels, training) if self.activation == "gelu" else None
+        return (fast or ACTIVATIONS[self.activation])(h)
 
     def compute_output_shape(self, input_shape):
         return input_shape

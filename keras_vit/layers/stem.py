@@ -10,7 +10,7 @@ epoch than one large patchify convolution.
 import keras
 from keras import ops
 
-from keras_vit.kernels import resolve_kernels, xla_module
+from keras_vit.kernels import resolve_kernels, training_gelu
 from keras_vit.layers.norm import LayerNorm
 from keras_vit.utils.validation import pair
 
@@ -99,12 +99,11 @@ class ConvStem(keras.layers.Layer):
             norm.build(shape)
 
     def call(self, images, training=None):
-        # The XLA GELU in training only: inference keeps the plain op (TFLite's builtin GELU).
-        kernels = xla_module(self.kernels) if isinstance(training, bool) and training else None
+        fast = training_gelu(self.kernels, training)
         x = images
         for conv, norm in zip(self.convs, self.norms):
             x = norm(conv(x), training=training)
-            x = ops.gelu(x, approximate=False) if kernels is None else kernels.gelu_exact(x)
+            x = ops.gelu(x, approximate=False) if fast is None else fast(x)
         return x
 
     def compute_output_shape(self, input_shape):
