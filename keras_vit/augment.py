@@ -1,8 +1,11 @@
 """Training augmentation made of Keras preprocessing layers only: named
-strengths (`AUGMENTATIONS`, the one list of their names), `augmentation_options`
-and `build_augmentation`, a function on batches of float pixels in [0, 255]
-and one-hot labels. TensorFlow is imported when an augmentation is built,
-so the names can be read without it."""
+strengths (`AUGMENTATIONS`, the one list of their names), `augmentation_options`,
+`build_augmentation`, a function on batches of float pixels in [0, 255]
+and one-hot labels, and `augment_batches`, which maps it over a batched
+`tf.data.Dataset` with a seed of its own for each batch, so that a seeded
+run augments the same way however many cores run the map. TensorFlow is
+imported when an augmentation is built, so the names can be read without
+it."""
 
 from keras_vit.utils.validation import check_choice, check_rate, pair
 
@@ -93,13 +96,19 @@ def build_augmentation(image_size, num_classes, *, flip=False, crop_padding=0.0,
         seed: optional int for the layers' random generators.
 
     Returns:
-        A function `(images, labels) -> (images, labels)` on batches of
-        float pixels in [0, 255]; labels must be one-hot when MixUp or
-        CutMix is on.
+        A function `(images, labels, seed=None) -> (images, labels)` on
+        batches of float pixels in [0, 255]; labels must be one-hot when
+        MixUp or CutMix is on. Without `seed`, the layers draw from their
+        own random generators, whose state every call advances. With
+        `seed`, a (2,) integer tensor, every random draw is a stateless
+        function of it: the same batch and seed give the same result in any
+        order and on any thread (`augment_batches` gives each batch one).
 
     Example:
+    >>> import tensorflow as tf
     >>> augment = build_augmentation(16, 10, flip=True, mixup=0.2)
     >>> x, y = augment(tf.zeros((4, 16, 16, 3)), tf.one_hot([1, 2, 3, 4], 10))
+    >>> a, _ = augment(tf.random.uniform((4, 16, 16, 3)), tf.one_hot([1, 2, 3, 4], 10), seed=tf.constant([7, 0]))
     """
     height, width = pair(image_size, "image_size")
     for name, value in (("crop_padding", crop_padding), ("translate", translate),
@@ -164,25 +173,88 @@ def _augment_fn(steps, mixers, num_classes, seed):
 
     rng = tf.random.Generator.from_seed(seed or 0) if len(mixers) == 2 else None
 
-    def augment(images, labels):
+    def augment(images, labels, seed=None):
         images = tf.cast(images, "float32")
-        for layer in steps:
-            images = layer(images, training=True)
+        for index, layer in enumerate(steps):
+            images = _call_seeded(layer, seed, index, images)
         if mixers and (labels.shape.rank != 2 or labels.shape[-1] != num_classes):
             raise ValueError(
                 "MixUp and CutMix need one-hot labels of shape (batch, num_classes); use "
                 f"label_mode='categorical'. Received labels of shape {labels.shape}."
             )
 
-        def mix(layer):
-            out = layer({"images": images, "labels": labels}, training=True)
+        def mix(index):
+            out = _call_seeded(mixers[index], seed, len(steps) + index, {"images": images, "labels": labels})
             return tf.cast(out["images"], "float32"), tf.cast(out["labels"], "float32")
 
         if len(mixers) == 2:
-            images, labels = tf.cond(
-                rng.uniform(()) < 0.5, lambda: mix(mixers[0]), lambda: mix(mixers[1]))
+            coin = rng.uniform(()) if seed is None else tf.random.stateless_uniform(
+                (), seed=tf.random.experimental.stateless_fold_in(seed, len(steps) + 2))
+            images, labels = tf.cond(coin < 0.5, lambda: mix(0), lambda: mix(1))
         elif mixers:
-            images, labels = mix(mixers[0])
+            images, labels = mix(0)
         return tf.clip_by_value(images, 0.0, 255.0), labels
 
+    augment.takes_batch_seed = True
     return augment
+
+
+def _call_seeded(layer, seed, salt, data):
+    """``layer(data, training=True)``; with a batch `seed`, every random
+    draw of the layer is a fold of (`seed`, `salt`, the draw's number) for
+    the one call. Keras' random preprocessing layers take each draw's seed
+    from their `_get_seed_generator()` (a stateful counter, or for
+    RandAugment the generator its sub-layers draw from too); the call is
+    traced once by tf.data, so the generator is swapped for the trace."""
+    if seed is None or not hasattr(layer, "_get_seed_generator"):
+        return layer(data, training=True)
+    import tensorflow as tf
+
+    draws = _folded_draws(tf.random.experimental.stateless_fold_in(seed, salt))
+    object.__setattr__(layer, "_get_seed_generator", lambda backend=None: draws)  # bypasses Layer tracking
+    try:
+        return layer(data, training=True)
+    finally:
+        object.__delattr__(layer, "_get_seed_generator")
+
+
+def _folded_draws(seed):
+    """A `keras.random.SeedGenerator` without state: its n-th draw is
+    `seed` folded with n."""
+    import keras
+    import tensorflow as tf
+
+    class FoldedDraws(keras.random.SeedGenerator):
+        def __init__(self):  # no state variable: each draw is a function of `seed`
+            self.draws = 0
+
+        def next(self, ordered=True):
+            self.draws += 1
+            return tf.random.experimental.stateless_fold_in(seed, self.draws)
+
+    return FoldedDraws()
+
+
+def augment_batches(batches, augment, seed=None):
+    """`batches` (a batched `tf.data.Dataset` of (images, labels)) mapped
+    by `augment` in parallel. A function from `build_augmentation` gets a
+    seed of its own for each batch, drawn from `seed` and drawn again on
+    each pass over the data: with an int `seed` the augmented batches of
+    every epoch are the same on every run, however many threads run the
+    map. Any other function is mapped as it is.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> batches = tf.data.Dataset.from_tensor_slices((tf.zeros((8, 16, 16, 1)), tf.zeros((8,)))).batch(4)
+    >>> augmented = augment_batches(batches, build_augmentation(16, 10, translate=0.1), seed=0)
+    >>> [tuple(x.shape) for x, _ in augmented]
+    [(4, 16, 16, 1), (4, 16, 16, 1)]
+    """
+    import tensorflow as tf
+
+    if not getattr(augment, "takes_batch_seed", False):
+        return batches.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return tf.data.Dataset.zip(batches, seeds).map(
+        lambda batch, draw: augment(*batch, seed=tf.stack([draw, tf.constant(0, tf.int64)])),
+        num_parallel_calls=tf.data.AUTOTUNE)

@@ -27,7 +27,7 @@ import os
 import tensorflow as tf
 
 from keras_vit import preprocessing
-from keras_vit.augment import AUGMENTATIONS, augmentation_options, build_augmentation  # noqa: F401 (public here too)
+from keras_vit.augment import AUGMENTATIONS, augment_batches, augmentation_options, build_augmentation  # noqa: F401 (public here too)
 from keras_vit.preprocessing import INTERPOLATIONS, RESIZE_MODES, ImageSettings
 from keras_vit.sources import SPLIT_FOLDERS, array_splits, digits, folder_splits, read_npz, tfds_splits
 from keras_vit.utils.validation import check_choice, check_class_names, check_positive_int, pair, strict_keywords
@@ -289,5 +289,5 @@ def _pipeline(ds, split, settings, num_classes, label_mode, batch_size, cache, s
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if split == "train" and augment_fn is not None:
-        ds = ds.map(augment_fn, num_parallel_calls=AUTOTUNE)
+        ds = augment_batches(ds, augment_fn, seed)
     return ds.prefetch(AUTOTUNE).with_options(PIPELINE_OPTIONS), count if count >= 0 else None

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_vit.data import build_augmentation, load_data
+from keras_vit.data import augment_batches, build_augmentation, load_data
 
 
 def batches(ds):
@@ -85,6 +85,37 @@ def test_augmentation_mixes_one_hot_labels():
     assert float(tf.reduce_min(out_x)) >= 0 and float(tf.reduce_max(out_x)) <= 255
     np.testing.assert_allclose(tf.reduce_sum(out_y, 1), np.ones(8), rtol=1e-5)
     assert np.any(np.max(out_y, 1) < 0.999)  # some labels were mixed
+
+
+@pytest.mark.parametrize("name", ["digits", "strong"])
+def test_a_batch_seed_decides_the_augmentation_alone(name):
+    from keras_vit.augment import augmentation_options
+
+    augment = build_augmentation(16, 10, seed=0, **augmentation_options(name))
+    images = tf.random.uniform((8, 16, 16, 3), 0, 255, seed=1)
+    labels = tf.one_hot(tf.range(8), 10)
+    first = augment(images, labels, seed=tf.constant([3, 0]))
+    other = augment(images, labels, seed=tf.constant([4, 0]))
+    augment(images, labels)  # the layers' own generators move on
+    again = augment(images, labels, seed=tf.constant([3, 0]))
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(first[0], other[0])
+
+
+def test_seeded_pipelines_augment_alike_and_differ_by_epoch_and_seed():
+    def epochs(seed, count=2):
+        batches = tf.data.Dataset.from_tensor_slices(
+            (np.random.default_rng(2).uniform(0, 255, (32, 16, 16, 1)).astype("float32"),
+             tf.one_hot(tf.range(32) % 10, 10))).batch(8)
+        ds = augment_batches(batches, build_augmentation(16, 10, translate=0.2, rotate=0.1, mixup=0.2), seed)
+        return [np.concatenate([x.numpy() for x, _ in ds]) for _ in range(count)]
+
+    first, second = epochs(0), epochs(0)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    assert not np.allclose(first[0], first[1])  # each pass draws new transformations
+    assert not np.allclose(first[0], epochs(1, count=1)[0])
 
 
 def test_named_augmentation_applies_to_train_only():

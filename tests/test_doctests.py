@@ -20,6 +20,7 @@ MODULES = (
     "keras_vit.models.backbone",
     "keras_vit.models.classifier",
     "keras_vit.models.lora",
+    "keras_vit.augment",
     "keras_vit.utils.validation",
     "keras_vit.utils.io",
     "keras_vit.utils.disk",

@@ -323,7 +323,7 @@ class ViTHyperModel(keras_tuner.HyperModel):
             epochs: epochs of this trial (defaults to `self.epochs`).
             callbacks: callbacks from the tuner.
         """
-        from keras_vit.data import augmentation_options, build_augmentation
+        from keras_vit.data import augment_batches, augmentation_options, build_augmentation
         from keras_vit.training import compile_model
 
         epochs = epochs or self.epochs
@@ -333,7 +333,7 @@ class ViTHyperModel(keras_tuner.HyperModel):
         train = x.unbatch().batch(batch_size).apply(tf.data.experimental.assert_cardinality(steps))
         options = augmentation_options(float(hp.get("augment")) or None)
         if options:
-            train = train.map(build_augmentation(self.image_size, self.num_classes, **options))
+            train = augment_batches(train, build_augmentation(self.image_size, self.num_classes, **options))
         total_steps = max(steps * epochs, 2)
         compile_model(
             model,
