@@ -46,6 +46,7 @@ import math
 import keras
 from keras import ops
 
+from keras_vit.kernels import normalizes_last_axis, plain_dense
 from keras_vit.layers.block import ACTIVATIONS, TransformerBlock
 from keras_vit.layers.norm import LayerNorm, centered_and_inv
 
@@ -135,18 +136,10 @@ class InferenceModel(keras.Model):
         return model
 
 
-def plain_dense(layer):
-    """Whether `layer` is a built, unquantized `keras.layers.Dense` without
-    activation, whose kernel and bias can be used directly."""
-    return (type(layer) is keras.layers.Dense and layer.built and layer.quantization_mode is None
-            and layer.activation is keras.activations.linear)
-
-
 def foldable(norm, dense):
     """Whether `fold` applies: a float32 `LayerNorm` over the last axis with
     gamma and beta, before a `plain_dense`."""
-    return (isinstance(norm, LayerNorm) and norm.axis in (-1, [-1]) and norm.center and norm.scale
-            and not getattr(norm, "rms_scaling", False) and norm.built and plain_dense(dense))
+    return isinstance(norm, LayerNorm) and norm.built and normalizes_last_axis(norm, 2) and plain_dense(dense)
 
 
 def fold(norm, rows, dense):

@@ -98,6 +98,22 @@ def normalizes_last_axis(norm, rank):
             and norm.center and norm.scale and not getattr(norm, "rms_scaling", False))
 
 
+def plain_dense(layer):
+    """Whether `layer` is a built, unquantized `keras.layers.Dense` (not a
+    subclass; LoRA included: its `kernel` carries the low-rank update)
+    without activation, so that ``rows @ kernel (+ bias)`` from its
+    variables is its output: what the native kernels and the inference
+    rewrites (`keras_vit.export.inference`) compute it with.
+
+    Example:
+    >>> layer = keras.layers.Dense(3)
+    >>> plain_dense(layer), layer.build((None, 2)), plain_dense(layer)
+    (False, None, True)
+    """
+    return (type(layer) is keras.layers.Dense and layer.built and layer.quantization_mode is None
+            and layer.activation is keras.activations.linear)
+
+
 def torch_module(kernels):
     """The PyTorch kernel module where `kernels` is "torch" and the backend
     is torch; else None (the caller uses plain ops).
@@ -125,7 +141,7 @@ def apply_dense(layer, rows, kernels):
     (4, 3)
     """
     native = torch_module(kernels)
-    if native is not None and native.applies(layer):
+    if native is not None and plain_dense(layer) and layer.bias is not None:
         return native.dense(layer, rows)
     return layer(rows)
 

@@ -24,7 +24,8 @@ page faults from both sides). What is left is Keras' own Python per step.
 Only the TransformerBlock and MultiHeadSelfAttention use them, only on the
 torch backend, only in layers constructed with ``kernels="torch"`` (the
 default there; see `keras_vit.kernels`), and only for a `keras.layers.Dense`
-that is built, unquantized, with a bias and without activation (any other
+that is built, unquantized, with a bias and without activation
+(`keras_vit.kernels.plain_dense`; any other
 Dense keeps its own call, as does a LayerNorm that is not a float32 one over
 the last axis with gamma and beta, or whose input is not float32). This
 module imports torch: `keras_vit.kernels.torch_module(kernels)` imports it
@@ -37,16 +38,9 @@ import keras
 import torch
 
 
-def applies(layer):
-    """Whether `dense` can compute `layer`: a built, unquantized
-    `keras.layers.Dense` with a bias and no activation (LoRA included: its
-    `kernel` carries the low-rank update)."""
-    return (isinstance(layer, keras.layers.Dense) and layer.built and layer.quantization_mode is None
-            and layer.bias is not None and layer.activation is keras.activations.linear)
-
-
 def dense(layer, rows):
-    """``layer(rows)`` for 2-D `rows`, as one ``addmm``. Called inside the
+    """``layer(rows)`` for 2-D `rows`, as one ``addmm``, for a
+    `keras_vit.kernels.plain_dense` layer with a bias. Called inside the
     call of the layer that owns `layer` (whose autocast scope gives the
     variables in the compute dtype under mixed precision), not the Dense's
     own; `rows` are cast to the kernel's dtype.
