@@ -6,7 +6,9 @@ The Ti-like configuration (`CONFIGS["ti"]`: 32 px, patch 4, width 192, depth
 backend runs in its own fresh process (``--child jax`` / ``--child torch``);
 in it every contender is built and warmed up, then timed in turns (A B C ...)
 for `--repeats` rounds of `--steps` calls each, so that the noise of a shared
-machine hits them alike; the table gives the median images per second.
+machine hits them alike: the inference rows first, then the training rows,
+the order turning by one each round (a call right after a training step runs
+slower); the table gives the median images per second.
 
 JAX (every step `jax.jit`-compiled):
   * `predict_on_batch` of `build_vit` (compiled with `jit_compile=True`)
@@ -51,16 +53,29 @@ def _timed(step, steps, batch_size):
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def is_training(name):
+    """Whether the row named `name` times a training step."""
+    return "train" in name or name.endswith("step")
+
+
 def _rounds(contenders, steps, repeats, batch_size, log):
-    """Times every contender in turns; returns {name: median img/s}."""
+    """Times every contender in turns; returns {name: median img/s}.
+
+    Inference and training rows are timed as two groups, one after the
+    other, and the order within a group turns by one each round: a call
+    right after a training step runs slower (measured on JAX: a
+    `predict_on_batch` timed after a train step, 284 img/s, the same
+    after another prediction, 323), so no row may always follow one."""
     for step in contenders.values():  # compilation and a warm call
         step()
         step()
     rates = {name: [] for name in contenders}
-    for round_ in range(repeats):
-        for name, step in contenders.items():
-            rates[name].append(_timed(step, steps, batch_size))
-        log(f"   round {round_ + 1}: " + ", ".join(f"{n} {r[-1]:,.0f}" for n, r in rates.items()))
+    for group in ([n for n in contenders if not is_training(n)], [n for n in contenders if is_training(n)]):
+        for round_ in range(repeats):
+            turn = group[round_ % len(group):] + group[:round_ % len(group)]
+            for name in turn:
+                rates[name].append(_timed(contenders[name], steps, batch_size))
+            log(f"   round {round_ + 1}: " + ", ".join(f"{n} {rates[n][-1]:,.0f}" for n in group))
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
@@ -191,7 +206,7 @@ def table(results):
         rates = result["img_s"]
         predict_base, train_base = (rates.get(b) for b in baselines[result["backend"]])
         for name, rate in rates.items():
-            base = train_base if "train" in name or name.endswith("step") else predict_base
+            base = train_base if is_training(name) else predict_base
             lines.append(f"| {result['backend']} | {name} | {rate:,.0f} | {rate / base:.2f}× |")
     return "\n".join(lines) + "\n"
 
