@@ -138,7 +138,8 @@ def load_data(
             validation where the source has no validation split.
         test_split: fraction held out for testing where the source has no
             test split (taken first, so it never overlaps the others).
-        seed: int seed of the splits and shuffles.
+        seed: int seed of the splits, the shuffles and the augmentation's
+            per-batch seeds (`augment_batches`).
         augment: None, a name from `AUGMENTATIONS`, a strength in [0, 1],
             a dict of `build_augmentation` options, or a function
             `(images, labels) -> (images, labels)` on batches. Applied to

@@ -133,7 +133,7 @@ class Recipe:
     run_dir: str = _field(None, RUN, "run directory (default: runs/<dataset>-<recipe>)", str)
     resume: object = _field("auto", RUN, "'auto' resumes a matching run, True requires one, False restarts",
                             None, ("auto", True, False))
-    seed: int = _field(0, RUN, "seed of the splits, shuffles and initial weights", int)
+    seed: int = _field(0, RUN, "seed of the splits, shuffles, augmentation and initial weights", int)
     verbose: object = _field("auto", RUN, "Keras progress output", int, ("auto", 0, 1, 2))
     time_budget: object = _field(
         None, RUN, "train the best model that fits in this time (seconds, or e.g. 90s, 10m, 2h): the step time is "
