@@ -252,6 +252,8 @@ def augment_batches(batches, augment, seed=None):
     """
     import tensorflow as tf
 
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
+        raise ValueError(f"`seed` must be None or an int from 0 to 2**63 - 1. Received: seed={seed!r}")
     if not getattr(augment, "takes_batch_seed", False):
         return batches.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
