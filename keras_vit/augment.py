@@ -7,7 +7,7 @@ run augments the same way however many cores run the map. TensorFlow is
 imported when an augmentation is built, so the names can be read without
 it."""
 
-from keras_vit.utils.validation import check_choice, check_rate, pair
+from keras_vit.utils.validation import check_choice, check_rate, check_seed, pair
 
 # Named augmentation strengths: keyword arguments of `build_augmentation`.
 AUGMENTATIONS = {
@@ -252,8 +252,7 @@ def augment_batches(batches, augment, seed=None):
     """
     import tensorflow as tf
 
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
-        raise ValueError(f"`seed` must be None or an int from 0 to 2**63 - 1. Received: seed={seed!r}")
+    check_seed(seed, allow_none=True)
     if not getattr(augment, "takes_batch_seed", False):
         return batches.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)

@@ -30,7 +30,8 @@ from keras_vit import preprocessing
 from keras_vit.augment import AUGMENTATIONS, augment_batches, augmentation_options, build_augmentation  # noqa: F401 (public here too)
 from keras_vit.preprocessing import INTERPOLATIONS, RESIZE_MODES, ImageSettings
 from keras_vit.sources import SPLIT_FOLDERS, array_splits, digits, folder_splits, read_npz, tfds_splits
-from keras_vit.utils.validation import check_choice, check_class_names, check_positive_int, pair, strict_keywords
+from keras_vit.utils.validation import (check_choice, check_class_names, check_positive_int, check_seed, pair,
+                                       strict_keywords)
 
 AUTOTUNE = tf.data.AUTOTUNE
 # tf.data's autotuning thread is off: with TensorFlow 2.21, deleting an
@@ -226,8 +227,7 @@ def _check_load_args(batch_size, validation_split, test_split, seed, channels, l
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
         raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
     check_positive_int(shuffle_buffer, "shuffle_buffer")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32 - 1:
-        raise ValueError(f"`seed` must be an int. Received: seed={seed!r} (accepted: 0 to {2**32 - 2})")
+    check_seed(seed)
     for name, value in (("validation_split", validation_split), ("test_split", test_split)):
         if not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")

@@ -118,10 +118,10 @@ def test_seeded_pipelines_augment_alike_and_differ_by_epoch_and_seed():
     assert not np.allclose(first[0], epochs(1, count=1)[0])
 
 
-@pytest.mark.parametrize("seed", [1.5, "0", True, -1])
+@pytest.mark.parametrize("seed", [1.5, "0", True, -1, 2**32 - 1])
 def test_augment_batches_rejects_a_bad_seed_by_name(seed):
     batches = tf.data.Dataset.from_tensor_slices((np.zeros((4, 8, 8, 1), "float32"), np.zeros(4))).batch(2)
-    with pytest.raises(ValueError, match=r"`seed` must be None or an int .* Received: seed="):
+    with pytest.raises(ValueError, match=r"`seed` must be None or an int\. Received: seed=.* \(accepted: None, or 0 to 4294967294\)"):
         augment_batches(batches, build_augmentation(8, 10, translate=0.1), seed)
 
 

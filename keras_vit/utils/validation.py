@@ -101,6 +101,22 @@ def check_positive_int(value, name, minimum=1):
     return int(value)
 
 
+def check_seed(value, allow_none=False):
+    """Returns `value` if it is a seed the data pipelines take: an int from
+    0 to 2**32 - 2 (bools refused), or None where `allow_none`; else raises.
+
+    Example:
+    >>> check_seed(0), check_seed(None, allow_none=True)
+    (0, None)
+    """
+    if value is None and allow_none:
+        return None
+    if not _is_int(value) or not 0 <= value < 2**32 - 1:
+        what, accepted = ("None or an int", "None, or 0") if allow_none else ("an int", "0")
+        raise ValueError(f"`seed` must be {what}. Received: seed={value!r} (accepted: {accepted} to {2**32 - 2})")
+    return value
+
+
 def check_number(value, name, low=None, high=None, *, low_open=False, high_open=False):
     """Returns `value` as a float within [low, high] (open ends where asked).
 
