@@ -34,6 +34,11 @@ from keras_vit.utils.validation import (check_choice, check_class_names, check_p
                                        strict_keywords)
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Images of one size are converted and resized this many at a time, the same
+# numbers as one by one: the first pass over MNIST's training split (49,500
+# images to 32 px, batches of 128) took 1.27 s instead of 4.35 s, time that a
+# first epoch otherwise takes from the training steps on the same cores.
+PREPARE_BATCH = 1024
 # tf.data's autotuning thread is off: with TensorFlow 2.21, deleting an
 # autotuned iterator waits for that thread's current sleep, which grows with
 # the iterator's age (a 25 s old one took 15.9 s to delete here). Keras deletes
@@ -275,17 +280,22 @@ def _pipeline(ds, split, settings, num_classes, label_mode, batch_size, cache, s
         return None, 0
     shape = (*settings.image_size, settings.channels)
 
-    def prepare(image, label):
-        image = tf.ensure_shape(preprocessing.prepare(image, settings), shape)
+    def prepare(image, label):  # one image, or a batch (`image.shape` then has a leading axis)
+        image = tf.ensure_shape(preprocessing.prepare(image, settings), (*image.shape[:-3], *shape))
         label = tf.cast(label, "int32")
         if label_mode == "categorical":
             label = tf.one_hot(label, num_classes, dtype="float32")
         return image, label
 
-    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
+    count = int(ds.cardinality())
+    if ds.element_spec[0].shape.is_fully_defined():  # images of one size (arrays, most TFDS sets): in batches
+        ds = ds.batch(PREPARE_BATCH).map(prepare, num_parallel_calls=AUTOTUNE).unbatch()
+        if count >= 0:  # unbatch forgets it
+            ds = ds.apply(tf.data.experimental.assert_cardinality(count))
+    else:
+        ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
     if cache:
         ds = ds.cache(f"{cache}_{split}" if isinstance(cache, (str, os.PathLike)) else "")
-    count = int(ds.cardinality())
     if split == "train":
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)

@@ -75,6 +75,26 @@ def test_grayscale_to_rgb_and_pad_resize():
     np.testing.assert_array_equal(labels, np.tile([1.0, 0.0], (10, 1)))
 
 
+@pytest.mark.parametrize("resize", ["resize", "pad"])
+def test_images_of_one_size_are_prepared_in_batches_as_one_by_one(resize):
+    from keras_vit.data import PREPARE_BATCH
+    from keras_vit.preprocessing import ImageSettings, prepare
+
+    n = PREPARE_BATCH + 40  # a full preparation batch and a short one
+    x = np.random.default_rng(0).integers(0, 256, (n, 20, 28, 1)).astype("uint8")
+    train, _, test, info = load_data((x, np.arange(n) % 10), image_size=16, batch_size=64, channels=3,
+                                     resize=resize, validation_split=0.1, test_split=0.5)
+    settings = ImageSettings((16, 16), 3, resize_mode=resize)
+    one_by_one = {prepare(tf.constant(image), settings).numpy().tobytes() for image in x}
+    seen = 0
+    for images, _ in test:
+        for image in images.numpy():
+            assert image.tobytes() in one_by_one
+            seen += 1
+    assert seen == info.split_sizes["test"] > 500
+    assert int(train.cardinality()) == -(-info.split_sizes["train"] // 64)  # the count survives the batching
+
+
 def test_augmentation_mixes_one_hot_labels():
     augment = build_augmentation(16, 10, flip=True, crop_padding=0.125, rand_augment=0.5,
                                  mixup=0.8, cutmix=1.0, seed=1)

@@ -290,7 +290,8 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_is_a_clear_error_and_the_rerun_resumes_after_space_is_freed(small_disk):
     ballast = small_disk / "ballast"
-    ballast.write_bytes(b"\0" * (724 * 1024))  # leaves room for the first epoch, not for the run
+    ballast.write_bytes(b"\0" * (840 * 1024))  # leaves room for the first epoch, not for the run
+    # (here 800-880 KiB committed epoch 1 and then filled the disk; 760 committed both, 920 none)
     run_dir = small_disk / "run"
     args = cli("train", "--run-dir", run_dir, "--epochs", 2, *TINY, "--batch-size", 256)  # 6 steps an epoch
     full = run(args)

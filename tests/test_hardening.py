@@ -208,7 +208,7 @@ def test_corrupt_resume_state_names_the_file_and_restart_works(tmp_path, digits)
     train(tiny_model(), digits, epochs=1, run_dir=run, **plain)
     metadata = run / "backup" / "training_metadata.json"
     (run / "backup" / json.loads(metadata.read_text())["weights"]).write_bytes(b"garbage")
-    with pytest.raises(ValueError, match=r"The resume state .*epoch-0001.weights.h5 is corrupt .*--restart"):
+    with pytest.raises(ValueError, match=r"The resume state .*epoch-0001.npz is corrupt .*--restart"):
         train(tiny_model(), digits, epochs=2, run_dir=run, **plain)
     metadata.write_text('{"epo')
     with pytest.raises(ValueError, match=r"The resume state .*training_metadata.json is corrupt .*--restart"):

@@ -17,6 +17,7 @@ from keras_vit.training import (
     resolve_recipe,
     train,
 )
+from keras_vit.training.rundir import resume_variables
 from keras_vit.utils.io import atomic_path
 from tests.conftest import tiny_vit_kwargs
 
@@ -123,6 +124,57 @@ def test_rerun_resumes_from_the_backup_and_checks_the_config(tmp_path, digits):
                       jit_compile=False)
     assert restarted.initial_epoch == 0 and len(restarted.history) == 1
     assert len((run / "history.csv").read_text().splitlines()) == 2
+
+
+def _values(variables):
+    return [keras.ops.convert_to_numpy(v) for v in variables]
+
+
+def _restored(run, model):
+    """`model`, compiled, after the resume step of `train` (RunBackup.on_train_begin)."""
+    compile_model(model, jit_compile=False)
+    backup = RunBackup(run)
+    backup.set_model(model)
+    backup.on_train_begin()
+    return model
+
+
+def test_the_resume_state_restores_weights_optimizer_and_seeds_exactly(tmp_path, digits):
+    run = tmp_path / "run"
+    trained = train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0, jit_compile=False).model
+    state = RunBackup.read_state(run)
+    assert state["weights"] == "epoch-0001.npz" and sorted(p.name for p in (run / "backup").iterdir()) == [
+        "epoch-0001.npz", "training_metadata.json"]
+    # the finished run again: `train` resumes its model from the backup and only evaluates
+    resumed = train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0, jit_compile=False)
+    assert resumed.initial_epoch == 1
+    steps = int(keras.ops.convert_to_numpy(trained.optimizer.iterations))
+    assert steps > 0 and int(keras.ops.convert_to_numpy(resumed.model.optimizer.iterations)) == steps
+    expected = _values(resume_variables(trained))
+    assert len(expected) > 2 * len(trained.trainable_variables)  # the optimizer's moments too
+    for want, got in zip(expected, _values(resume_variables(resumed.model)), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # another model is refused, naming the file and --restart
+    with pytest.raises(ValueError, match=r"epoch-0001.npz is corrupt .*do not match.*--restart"):
+        _restored(run, build_vit(**{**DIGITS, "depth": 2}))
+
+
+def test_a_resume_state_written_as_keras_weights_still_resumes(tmp_path, digits):
+    # run directories written before the .npz resume state hold epoch-NNNN.weights.h5
+    run = tmp_path / "run"
+    trained = train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0, jit_compile=False).model
+    metadata = run / "backup" / "training_metadata.json"
+    state = json.loads(metadata.read_text())
+    (run / "backup" / state["weights"]).unlink()
+    trained.save_weights(run / "backup" / "epoch-0001.weights.h5")
+    metadata.write_text(json.dumps({**state, "weights": "epoch-0001.weights.h5"}))
+    resumed = train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0, jit_compile=False)
+    assert resumed.initial_epoch == 1  # finished: restored, then only evaluated
+    for want, got in zip(_values(resume_variables(trained)), _values(resume_variables(resumed.model)), strict=True):
+        np.testing.assert_array_equal(got, want)
+    result = train(tiny_model, digits, epochs=2, run_dir=run, seed=0, verbose=0, jit_compile=False)
+    assert result.initial_epoch == 1 and sorted(p.name for p in (run / "backup").iterdir()) == [
+        "epoch-0002.npz", "training_metadata.json"]
 
 
 def test_resume_true_needs_a_backup(tmp_path, digits):

@@ -10,9 +10,11 @@ import math
 import os
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from keras_vit.utils.io import atomic_path, new_figure, save_figure, write_csv, write_json
 from keras_vit.utils.ownership import RUN_DIR, claim_directory, owned_entries
@@ -46,13 +48,53 @@ def to_float(value):
 PLOT_EVERY_SECONDS = 20.0
 
 
+def resume_variables(model):
+    """The variables a resumed run needs, in a fixed order: the model's
+    (weights, non-trainable state, random seeds) and, once built, its
+    optimizer's (step count, moments, averages)."""
+    optimizer = getattr(model, "optimizer", None)
+    return [*model.variables, *(optimizer.variables if optimizer is not None and optimizer.built else ())]
+
+
+def save_resume_weights(model, path):
+    """Writes `resume_variables(model)` to one ``.npz`` file, atomically.
+
+    The per-epoch resume state: Keras' `save_weights` walks the whole object
+    graph in Python (0.12-0.2 s a save for the digits model here, about a
+    tenth of its epoch), this only reads each variable once. The values are
+    stored in order (``arr_0``, ...), with float types NumPy cannot store
+    (bfloat16) as float32; `load_resume_weights` reads them back into a
+    model built the same way."""
+    values = []
+    for variable in resume_variables(model):
+        value = np.asarray(keras.ops.convert_to_numpy(variable))
+        values.append(value.astype("float32") if value.dtype.kind == "V" or value.dtype.name == "bfloat16" else value)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, *values)
+
+
+def load_resume_weights(model, path):
+    """Assigns the values `save_resume_weights` wrote to `model`'s
+    `resume_variables`; a `ValueError` when the file does not match."""
+    variables = resume_variables(model)
+    with np.load(path, allow_pickle=False) as data:
+        values = [data[f"arr_{i}"] for i in range(len(data.files))]
+    shapes = [tuple(v.shape) for v in variables]
+    if shapes != [value.shape for value in values]:
+        raise ValueError(f"it holds {len(values)} arrays that do not match this model's {len(variables)} variables")
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
 class RunBackup(keras.callbacks.Callback):
     """The resume state of a run directory, which survives `kill -9` at any
     moment.
 
     At the end of each epoch it writes only what resuming needs and what
     changed: `best.keras` when the monitored metric improved, the weights
-    with the optimizer state under a new per-epoch name, then
+    with the optimizer state under a new per-epoch name (``epoch-NNNN.npz``,
+    `save_resume_weights`; a backup written as Keras' ``.weights.h5`` by
+    an earlier version still resumes), then
     `training_metadata.json` (epoch, weights file, history rows, best
     score), which is the commit point; then `history.csv`, and
     `history.png` when `PLOT_EVERY_SECONDS` have passed since it was last
@@ -101,8 +143,11 @@ class RunBackup(keras.callbacks.Callback):
             self.model.optimizer.build(self.model.trainable_variables)
         weights = Path(self.backup_dir) / state["weights"]
         try:
-            self.model.load_weights(weights)
-        except (OSError, ValueError, KeyError) as err:
+            if weights.suffix == ".npz":
+                load_resume_weights(self.model, weights)
+            else:  # a run directory written before the .npz resume state
+                self.model.load_weights(weights)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
             raise ValueError(_corrupt(weights, " ".join(str(err).split())[:200])) from None
         self.model._initial_epoch = self.restored_epoch = state["epoch"]
         self.history_rows = list(state["history"])
@@ -131,13 +176,12 @@ class RunBackup(keras.callbacks.Callback):
                 with atomic_path(checkpoints / "best.keras") as tmp:
                     self.model.save(tmp)
         backup = Path(self.backup_dir)
-        weights = f"epoch-{epoch + 1:04d}.weights.h5"
-        with atomic_path(backup / weights) as tmp:
-            self.model.save_weights(tmp)
+        weights = f"epoch-{epoch + 1:04d}.npz"
+        save_resume_weights(self.model, backup / weights)
         write_json(backup / "training_metadata.json", dict(
             epoch=epoch + 1, batch=0, weights=weights, history=self.history_rows,
             monitor=self.monitor, best=self.best))
-        for old in backup.glob("epoch-*.weights.h5"):
+        for old in backup.glob("epoch-*"):
             if old.name != weights:
                 old.unlink()
         if self.artifacts:
