@@ -54,6 +54,36 @@ def test_a_budget_too_small_to_train_is_refused_with_what_it_needs():
         plan_budget(10, 2, Speed(0.5, 0.2), steps_per_epoch=10, val_steps=3, test_steps=3)
 
 
+def test_the_speed_measurement_prepares_the_validation_batch_once():
+    import tensorflow as tf
+
+    from keras_vit.models import build_vit
+    from keras_vit.training.optim import compile_model
+    from keras_vit.training.speed import measure_speed
+
+    prepared = []
+
+    def count(image, label):  # counts the images the validation pipeline prepares
+        prepared.append(1)
+        return image, label
+
+    def prepare(image, label):
+        image, label = tf.py_function(count, [image, label], (tf.float32, tf.int32))
+        return tf.ensure_shape(image, (8, 8, 1)), tf.ensure_shape(label, ())
+
+    x, y = np.random.rand(64, 8, 8, 1).astype("float32"), np.arange(64, dtype="int32") % 10
+    train_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    val_ds = tf.data.Dataset.from_tensor_slices((x, y)).map(prepare).batch(8)
+    model = compile_model(build_vit(image_size=8, num_classes=10, channels=1, patch_size=4, hidden_dim=8, depth=1,
+                                    num_heads=2, mlp_dim=16), sparse_labels=True, label_smoothing=0.0,
+                          learning_rate=1e-3)
+    speed = measure_speed(model, train_ds, val_ds, min_steps=4, min_seconds=0.0)
+    # the evaluation steps it timed ran on one batch kept in memory (read
+    # ahead by an image or so): the time of a step, not of preparing its
+    # images again at every step (48 images, before)
+    assert speed.eval_step > 0 and 8 <= len(prepared) < 16
+
+
 def test_learning_rate_warms_up_then_follows_a_cosine_to_the_floor():
     plan = BudgetPlan(60, 110, 3, 40, 10, 50.0, 5.0, 0.1, 0.03)
     rates = [learning_rate_at(step, plan, 1e-3, 1e-5) for step in range(0, 111)]
