@@ -17,6 +17,7 @@ from keras_vit.layers.positions import renamed_in_config, renamed_interpolation
 from keras_vit.layers.stem import check_conv_stem
 from keras_vit.models.features import FeatureExtraction
 from keras_vit.models.lora import LoRA, quantized_layers, requantize
+from keras_vit.models.portable import PortableCompile
 from keras_vit.presets.folder import save_to_preset
 from keras_vit.presets.loaders import get_preset_loader
 from keras_vit.utils.validation import (MODEL_KEYWORDS, check_choice, check_keywords, check_positive_int, check_rate,
@@ -197,7 +198,7 @@ def _wire(parts, c):
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
-class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, keras.Model):
+class ViTBackbone(ChecksImages, FeatureExtraction, LoRA, PortableCompile, keras.Model):
     """The Vision Transformer encoder: images (B, H, W, C) to tokens (B, N, D).
 
     Token order is ``[class, registers, patches]``; the patches come row by

@@ -12,6 +12,7 @@ import keras
 from keras_vit.layers import POOLINGS, AttentionPooling, TokenPooling, layer_norm
 from keras_vit.models.backbone import ChecksImages, ViTBackbone
 from keras_vit.models.lora import check_lora_args, quantized_layers, requantize
+from keras_vit.models.portable import PortableCompile
 from keras_vit.presets.architectures import FROM_PRESET, HEAD_ARGS, vit_arguments
 from keras_vit.presets.folder import save_to_preset
 from keras_vit.presets.loaders import get_preset_loader
@@ -86,7 +87,7 @@ def _check_head(num_classes, pooling, representation_size, head_units, dropout,
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
-class ViTClassifier(ChecksImages, keras.Model):
+class ViTClassifier(ChecksImages, PortableCompile, keras.Model):
     """An image classifier: `ViTBackbone`, pooling, optional pre-logits or
     MLP head, and a float32 `head`.
 
