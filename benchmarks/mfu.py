@@ -272,8 +272,9 @@ def measure(cfg, contenders, jit_modes, repeats):
                 continue
             got = samples.summary((name, jit, mode))
             row[f"{mode}_images_per_s"] = None if name == "matmuls alone" else round(got["flops"] / per_image[mode], 1)
-            row[f"{mode}_mfu"] = round(got["mfu"], 3)
-            row[f"{mode}_cpu_mfu"] = round(got["cpu_mfu"], 3) if "cpu_mfu" in got else None
+            # three significant digits: a tiny model's MFU is well below 0.001 on a busy machine
+            row[f"{mode}_mfu"] = float(f"{got['mfu']:.3g}")
+            row[f"{mode}_cpu_mfu"] = float(f"{got['cpu_mfu']:.3g}") if "cpu_mfu" in got else None
             row[f"{mode}_flops_per_round"] = got["flops_per_round"]
         rows.append(row)
     return samples.peaks, rows

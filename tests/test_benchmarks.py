@@ -94,9 +94,9 @@ def test_mfu_has_a_backend_axis(tmp_path, backend):
     assert result["environment"]["backend"] == backend and result["gemm_peak_flops"] > 1e9
     # JAX compiled, torch eager: each backend's default way of running the model
     assert row["jit_compile"] is (backend == "jax")
-    # the tiny model's MFU can round to 0.0 (three decimals): its rates are what must be there
+    # the tiny model's MFU is far below 0.001 on a busy machine; it is kept to three significant digits
     assert row["train_images_per_s"] > 0 and row["infer_images_per_s"] > 0 and row["plain_infer_images_per_s"] > 0
-    assert 0 <= row["train_mfu"] < 1 and 0 <= row["infer_mfu"] < 1
+    assert 0 < row["train_mfu"] < 1 and 0 < row["infer_mfu"] < 1
     assert ceiling["contender"] == "matmuls alone" and ceiling["infer_mfu"] > 0
     assert f"Keras backend: {backend}." in out.with_suffix(".md").read_text()
 
