@@ -115,7 +115,8 @@ def test_a_20_second_budget_ends_within_it_evaluated_and_saved(tmp_path):
     out = proc.stdout
     assert out.index("Time budget 20 s:") < out.index("epoch 1/")  # the plan is shown before training
     history = (run / "history.csv").read_text().splitlines()
-    assert len(history) - 1 >= 2 and "train_seconds" in history[0]
+    # every epoch the plan held (two or more, unless a loaded machine's slow start-up left time for one)
+    assert len(history) - 1 >= min(2, record["plan"]["epochs"]) and "train_seconds" in history[0]
     assert (run / "model.keras").exists() and "accuracy" in json.loads((run / "metrics.json").read_text())["test"]
     last = dict(zip(history[0].split(","), history[-1].split(",")))
     assert float(last["learning_rate"]) < 0.1 * 2e-3  # the cosine reached its end
