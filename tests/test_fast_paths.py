@@ -420,6 +420,18 @@ def test_inference_model_follows_the_weights_and_reloads(tmp_path):
     np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)), atol=1e-5)
 
 
+@pytest.mark.parametrize("setting", ["auto", False])
+def test_inference_model_keeps_the_jit_compile_the_model_was_given(setting, tmp_path):
+    """"auto" stays "auto" in the inference model and its file, so the
+    backend that loads it decides (as for the classifier's own file)."""
+    model = _tiny()
+    model.compile(loss="sparse_categorical_crossentropy", jit_compile=setting)
+    fast = inference_model(model)
+    assert fast.jit_compile_setting == setting
+    fast.save(tmp_path / "fast.keras")
+    assert keras.saving.load_model(tmp_path / "fast.keras").get_compile_config()["jit_compile"] == setting
+
+
 def test_inference_model_of_a_backbone_and_of_a_mixed_precision_model():
     backbone = _tiny().backbone
     x = RNG.uniform(0, 255, (2, 16, 16, 3)).astype("float32")

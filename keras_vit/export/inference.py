@@ -49,6 +49,7 @@ from keras import ops
 from keras_vit.kernels import normalizes_last_axis, plain_dense
 from keras_vit.layers.block import ACTIVATIONS, TransformerBlock
 from keras_vit.layers.norm import LayerNorm, centered_and_inv
+from keras_vit.models.portable import PortableCompile
 
 INFERENCE_REWRITES = ("layer_norm_fold", "heads_first_attention")
 
@@ -103,8 +104,8 @@ def inference_model(model):
     rewrites = [r for r in INFERENCE_REWRITES if any(r in block.rewrites for block in blocks)]
     fast = InferenceModel(clone_model.input, clone_model.output, inference_rewrites=rewrites,
                           name=f"{model.name}_inference")
-    if model.compiled:  # the same jit_compile for predict
-        fast.compile(jit_compile=model.jit_compile)
+    if model.compiled:  # the same jit_compile for predict: "auto" stays "auto" (PortableCompile)
+        fast.compile(jit_compile=getattr(model, "jit_compile_setting", model.jit_compile))
     for attribute in ("class_names", "preprocessing", "outputs_logits"):  # what readers of a classifier look up
         if getattr(model, attribute, None) is not None:
             setattr(fast, attribute, getattr(model, attribute))
@@ -112,10 +113,12 @@ def inference_model(model):
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
-class InferenceModel(keras.Model):
+class InferenceModel(PortableCompile, keras.Model):
     """The functional model `inference_model` returns: a `keras.Model`
     whose config records `inference_rewrites`, the rewrites applied (a
-    list of `INFERENCE_REWRITES` entries)."""
+    list of `INFERENCE_REWRITES` entries). Compiled with the source
+    model's `jit_compile` as given: "auto" is saved as "auto"
+    (`PortableCompile`)."""
 
     def __init__(self, inputs, outputs, name=None, **kwargs):
         rewrites = kwargs.pop("inference_rewrites", ())
