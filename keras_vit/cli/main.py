@@ -107,6 +107,11 @@ def main(argv=None):
         print(f"keras-vit: error: the environment variable KERAS_BACKEND={backend!r} names no Keras backend; "
               f"accepted: {', '.join(KERAS_BACKENDS)} (or unset it: TensorFlow).", file=sys.stderr)
         return 2
+    if startup.wants_version(argv):  # without the seconds of loading TensorFlow
+        from keras_vit._install import __version__
+
+        print(f"keras-vit {__version__}")
+        return 0
     debug = startup.wants_debug(argv)
     startup.quiet_startup(debug)  # before anything imports Keras or TensorFlow
     with startup.warning_format(debug):

@@ -52,6 +52,18 @@ def wants_debug(argv=None):
     return False
 
 
+def wants_version(argv=None):
+    """Whether ``--version`` is among the global options (before the
+    command's name): the command answers it without importing Keras or
+    TensorFlow, which take seconds to load."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        if arg == "--version":
+            return True
+        if not arg.startswith("-"):
+            return False
+    return False
+
+
 def import_backend_quietly():
     """Imports Keras and TensorFlow with stderr captured at the
     file-descriptor level; replays what was captured if the import raises."""
