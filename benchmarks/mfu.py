@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from benchmarks.contenders import CONFIGS, CONTENDERS, build_contender
 from benchmarks.measure import Runner, make_batch
@@ -86,7 +87,8 @@ def matmul_fn():
 
 
 def _normal(shape, seed=0):
-    return keras.ops.convert_to_tensor(keras.random.normal(shape, seed=seed))
+    # drawn by numpy: keras.random on JAX compiles its generator for each shape (13 s of a tiny run)
+    return keras.ops.convert_to_tensor(np.random.default_rng(seed).standard_normal(shape, dtype="float32"))
 
 
 def _sync(values):
