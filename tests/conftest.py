@@ -53,11 +53,11 @@ def pytest_unconfigure(config):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    """Tests run two at a time (`pytest -n 2`), except those marked `quiet`
+    """Tests run three at a time (`pytest -n 3`), except those marked `quiet`
     (real time budgets, processes that heartbeat each other), which have the
     machine to themselves: every test holds a shared lock from the setup of
     its fixtures (module-scoped ones included) to their teardown; a quiet
-    test takes it exclusively, so the other worker waits before its next
+    test takes it exclusively, so the other workers wait before their next
     test. The turnstile lets a waiting quiet test in ahead of later tests,
     so that it is not starved."""
     quiet = item.get_closest_marker("quiet") is not None

@@ -78,10 +78,11 @@ def test_the_speed_measurement_prepares_the_validation_batch_once():
                                     num_heads=2, mlp_dim=16), sparse_labels=True, label_smoothing=0.0,
                           learning_rate=1e-3)
     speed = measure_speed(model, train_ds, val_ds, min_steps=4, min_seconds=0.0)
-    # the evaluation steps it timed ran on one batch kept in memory (read
-    # ahead by an image or so): the time of a step, not of preparing its
-    # images again at every step (48 images, before)
-    assert speed.eval_step > 0 and 8 <= len(prepared) < 16
+    # the evaluation steps it timed ran on one batch kept in memory (tf.data
+    # may read one batch ahead, more often on a busy machine): the time of a
+    # step, not of preparing its images again at every step (48 images or
+    # more, before)
+    assert speed.eval_step > 0 and 8 <= len(prepared) <= 16
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine_to_the_floor():
