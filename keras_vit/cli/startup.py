@@ -38,30 +38,28 @@ DEBUG_ENV = "KERAS_VIT_DEBUG"
 PROGRAM = "keras-vit"
 
 
+def global_options(argv=None):
+    """The arguments before the command's name (what follows is the
+    command's own), read before argparse, which needs modules that import
+    TensorFlow."""
+    args = sys.argv[1:] if argv is None else argv
+    command = next((i for i, arg in enumerate(args) if not arg.startswith("-")), len(args))
+    return list(args[:command])
+
+
 def wants_debug(argv=None):
     """Whether native logs should show: ``KERAS_VIT_DEBUG`` set (not 0), or
-    ``--debug`` among the global options, i.e. before the command's name
-    (read before argparse, which needs modules that import TensorFlow)."""
+    ``--debug`` among the `global_options`."""
     if os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off"):
         return True
-    for arg in sys.argv[1:] if argv is None else argv:
-        if arg == "--debug":
-            return True
-        if not arg.startswith("-"):  # the command: what follows is its own
-            return False
-    return False
+    return "--debug" in global_options(argv)
 
 
 def wants_version(argv=None):
-    """Whether ``--version`` is among the global options (before the
-    command's name): the command answers it without importing Keras or
-    TensorFlow, which take seconds to load."""
-    for arg in sys.argv[1:] if argv is None else argv:
-        if arg == "--version":
-            return True
-        if not arg.startswith("-"):
-            return False
-    return False
+    """Whether ``--version`` is among the `global_options`: the command
+    answers it without importing Keras or TensorFlow, which take seconds to
+    load."""
+    return "--version" in global_options(argv)
 
 
 def import_backend_quietly():
