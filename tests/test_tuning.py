@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import keras_tuner
 import pytest
@@ -153,6 +154,36 @@ def test_search_records_a_nan_trial_as_failed_and_goes_on(tmp_path):
         "print(m.count_params())"
     )
     assert int(reloaded.stdout.split()[-1]) == model.count_params()
+
+
+def test_a_trial_backup_never_commits_an_epoch_whose_best_checkpoint_was_not_written(tmp_path):
+    # A kill at any moment must leave a whole checkpoint of the best epoch the
+    # trial's backup has committed (the resumed search loads it as the best
+    # model). Here the checkpoint of epoch 2 cannot be written (its path has
+    # become a folder): the trial fails and its backup must still end at epoch 1.
+    import keras
+
+    from keras_vit.data import load_data
+    from keras_vit.tuning import make_tuner
+
+    train, validation, _, info = load_data("digits", 8, 64)
+    hypermodel = ViTHyperModel(8, 10, info.channels, fixed=TINY, train_size=info.split_sizes["train"])
+    search = make_tuner("random", hypermodel, objective="val_loss", max_trials=1, directory=tmp_path,
+                        project_name="search")
+
+    class BlockTheSecondCheckpoint(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                checkpoint = Path(search._get_checkpoint_fname("0"))
+                assert checkpoint.is_file()  # epoch 1's, whole
+                checkpoint.unlink()
+                (checkpoint / "blocked").mkdir(parents=True)
+
+    search.search(train, validation_data=validation, epochs=3, verbose=0, callbacks=[BlockTheSecondCheckpoint()])
+    (trial,) = search.oracle.trials.values()
+    assert trial.status == "FAILED"
+    assert _backup_epoch(tmp_path / "search" / "trial_0") == 1
+    assert not [p.name for p in (tmp_path / "search" / "trial_0").iterdir() if ".tmp-" in p.name]
 
 
 def _cli(tmp_path, *extra):

@@ -9,12 +9,14 @@ mode (`KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP`,
 `KERASTUNER_ORACLE_PORT`) spreads one search over several processes.
 """
 
+import functools
 import os
 import shutil
 
 import keras
 import keras_tuner
 import numpy as np
+from keras_tuner.src.engine.tuner_utils import SaveBestEpoch  # not re-exported (keras-tuner 1.4)
 
 from keras_vit.tuning.hypermodel import OBJECTIVES, TUNERS, ViTHyperModel, heads_name
 from keras_vit.utils.io import atomic_path, new_figure, remove_stale_temporaries, save_figure, write_csv, write_json
@@ -46,12 +48,35 @@ class _ResumableTuner:
         shutil.rmtree(os.path.join(trial_dir, "backup"), ignore_errors=True)
         return results
 
+    def _build_and_fit_model(self, trial, *args, **kwargs):
+        """Fits with KerasTuner's best-epoch checkpoint (`SaveBestEpoch`,
+        which it appends after our callbacks) written atomically and before
+        the backup commits the epoch, so that a kill at any moment leaves a
+        whole checkpoint of the best epoch the backup has committed (a kill
+        during its plain write left a half-written ``checkpoint.weights.h5``
+        that the resumed search could not load)."""
+        from keras_vit.training import RunBackup
+
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        for callback in callbacks:
+            if isinstance(callback, SaveBestEpoch):
+                callback._save_model = functools.partial(_save_checkpoint_atomically, callback)
+        backups = [c for c in callbacks if isinstance(c, RunBackup)]
+        callbacks = [c for c in callbacks if c not in backups] + backups
+        return super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
+
     def _best_row(self, rows):
         """The metrics of the best backed-up epoch, as KerasTuner takes them."""
         name = self.oracle.objective.name
         pick = min if self.oracle.objective.direction == "min" else max
         best = pick((r for r in rows if r.get(name) is not None), key=lambda r: r[name])
         return {k: v for k, v in best.items() if k not in ("epoch", "learning_rate")}
+
+
+def _save_checkpoint_atomically(checkpoint):
+    """`SaveBestEpoch._save_model` through the package's atomic writer."""
+    with atomic_path(checkpoint.filepath) as tmp:
+        checkpoint.model.save_weights(tmp)
 
 
 def make_tuner(kind, hypermodel, *, objective, max_trials, executions_per_trial=1,
