@@ -28,6 +28,10 @@ setup(
         # export.py writes metadata into .tflite flatbuffers (also a TensorFlow dependency).
         "flatbuffers>=23.5",
         "numpy>=1.26",
+        # ml_dtypes 0.7.0 takes 0.8-1.0 s to import here (its extension module; 0.6.0: 0.05-0.08 s), a
+        # cost every process that imports TensorFlow, JAX or Keras pays: each `keras-vit` command and
+        # each test subprocess. Its one addition, float8_e5m3fnu, is used by none of them.
+        "ml_dtypes>=0.5.4,<0.7",
         "pillow>=10",
         "matplotlib>=3.7",
         "scikit-learn>=1.3",
