@@ -60,7 +60,7 @@ class _ResumableTuner:
         callbacks = list(kwargs.pop("callbacks", None) or [])
         for callback in callbacks:
             if isinstance(callback, SaveBestEpoch):
-                callback._save_model = functools.partial(_save_checkpoint_atomically, callback)
+                callback._save_model = functools.partial(_save_checkpoint_atomically, callback, callback._save_model)
         backups = [c for c in callbacks if isinstance(c, RunBackup)]
         callbacks = [c for c in callbacks if c not in backups] + backups
         return super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
@@ -73,8 +73,13 @@ class _ResumableTuner:
         return {k: v for k, v in best.items() if k not in ("epoch", "learning_rate")}
 
 
-def _save_checkpoint_atomically(checkpoint):
-    """`SaveBestEpoch._save_model` through the package's atomic writer."""
+def _save_checkpoint_atomically(checkpoint, save_as_keras_tuner_does):
+    """`SaveBestEpoch._save_model` through the package's atomic writer; a
+    tf.distribute worker that must not checkpoint (not the chief) saves as
+    KerasTuner does, into a temporary folder it deletes."""
+    strategy = getattr(checkpoint.model, "distribute_strategy", None)
+    if keras.backend.backend() == "tensorflow" and strategy is not None and not strategy.extended.should_checkpoint:
+        return save_as_keras_tuner_does()
     with atomic_path(checkpoint.filepath) as tmp:
         checkpoint.model.save_weights(tmp)
 
