@@ -57,12 +57,12 @@ class _ResumableTuner:
         that the resumed search could not load)."""
         from keras_vit.training import RunBackup
 
-        callbacks = list(kwargs.pop("callbacks", None) or [])
+        callbacks = kwargs.pop("callbacks", None) or []
         for callback in callbacks:
-            if isinstance(callback, SaveBestEpoch):
+            # one checkpoint callback serves every execution of a trial: wrap it once
+            if isinstance(callback, SaveBestEpoch) and "_save_model" not in vars(callback):
                 callback._save_model = functools.partial(_save_checkpoint_atomically, callback, callback._save_model)
-        backups = [c for c in callbacks if isinstance(c, RunBackup)]
-        callbacks = [c for c in callbacks if c not in backups] + backups
+        callbacks = sorted(callbacks, key=lambda c: isinstance(c, RunBackup))  # stable: the backups last
         return super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
 
     def _best_row(self, rows):
