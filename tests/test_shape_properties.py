@@ -87,3 +87,13 @@ def test_build_vit_never_accepts_a_value_silently(name, value):
         return
     with pytest.raises(ValueError, match=f"`{name}`|{name}"):
         build_vit(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["qk_norm", "class_token", "use_qkv_bias", "final_norm"])
+@pytest.mark.parametrize("value", [0, 1, 0.0, 1.0, "True"])
+def test_switches_take_true_or_false_only(name, value):
+    # 0.0 == False in Python; a switch still refuses it (Hypothesis found
+    # qk_norm=0.0 building silently)
+    kwargs = dict(image_size=8, patch_size=4, num_classes=2, hidden_dim=8, depth=1, num_heads=2, mlp_dim=8)
+    with pytest.raises(ValueError, match=f"`{name}`: {value!r}. Accepted values: True, False"):
+        build_vit(**kwargs, **{name: value})

@@ -18,7 +18,7 @@ from keras import ops
 
 from keras_vit.kernels import apply_dense, resolve_kernels, torch_module
 from keras_vit.layers.norm import LayerNorm, layer_norm  # noqa: F401 - LayerNorm was defined here
-from keras_vit.utils.validation import check_rate
+from keras_vit.utils.validation import check_choice, check_rate
 
 
 def use_fused_attention(fused=None):
@@ -96,8 +96,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if fused not in (None, True, False):
-            raise ValueError(f"`fused` must be None, True or False. Received: fused={fused!r}")
+        check_choice(fused, "fused", (None, True, False))
         self.fused = use_fused_attention(fused)
         self.kernels = resolve_kernels(kernels)
         if not isinstance(num_heads, int) or num_heads <= 0:

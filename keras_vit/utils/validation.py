@@ -62,13 +62,12 @@ def check_choice(value, name, choices):
     >>> check_choice("gap", "pooling", ("cls", "gap", "map"))
     'gap'
     """
-    if isinstance(value, bool) and not any(isinstance(c, bool) for c in choices):
+    # a choice matches only a value of its own kind: True is not 1 and 0.0 is
+    # not False, though Python compares them equal
+    try:
+        valid = any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices)
+    except (TypeError, ValueError):  # values that do not compare to one truth (arrays)
         valid = False
-    else:
-        try:
-            valid = value in choices
-        except TypeError:  # unhashable values
-            valid = False
     if not valid:
         raise ValueError(
             f"Unknown `{name}`: {value!r}. Accepted values: "
