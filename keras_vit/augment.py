@@ -256,6 +256,9 @@ def augment_batches(batches, augment, seed=None):
     if not getattr(augment, "takes_batch_seed", False):
         return batches.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    return tf.data.Dataset.zip(batches, seeds).map(
-        lambda batch, draw: augment(*batch, seed=tf.stack([draw, tf.constant(0, tf.int64)])),
-        num_parallel_calls=tf.data.AUTOTUNE)
+
+    @tf.autograph.experimental.do_not_convert  # graph ops only (tf.cond): see data.py's `prepare`
+    def seeded(batch, draw):
+        return augment(*batch, seed=tf.stack([draw, tf.constant(0, tf.int64)]))
+
+    return tf.data.Dataset.zip(batches, seeds).map(seeded, num_parallel_calls=tf.data.AUTOTUNE)
