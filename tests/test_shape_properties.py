@@ -97,3 +97,12 @@ def test_switches_take_true_or_false_only(name, value):
     kwargs = dict(image_size=8, patch_size=4, num_classes=2, hidden_dim=8, depth=1, num_heads=2, mlp_dim=8)
     with pytest.raises(ValueError, match=f"`{name}`: {value!r}. Accepted values: True, False"):
         build_vit(**kwargs, **{name: value})
+
+
+def test_numpy_bools_are_bools_to_the_switches_and_not_numbers():
+    from keras_vit.utils.validation import check_choice
+
+    kwargs = dict(image_size=8, patch_size=4, num_classes=2, hidden_dim=8, depth=1, num_heads=2, mlp_dim=8)
+    assert build_vit(**kwargs, qk_norm=np.True_).backbone.blocks[0].attention.qk_norm
+    with pytest.raises(ValueError, match=r"`channels`: np.True_. Accepted values: 1, 3"):
+        check_choice(np.True_, "channels", (1, 3))

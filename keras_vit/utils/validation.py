@@ -9,6 +9,8 @@ import functools
 import importlib
 import inspect
 
+import numpy as np
+
 # What `keras.Model.__init__` takes besides our own arguments (and what
 # `get_config` adds to them).
 MODEL_KEYWORDS = ("name", "dtype", "trainable")
@@ -55,6 +57,9 @@ def pair(value, name):
     return tuple(int(v) for v in value)
 
 
+BOOLS = (bool, np.bool_)
+
+
 def check_choice(value, name, choices):
     """Returns `value` if it is one of `choices`, else raises.
 
@@ -63,9 +68,9 @@ def check_choice(value, name, choices):
     'gap'
     """
     # a choice matches only a value of its own kind: True is not 1 and 0.0 is
-    # not False, though Python compares them equal
+    # not False, though Python compares them equal (numpy's bool is a bool)
     try:
-        valid = any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices)
+        valid = any(value == c and isinstance(value, BOOLS) == isinstance(c, BOOLS) for c in choices)
     except (TypeError, ValueError):  # values that do not compare to one truth (arrays)
         valid = False
     if not valid:
