@@ -281,8 +281,8 @@ def _pipeline(ds, split, settings, num_classes, label_mode, batch_size, cache, s
     shape = (*settings.image_size, settings.channels)
 
     # tf.data would run AutoGraph over this and all it calls, rewriting their
-    # Python source each time a pipeline is built (seconds per run); they
-    # branch on tensors with tf.cond only, so the rewrite changes nothing
+    # Python source each time a pipeline is built (about half a CPU-second
+    # here); they branch on tensors with tf.cond only, so it changes nothing
     @tf.autograph.experimental.do_not_convert
     def prepare(image, label):  # one image, or a batch (`image.shape` then has a leading axis)
         image = tf.ensure_shape(preprocessing.prepare(image, settings), (*image.shape[:-3], *shape))

@@ -62,6 +62,8 @@ def test_a_stride_larger_than_the_patch_is_refused(p, extra):
 WRONG = st.one_of(st.booleans(), st.text(max_size=3), st.floats(allow_nan=True), st.just(None),
                   st.lists(st.integers(), max_size=2), st.integers(-3, 0))
 INT_ARGS = ("depth", "num_heads", "hidden_dim", "mlp_dim", "channels")
+# the smallest model `build_vit` builds: one block, an 8-px image
+SMALLEST = dict(image_size=8, patch_size=4, num_classes=2, hidden_dim=8, depth=1, num_heads=2, mlp_dim=8)
 
 
 @PROPERTY_SETTINGS
@@ -80,9 +82,7 @@ def test_build_vit_never_accepts_a_value_silently(name, value):
     }.get(name, lambda v: False)  # every WRONG value is wrong for the positive-int arguments
     if name in INT_ARGS and value is None:
         return  # None means "the preset's value" for the size arguments
-    kwargs = dict(image_size=8, patch_size=4, num_classes=2, hidden_dim=8, depth=1, num_heads=2,
-                  mlp_dim=8)
-    kwargs[name] = value
+    kwargs = {**SMALLEST, name: value}
     if accepted(value):
         return
     with pytest.raises(ValueError, match=f"`{name}`|{name}"):
@@ -94,15 +94,13 @@ def test_build_vit_never_accepts_a_value_silently(name, value):
 def test_switches_take_true_or_false_only(name, value):
     # 0.0 == False in Python; a switch still refuses it (Hypothesis found
     # qk_norm=0.0 building silently)
-    kwargs = dict(image_size=8, patch_size=4, num_classes=2, hidden_dim=8, depth=1, num_heads=2, mlp_dim=8)
     with pytest.raises(ValueError, match=f"`{name}`: {value!r}. Accepted values: True, False"):
-        build_vit(**kwargs, **{name: value})
+        build_vit(**{**SMALLEST, name: value})
 
 
 def test_numpy_bools_are_bools_to_the_switches_and_not_numbers():
     from keras_vit.utils.validation import check_choice
 
-    kwargs = dict(image_size=8, patch_size=4, num_classes=2, hidden_dim=8, depth=1, num_heads=2, mlp_dim=8)
-    assert build_vit(**kwargs, qk_norm=np.True_).backbone.blocks[0].attention.qk_norm
+    assert build_vit(**SMALLEST, qk_norm=np.True_).backbone.blocks[0].attention.qk_norm
     with pytest.raises(ValueError, match=r"`channels`: np.True_. Accepted values: 1, 3"):
         check_choice(np.True_, "channels", (1, 3))

@@ -57,7 +57,7 @@ def pair(value, name):
     return tuple(int(v) for v in value)
 
 
-BOOLS = (bool, np.bool_)
+_BOOLS = (bool, np.bool_)
 
 
 def check_choice(value, name, choices):
@@ -70,7 +70,7 @@ def check_choice(value, name, choices):
     # a choice matches only a value of its own kind: True is not 1 and 0.0 is
     # not False, though Python compares them equal (numpy's bool is a bool)
     try:
-        valid = any(value == c and isinstance(value, BOOLS) == isinstance(c, BOOLS) for c in choices)
+        valid = any(value == c and isinstance(value, _BOOLS) == isinstance(c, _BOOLS) for c in choices)
     except (TypeError, ValueError):  # values that do not compare to one truth (arrays)
         valid = False
     if not valid:
