@@ -17,7 +17,14 @@ turns that and the budget into `Recipe` fields:
   56 px, 20,000 images, 2 minutes, reached 98.30 % test with four, 97.72 %
   with 16 px patchify patches); larger images are resized to 128 px and
   cut into 16 px patches (32 px for short budgets). The finest grid that
-  can train at least `MIN_RUNG` is used.
+  can train at least `MIN_RUNG` is used. Small images are stretched, not
+  padded, and not enlarged further (MNIST, 2026-12-06, one
+  `keras-vit train` each): in 2 minutes 28 px zero-padded to 32 px reached
+  98.68 and 98.78 % test where stretched to 32 px it reached 98.90-99.00 %
+  (five runs); stretched to 40 px (a 5x5 grid) it reached 98.84-99.08 %
+  (three runs, 30 % fewer steps), and in 10 minutes 99.38 % (width 64,
+  the rung the planner picks at 40 px) and 99.18 % (width 128) against
+  99.40 % at 32 px.
 * model size: the widest and deepest rung of `MODEL_LADDER` that still
   sees the data `TARGET_EPOCHS` times in the budget, estimated from the
   model's matmul FLOPs and a sustained CPU rate
@@ -58,7 +65,9 @@ SMALLEST_RUNG = ((10_000, 0), (math.inf, 1))
 # 10.3, the run made 3) are fewer than this trains without augmentation: on
 # MNIST in 2 minutes, 98.36 % and 98.76 % test without it against 97.80 % and
 # 98.42 % with translations and rotations (two models). The 10-minute plan
-# (16 estimated, 12 made) keeps its augmentation.
+# (16 estimated, 12 made) keeps its augmentation; at half its strength
+# (shifts of 5 %, turns of 2 %) the 10-minute run reached the same 99.40 %
+# test and two 2-minute runs 98.92 and 99.00 % (2026-12-06).
 FEW_PASSES = 12
 # Passes over the data a run should make: small data sets need more.
 TARGET_EPOCHS = ((5_000, 100), (50_000, 40), (math.inf, 15))
@@ -361,7 +370,8 @@ TOOL_RULES = {
                      "on the earlier digits recipe (64 tokens) a quarter dropped cost 0.8 points of test accuracy at equal "
                      "epochs (98.06 % against 98.89 %), and a 16-token stem grid has too few tokens to drop",
     "ema_momentum": "an average of the weights; pays only when the run has many steps after the learning rate "
-                    "has decayed, which a cosine to zero over the budget does not leave",
+                    "has decayed, which a cosine to zero over the budget does not leave (MNIST, 10 minutes: "
+                    "99.32 % test with momentum 0.998 (2,949 steps, a slower spell) against 99.40 % without (3,657)",
 }
 
 
