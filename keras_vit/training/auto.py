@@ -71,19 +71,11 @@ SMALLEST_RUNG = ((10_000, 0), (math.inf, 1))
 FEW_PASSES = 12
 # Passes over the data a run should make: small data sets need more.
 TARGET_EPOCHS = ((5_000, 100), (50_000, 40), (math.inf, 15))
-# Training matmul FLOP/s a ViT of width 128 sustains per CPU core (float32,
-# no XLA, batch 128), between the two 2-core machines this project ran on:
-# 5.9e10 on the AMD one (width 128, depth 6, 25 tokens) and 4.3-4.7e10 on
-# the 2-vCPU Xeon (MNIST's 10-minute model, 127-141 ms a step). Narrower
-# models use the cores less well (width 96: 0.89 of it, width 64:
-# 0.57-0.68), hence `cpu_efficiency`. At the earlier 6e10 the planner gave
-# MNIST's 10-minute budget width 128 (9-12 passes); now width 96 (13-14).
-# On the Xeon (2026-12-06, `keras-vit train --time-budget 10m`, one after
-# another): width 128 reached 99.40, 99.26 and 99.24 % test (99.30 % on
-# average), width 96 99.46, 99.46, 99.36 and 99.42 % (99.43 %). MNIST's
-# 2- and 5-minute choices are unchanged; of `benchmarks.recipe_choices`,
-# one more moved: MNIST at 56 px (20,000 images, 10 minutes), from an 8x8
-# grid at width 64 to a 4x4 grid at width 128.
+# Training matmul FLOP/s a ViT of width 128 sustains per CPU core (float32, no
+# XLA, batch 128): 5.9e10 on the AMD 2-core machine, 4.3-4.7e10 on the 2-vCPU
+# Xeon; narrower models use the cores less well, hence `cpu_efficiency`. At
+# 6e10 MNIST's 10-minute budget got width 128: 99.40, 99.26, 99.24 % test on
+# the Xeon (2026-12-06); at 5e10 width 96: 99.46, 99.46, 99.36, 99.42, 99.40 %.
 SUSTAINED_FLOPS_PER_CORE = 5e10
 # The smallest model worth a finer grid: below it, a coarser grid is used.
 MIN_RUNG = (64, 6, 4)
@@ -296,6 +288,7 @@ def choose_recipe(shape, time_budget=None, cores=None):
         cores or os.cpu_count() or 1) * time_budget / (n_train * training_flops(
             image_size, patch_size, width, depth, stride=stride, conv_stem=stem_channels(width, stem) if stem else None))
     tools = budget_tools(image_size, patch_size, stride, passes)
+    # MNIST, 2 minutes, 2026-12-06: batch 64 98.70-98.82 %, 256 98.68-98.98 %, 128 98.64-99.04 % (3 runs each)
     batch_size = 128 if n >= 10_000 else 64 if n >= 2_000 else 32
     flips = (shape.probe or {}).get("flip_keeps_label")
     if flips is None:  # not probed, or the probe could not tell: one channel suggests shapes such as letters
