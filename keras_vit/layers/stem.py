@@ -69,7 +69,8 @@ class ConvStem(keras.layers.Layer):
             see `keras_vit.kernels`. With "xla" on TensorFlow the training
             passes of the LayerNorms and of the exact GELU run as XLA
             kernels, as in `TransformerBlock`: on the stem of the auto
-            recipe's MNIST model (32 px, [32, 64, 128]) they are as much
+            recipe's earlier 10-minute MNIST model (32 px, [32, 64, 128],
+            width 128) they are as much
             element-wise work as the whole transformer. Stored resolved in
             the config; every setting computes the same function.
 

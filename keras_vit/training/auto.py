@@ -24,7 +24,7 @@ turns that and the budget into `Recipe` fields:
   (five runs); stretched to 40 px (a 5x5 grid) it reached 98.84-99.08 %
   (three runs, 30 % fewer steps), and in 10 minutes 99.38 % (width 64,
   the rung the planner picks at 40 px) and 99.18 % (width 128) against
-  99.40 % at 32 px.
+  99.40 % at 32 px (width 128, the planner's choice then).
 * model size: the widest and deepest rung of `MODEL_LADDER` that still
   sees the data `TARGET_EPOCHS` times in the budget, estimated from the
   model's matmul FLOPs and a sustained CPU rate
