@@ -28,6 +28,7 @@ MODULES = (
     "keras_vit.utils.ownership",
     "keras_vit.training.budget",
     "keras_vit.training.auto",
+    "keras_vit.training.tools",
     "keras_vit.training.progressive",
     "keras_vit.training.probe",
     "keras_vit.presets.architectures",

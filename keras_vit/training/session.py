@@ -10,7 +10,7 @@ from pathlib import Path
 
 import keras
 
-from keras_vit.training.auto import tool_record
+from keras_vit.training.tools import tool_record
 from keras_vit.training.budget import plan_record, start_budget
 from keras_vit.training.distribute import get_strategy, prepare_multi_worker, set_precision, worker_info
 from keras_vit.training.optim import compile_model
