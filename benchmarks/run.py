@@ -61,6 +61,21 @@ def device_name():
     return "cpu"
 
 
+def cpu_name():
+    """The CPU's model name (Linux's /proc/cpuinfo, else `platform.processor()`),
+    so that results from different machines can be told apart."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def environment():
     """Versions and machine facts stored with every result."""
     info = {
@@ -69,6 +84,7 @@ def environment():
         "device": device_name(),
         "keras": keras.__version__,
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_name(),
         "load_average_start": os.getloadavg(),
         "python": sys.version.split()[0],
     }

@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.run import cpu_name, write_atomic
 from keras_vit.training.budget import parse_duration
 
 RESULTS = Path(__file__).parent / "results"
@@ -78,6 +79,7 @@ def run_budget(dataset, budget, run_dir, extra=()):
               f"d{config.get('depth')}",
         steps=plan["sessions"][-1]["last_step"] if plan else None,
         load=f"{load_before}-{round(os.getloadavg()[0], 2)}",  # 1-minute load average at the start and end
+        machine=f"{cpu_name()}, {os.cpu_count()} CPUs",
         tools={k: v.get("value") for k, v in plan["plan"].get("tools", {}).items()} if plan else None,
         # from the process start to the saved model, as the run measured it (the rest of `wall` is the exit)
         run_seconds=plan["sessions"][-1]["total_seconds"] if plan else None)
@@ -152,18 +154,25 @@ def main(argv=None):
             rows = [r for r in rows if key(r) != key(row)] + [row]
             verdicts += [verdict(row, goal, wall) for d, b, goal, wall in TARGETS
                          if args.targets and (d, b) == (dataset, budget)]
+    lines = write_results(rows, out)
+    print("\n".join(lines + verdicts))
+
+
+def write_results(rows, out):
+    """Writes the rows to `out`.json, a table to `out`.md and the plot to
+    `out`.png; returns the table's lines."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    lines = ["| data | backend | budget | wall s | test accuracy | epochs | steps | recipe | model | tools | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    write_atomic(out.with_suffix(".json"), json.dumps(rows, indent=1))
+    lines = ["| data | backend | budget | wall s | test accuracy | epochs | steps | recipe | model | tools | load | "
+             "machine |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (*curve(r), r["wall_seconds"])):
         lines.append(f"| {Path(r['dataset']).name} | {row_backend(r)} | {r['budget']} | {r['wall_seconds']} | "
                      f"{r['test_accuracy']:.4f} | "
                      f"{r['epochs']} | {r['steps']} | {r['recipe']} | {r['model']} | {tools_text(r)} | "
-                     f"{r.get('load', 'not recorded')} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+                     f"{r.get('load', 'not recorded')} | {r.get('machine', 'not recorded')} |")
+    write_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
     plot(rows, out.with_suffix(".png"))
-    print("\n".join(lines + verdicts))
+    return lines
 
 
 def verdict(row, goal, wall):
