@@ -3,14 +3,15 @@
 Two kinds of tests:
 
 * The matrix (`backend_independent`: it starts its own processes on every
-  backend, whatever backend pytest runs on, so CI runs it once). One process
-  per backend builds two tiny models, fits one for an epoch on numpy data
-  (with `jit_compile=True` on TensorFlow and JAX; eagerly on PyTorch, see
-  `JIT`), saves both as `.keras` and writes their predictions as `.npy`;
-  then one process per backend loads all six files and predicts (PyTorch
-  without `torch.compile`: see `READ`). The same
-  backend's reload (a fresh process) must match to 1e-6, another backend's
-  to 1e-5. Six processes in all, each batch of three run at once.
+  backend, whatever backend pytest runs on, so CI runs it once). Three
+  processes at once, one per backend: each builds two tiny models, fits one
+  for an epoch on numpy data (with `jit_compile=True` on TensorFlow and
+  JAX; eagerly on PyTorch, see `JIT`), saves both as `.keras` and writes
+  their predictions as `.npy`; then, once all three have written, it loads
+  all six files and predicts (PyTorch without `torch.compile`: see
+  `MATRIX`). A file read on its own backend must match to 1e-6, on another
+  backend to 1e-5. (A fresh process reloading a file of its own backend is
+  `tests/test_model.py`'s, on every backend.)
 * The rest run on the backend pytest runs on (`KERAS_BACKEND=jax python -m
   pytest tests/test_backends.py`): `train` with tf.data augmentation and
   EMA, `keras-vit train` under mixed precision, both on numpy data in full
@@ -40,40 +41,43 @@ MODELS = {
                                 pos_embedding="sincos", num_classes=3),
 }
 
-WRITE = """
-import json, sys
-import keras, numpy as np
-from keras_vit import build_vit
-from keras_vit.training import compile_model
-out, models, jit = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-backend = keras.backend.backend()
-rng = np.random.default_rng(0)
-x = rng.uniform(0, 255, (3, 16, 16, 3)).astype("float32")
-np.save(f"{out}/x.npy", x) if backend == "tensorflow" else None
-for name, kwargs in models.items():
-    keras.utils.set_random_seed(0)
-    model = build_vit(**kwargs)
-    if name == "fitted":
-        compile_model(model, jit_compile=jit, label_smoothing=0.0, ema_momentum=None)
-        train_x = rng.uniform(0, 255, (32, 16, 16, 3)).astype("float32")
-        train_y = np.eye(kwargs["num_classes"], dtype="float32")[rng.integers(0, kwargs["num_classes"], 32)]
-        history = model.fit(train_x, train_y, batch_size=8, epochs=1, verbose=0)
-        assert np.isfinite(history.history["loss"][0])
-    model.save(f"{out}/{name}-{backend}.keras")
-    np.save(f"{out}/{name}-{backend}.npy", keras.ops.convert_to_numpy(model.predict_on_batch(x)))
-"""
-
-READ = """
-import json, sys
+MATRIX = """
+import json, os, sys, time
 import keras, numpy as np
 import keras_vit  # registers the classes
-out, names, backends = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-x = np.load(f"{out}/x.npy")
+from keras_vit import build_vit
+from keras_vit.training import compile_model
+out, models, jit, backends = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+backend = keras.backend.backend()
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 255, (3, 16, 16, 3)).astype("float32")  # every backend draws the same input
+try:
+    for name, kwargs in models.items():
+        keras.utils.set_random_seed(0)
+        model = build_vit(**kwargs)
+        if name == "fitted":
+            compile_model(model, jit_compile=jit, label_smoothing=0.0, ema_momentum=None)
+            train_x = rng.uniform(0, 255, (32, 16, 16, 3)).astype("float32")
+            train_y = np.eye(kwargs["num_classes"], dtype="float32")[rng.integers(0, kwargs["num_classes"], 32)]
+            history = model.fit(train_x, train_y, batch_size=8, epochs=1, verbose=0)
+            assert np.isfinite(history.history["loss"][0])
+        model.save(f"{out}/{name}-{backend}.keras")
+        np.save(f"{out}/{name}-{backend}.npy", keras.ops.convert_to_numpy(model.predict_on_batch(x)))
+except BaseException:
+    open(f"{out}/{backend}.failed", "w").close()  # the other two stop waiting
+    raise
+open(f"{out}/{backend}.written", "w").close()
+deadline = time.time() + 600
+while not all(os.path.exists(f"{out}/{b}.written") for b in backends):
+    failed = [b for b in backends if os.path.exists(f"{out}/{b}.failed")]
+    if failed or time.time() > deadline:
+        sys.exit(f"no files to read: {failed or 'timed out'}")
+    time.sleep(0.2)
 # PyTorch reads uncompiled: the files fitted with jit_compile=True would
 # torch.compile there (33 s on CPU); test_fit_with_torch_compile is that path
-compile = keras.backend.backend() != "torch"
+compile = backend != "torch"
 errors = {}
-for name in names:
+for name in models:
     for writer in backends:
         model = keras.saving.load_model(f"{out}/{name}-{writer}.keras", compile=compile)
         got = keras.ops.convert_to_numpy(model.predict_on_batch(x))
@@ -95,10 +99,7 @@ def matrix(tmp_path_factory):
     """{reader backend: {"<model>/<writer backend>": max abs difference}}."""
     out = str(tmp_path_factory.mktemp("backends"))
     env = lambda b: {"KERAS_BACKEND": b, "TF_CPP_MIN_LOG_LEVEL": "3"}  # noqa: E731
-    # every writer draws the same input; TensorFlow's also saves it for the readers
-    _in_parallel([((["-c", WRITE, out, json.dumps(MODELS), json.dumps(JIT[b])],), dict(env=env(b)))
-                  for b in BACKENDS])
-    procs = _in_parallel([((["-c", READ, out, json.dumps(list(MODELS)), json.dumps(BACKENDS)],),
+    procs = _in_parallel([((["-c", MATRIX, out, json.dumps(MODELS), json.dumps(JIT[b]), json.dumps(BACKENDS)],),
                            dict(env=env(b))) for b in BACKENDS])
     result = {}
     for reader, proc in zip(BACKENDS, procs):
@@ -113,7 +114,7 @@ def matrix(tmp_path_factory):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_a_keras_file_loads_on_every_backend_with_the_same_outputs(matrix, name, writer, reader):
     # `fitted` was fitted on `writer` (jit_compile where it compiles), so a
-    # same-backend row is "fit, save, reload in a fresh process, predict"
+    # same-backend row is "fit, save, reload, predict"
     tolerance = 1e-6 if writer == reader else 1e-5
     assert matrix[reader][f"{name}/{writer}"] <= tolerance, matrix[reader]
 

@@ -9,11 +9,25 @@ import pytest
 from tests.conftest import run_python
 
 
-def test_suite_writes_json_and_markdown_with_memory(tmp_path):
-    run_python([
-        "-m", "benchmarks.run", "--configs", "tiny", "--contenders", "keras_vit",
-        "--jit", "off", "--repeats", "2", "--out", str(tmp_path),
-    ])
+@pytest.fixture(scope="module")
+def tensorflow_runs(tmp_path_factory):
+    """One TensorFlow process runs the suite (with the memory measurement)
+    and the MFU measurement on the tiny configuration, eagerly; returns
+    their output folder."""
+    out = tmp_path_factory.mktemp("benchmarks")
+    code = (
+        "from benchmarks import mfu, run\n"
+        f"run.main(['--configs', 'tiny', '--contenders', 'keras_vit', '--jit', 'off', '--repeats', '2',"
+        f" '--out', {str(out)!r}])\n"
+        f"mfu.main(['--configs', 'tiny', '--contenders', 'keras_vit', '--jit', 'off', '--repeats', '1',"
+        f" '--out', {str(out / 'mfu')!r}])\n"
+    )
+    run_python(code, timeout=600)
+    return out
+
+
+def test_suite_writes_json_and_markdown_with_memory(tensorflow_runs):
+    tmp_path = tensorflow_runs
     (json_file,) = tmp_path.glob("suite-*.json")
     payload = json.loads(json_file.read_text())
     (row,) = payload["rows"]
@@ -21,19 +35,6 @@ def test_suite_writes_json_and_markdown_with_memory(tmp_path):
     assert len(row["train_samples"]) == 2 and row["train_img_s"] > 0 and row["infer_img_cpu_s"] > 0
     assert row["peak_mb"] > 0, row
     assert "| tiny | False | keras_vit | 19,626 |" in json_file.with_suffix(".md").read_text()
-
-
-def test_jax_run_never_imports_tensorflow(tmp_path):
-    code = (
-        "import sys\n"
-        "from benchmarks.run import main\n"
-        f"main(['--configs', 'tiny', '--contenders', 'keras_vit', '--jit', 'on', '--repeats', '1',"
-        f" '--no-memory', '--out', {str(tmp_path)!r}])\n"
-        "print('TF_IMPORTED', 'tensorflow' in sys.modules)\n"
-    )
-    proc = run_python(code, env={"KERAS_BACKEND": "jax"})
-    assert "TF_IMPORTED False" in proc.stdout
-    assert list(tmp_path.glob("suite-jax-*.json"))
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,7 @@ def test_non_positive_repeats_are_refused(capsys):
     assert "--repeats must be a positive int, got 0" in capsys.readouterr().err
 
 
-def test_mfu_counts_flops_against_the_measured_gemm_peak(tmp_path):
+def test_mfu_counts_flops_against_the_measured_gemm_peak(tensorflow_runs):
     from benchmarks.contenders import CONFIGS
     from benchmarks.mfu import forward_flops, matmul_shapes
 
@@ -71,9 +72,7 @@ def test_mfu_counts_flops_against_the_measured_gemm_peak(tmp_path):
     # the ceiling times exactly the matmuls the count counts
     ti = CONFIGS["ti"]
     assert sum(2 * b * m * k * n for b, m, k, n in matmul_shapes(ti)) == ti.batch_size * forward_flops(ti)
-    out = tmp_path / "mfu"
-    run_python(["-m", "benchmarks.mfu", "--configs", "tiny", "--contenders", "keras_vit", "--jit", "off",
-                "--repeats", "1", "--out", str(out)], timeout=600)
+    out = tensorflow_runs / "mfu"
     result = json.loads(out.with_suffix(".json").read_text())
     row, ceiling = result["rows"]
     # a peak sample before the first measurement and after each: 3 modes and the 2 ceilings, one round
@@ -84,11 +83,7 @@ def test_mfu_counts_flops_against_the_measured_gemm_peak(tmp_path):
     assert "| tiny | keras_vit | off |" in out.with_suffix(".md").read_text()
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_mfu_has_a_backend_axis(tmp_path, backend):
-    out = tmp_path / "mfu"
-    run_python(["-m", "benchmarks.mfu", "--configs", "tiny", "--contenders", "keras_vit", "--repeats", "1",
-                "--out", str(out)], env={"KERAS_BACKEND": backend}, timeout=600)
+def _check_backend_mfu(out, backend):
     result = json.loads(out.with_suffix(".json").read_text())
     row, ceiling = result["rows"]
     assert result["environment"]["backend"] == backend and result["gemm_peak_flops"] > 1e9
@@ -99,6 +94,32 @@ def test_mfu_has_a_backend_axis(tmp_path, backend):
     assert 0 < row["train_mfu"] < 1 and 0 < row["infer_mfu"] < 1
     assert ceiling["contender"] == "matmuls alone" and ceiling["infer_mfu"] > 0
     assert f"Keras backend: {backend}." in out.with_suffix(".md").read_text()
+
+
+def test_jax_runs_the_suite_without_tensorflow_then_the_mfu(tmp_path):
+    """One JAX process runs the suite (XLA on), which never imports
+    TensorFlow, then the MFU measurement with its backend's defaults (whose
+    `inference_model` clones the model through Keras' serialization, which
+    imports TensorFlow where it is installed)."""
+    code = (
+        "import sys\n"
+        "from benchmarks import mfu, run\n"
+        f"run.main(['--configs', 'tiny', '--contenders', 'keras_vit', '--jit', 'on', '--repeats', '1',"
+        f" '--no-memory', '--out', {str(tmp_path)!r}])\n"
+        "print('TF_IMPORTED', 'tensorflow' in sys.modules)\n"
+        f"mfu.main(['--configs', 'tiny', '--contenders', 'keras_vit', '--repeats', '1', '--out', {str(tmp_path / 'mfu')!r}])\n"
+    )
+    proc = run_python(code, env={"KERAS_BACKEND": "jax"})
+    assert "TF_IMPORTED False" in proc.stdout
+    assert list(tmp_path.glob("suite-jax-*.json"))
+    _check_backend_mfu(tmp_path / "mfu", "jax")
+
+
+def test_mfu_has_a_backend_axis_on_torch(tmp_path):
+    out = tmp_path / "mfu"
+    run_python(["-m", "benchmarks.mfu", "--configs", "tiny", "--contenders", "keras_vit", "--repeats", "1",
+                "--out", str(out)], env={"KERAS_BACKEND": "torch"}, timeout=600)
+    _check_backend_mfu(out, "torch")
 
 
 def test_code_health_counts_code_lines_only(tmp_path):
