@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_python
+from tests.conftest import REPO, run_python
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def tensorflow_runs(tmp_path_factory):
         f"mfu.main(['--configs', 'tiny', '--contenders', 'keras_vit', '--jit', 'off', '--repeats', '1',"
         f" '--out', {str(out / 'mfu')!r}])\n"
     )
-    run_python(code, timeout=600)
+    run_python(code, timeout=600, cwd=str(REPO))  # from a source checkout, as the README says
     return out
 
 

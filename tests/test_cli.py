@@ -41,12 +41,9 @@ def test_no_command_prints_help_and_returns_2(capsys):
     assert all(command in out for command in COMMANDS)
 
 
-def test_the_benchmark_suite_runs_from_the_source_tree_not_the_package(tmp_path):
-    from tests.conftest import run_python
-
-    run_python(["-m", "benchmarks.run", "--configs", "tiny", "--contenders", "keras_vit", "--repeats", "1",
-                "--jit", "off", "--no-memory", "--out", str(tmp_path)], cwd=str(REPO))
-    assert list(tmp_path.glob("*.md")) and list(tmp_path.glob("*.json"))
+def test_the_package_never_reaches_for_the_benchmarks_folder():
+    # the suite runs from a source checkout (tests/test_benchmarks.py runs it
+    # from the repository's root); the package never imports it
     package = REPO / "keras_vit"
     assert not any("benchmarks" in p.read_text() and "sys.path" in p.read_text() for p in package.rglob("*.py"))
 
