@@ -67,18 +67,19 @@ def test_bad_dataset_is_a_clear_error(tmp_path, capsys):
     assert "keras-vit train: error: The image folder does not exist" in err
 
 
-def test_tiny_run_with_a_config_file(tmp_path):
+def test_tiny_run_with_a_config_file(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text("epochs: 1\nhidden-dim: 16\nlearning_rate: 0.003\naugment: none\n")  # no augmentation: quick
     run = tmp_path / "run"
-    proc = run_python(cli("--config", str(config), "--run-dir", str(run), *TINY), timeout=600)
+    assert main(["train", "--config", str(config), "--run-dir", str(run), *TINY]) == 0
+    stdout = capsys.readouterr().out
     saved = json.loads((run / "config.json").read_text())
     # the digits recipe's split: 1,437 images left by the 360 test ones, less its validation share, in batches of 64
     steps = math.ceil((1437 - round(1437 * saved["validation_split"])) / 64)
-    assert f"{steps}/{steps}" in proc.stdout  # one progress line for the whole epoch
-    assert "Test metrics (1 epochs" in proc.stdout and "accuracy" in proc.stdout
+    assert f"{steps}/{steps}" in stdout  # one progress line for the whole epoch
+    assert "Test metrics (1 epochs" in stdout and "accuracy" in stdout
     metrics = json.loads((run / "metrics.json").read_text())
-    assert f"accuracy  {metrics['test']['accuracy']:.4f}" in proc.stdout
+    assert f"accuracy  {metrics['test']['accuracy']:.4f}" in stdout
     assert saved["learning_rate"] == 0.003 and saved["hidden_dim"] == 16 and saved["dataset"] == "digits"
     assert saved["augment"] == "none"
 

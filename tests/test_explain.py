@@ -5,7 +5,6 @@ import pytest
 from PIL import Image
 
 from keras_vit import explain as V
-from tests.conftest import run_python
 
 
 @pytest.fixture(scope="module")
@@ -113,15 +112,18 @@ def test_bad_input_is_refused(model, images, tmp_path):
         V.attention_model(mlp)
 
 
-def test_explain_command_writes_an_overlay(tiny_vit, tmp_path):
+def test_explain_command_writes_an_overlay(tiny_vit, tmp_path, capsys):
+    from keras_vit.cli.main import main
+
     model = tiny_vit()
     model.save(tmp_path / "vit.keras")
     image = np.random.default_rng(0).integers(0, 256, (30, 20, 3)).astype("uint8")
     Image.fromarray(image).save(tmp_path / "photo.jpg")
     out = tmp_path / "attention.png"
-    proc = run_python(["-m", "keras_vit.cli", "explain", str(tmp_path / "photo.jpg"),
-                       "--model", str(tmp_path / "vit.keras"), "-o", str(out), "--head-fusion", "max"])
-    assert f"Wrote {out}" in proc.stdout and "predicted class" in proc.stdout
+    assert main(["explain", str(tmp_path / "photo.jpg"), "--model", str(tmp_path / "vit.keras"), "-o", str(out),
+                 "--head-fusion", "max"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"Wrote {out}" in stdout and "predicted class" in stdout
     with Image.open(out) as png:
         assert png.format == "PNG" and png.size == (16, 16)  # the model's input size
 

@@ -93,12 +93,14 @@ def test_fine_tune_at_a_new_resolution_learns_and_saves(tiny_checkpoint, image_f
     assert "classes 2" in proc.stdout
 
 
-def test_finetune_command(tiny_checkpoint, image_folder, tmp_path):
+def test_finetune_command(tiny_checkpoint, image_folder, tmp_path, capsys):
+    from keras_vit.cli import main as cli
+
+    # in this process (`keras-vit finetune` in a fresh one: tests/test_hub.py)
     run_dir = tmp_path / "cli"
-    proc = run_python(["-m", "keras_vit.cli", "finetune", str(tiny_checkpoint), str(image_folder),
-                       "--run-dir", str(run_dir), "--epochs", "1", "--frozen-epochs", "0",
-                       "--batch-size", "8", "--test-split", "0.25"])
-    assert f"Saved {run_dir / 'model.keras'} (2 classes, 1 epochs; test accuracy=" in proc.stdout
+    assert cli.main(["finetune", str(tiny_checkpoint), str(image_folder), "--run-dir", str(run_dir), "--epochs", "1",
+                     "--frozen-epochs", "0", "--batch-size", "8", "--test-split", "0.25"]) == 0
+    assert f"Saved {run_dir / 'model.keras'} (2 classes, 1 epochs; test accuracy=" in capsys.readouterr().out
     assert (run_dir / "history.csv").exists()
 
 

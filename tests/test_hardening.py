@@ -51,12 +51,15 @@ def digits():
     return load_data((x, y), 8, 16, validation_split=0.25, test_split=0)
 
 
-def test_cli_train_with_an_empty_run_dir_and_restart_leaves_the_users_folder_alone(tmp_path):
+def test_cli_train_with_an_empty_run_dir_and_restart_leaves_the_users_folder_alone(tmp_path, monkeypatch, capsys):
+    from keras_vit.cli.main import main
+
     before = users_folder(tmp_path)
-    proc = run_python(["-m", "keras_vit.cli", "train", "--dataset", "digits", "--image-size", "8",
-                       "--epochs", "1", "--run-dir", "", "--restart"], cwd=tmp_path, check=False, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "`run_dir` is an empty string" in proc.stderr and "Traceback" not in proc.stderr
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--dataset", "digits", "--image-size", "8", "--epochs", "1", "--run-dir", "", "--restart"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert "`run_dir` is an empty string" in err and "Traceback" not in err
     assert snapshot(tmp_path) == before  # nothing replaced, deleted or added (no lock file, no marker)
 
 
