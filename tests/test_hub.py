@@ -175,7 +175,6 @@ def hub_preset(tmp_path):
 
 
 def photo(path, height=45, width=61):
-    import numpy as np
     from PIL import Image
 
     from tests.test_preprocessing import textured_image
@@ -196,7 +195,6 @@ def test_predict_command_on_a_known_name_matches_timm(tmp_path, hub_preset):
     """`keras-vit predict NAME cat.png` loads the cached preset offline,
     prepares the image with timm's eval transform (resize, centre crop) and
     prints class names with timm's probabilities."""
-    import numpy as np
     import torch
     from PIL import Image
     from timm.data import create_transform, resolve_data_config

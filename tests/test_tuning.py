@@ -13,7 +13,7 @@ import keras_tuner
 import pytest
 
 from keras_vit.tuning import ViTHyperModel, heads_name, tune
-from tests.conftest import REPO, run_python
+from tests.conftest import REPO
 
 # Everything fixed but what a test varies: 8 px digits, one tiny block.
 TINY = {"patch_size": 4, "hidden_dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 2,
