@@ -101,20 +101,25 @@ def _wait_for(proc, condition, deadline_seconds):
         time.sleep(0.05)
 
 
+# 45 s: the start-up (the process start to the first step: importing TensorFlow, the data, tracing)
+# took 17 s on a slow spell of the 2-vCPU AMD machine, where a 20 s budget was refused (it needed 33 s)
+BUDGET = 45
+
+
 @pytest.mark.quiet
-def test_a_20_second_budget_ends_within_it_evaluated_and_saved(tmp_path):
+def test_a_short_budget_ends_within_it_evaluated_and_saved(tmp_path):
     run = tmp_path / "run"
     start = time.time()
-    proc = subprocess.run([sys.executable, *cli("--time-budget", "20s", "--run-dir", str(run), *TINY)],
-                          capture_output=True, text=True, env=env(), timeout=120)
+    proc = subprocess.run([sys.executable, *cli("--time-budget", f"{BUDGET}s", "--run-dir", str(run), *TINY)],
+                          capture_output=True, text=True, env=env(), timeout=120 + BUDGET)
     wall = time.time() - start
     assert proc.returncode == 0, proc.stderr
     # the budget ends with the saved model; the interpreter's exit after it takes ~1 s under load
-    assert wall <= 21, f"a 20 s budget took {wall:.1f} s from the process start to its exit"
+    assert wall <= BUDGET + 1, f"a {BUDGET} s budget took {wall:.1f} s from the process start to its exit"
     record = json.loads((run / "plan.json").read_text())
-    assert record["finished"] and record["sessions"][0]["total_seconds"] <= 20  # start to saved model
+    assert record["finished"] and record["sessions"][0]["total_seconds"] <= BUDGET  # start to saved model
     out = proc.stdout
-    assert out.index("Time budget 20 s:") < out.index("epoch 1/")  # the plan is shown before training
+    assert out.index(f"Time budget {BUDGET} s:") < out.index("epoch 1/")  # the plan is shown before training
     history = (run / "history.csv").read_text().splitlines()
     # every epoch the plan held (two or more, unless a loaded machine's slow start-up left time for one)
     assert len(history) - 1 >= min(2, record["plan"]["epochs"]) and "train_seconds" in history[0]
