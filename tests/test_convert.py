@@ -359,7 +359,7 @@ def test_resampled_positions_follow_the_grid():
     constant, and one that ramps along the rows (a linear function of the
     row's centre) gives the ramp's values at the new rows' centres, away
     from the clamped border."""
-    old_grid, new_grid = (4, 4), (8, 8)
+    new_grid = (8, 8)  # from a 4x4 grid
     rows = np.repeat(np.arange(4.0), 4)  # row index of every patch
     table = np.stack([np.full(16, 0.7), rows], axis=-1)[None].astype("float32")
     table = np.concatenate([np.full((1, 1, 2), 9.0, "float32"), table], axis=1)  # class row

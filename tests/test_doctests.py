@@ -31,6 +31,7 @@ MODULES = (
     "keras_vit.training.tools",
     "keras_vit.training.progressive",
     "keras_vit.training.probe",
+    "keras_vit.training.speed",
     "keras_vit.presets.architectures",
     "keras_vit.presets.registry",
     "keras_vit.presets.timm",

@@ -107,6 +107,18 @@ def test_train_writes_a_complete_run_directory(tmp_path, digits):
     np.testing.assert_allclose(accuracy, metrics["test"]["accuracy"], atol=1e-6)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="counts TensorFlow's traces of the step")
+def test_train_traces_the_train_step_once(tmp_path, digits):
+    # Keras on TensorFlow creates the optimizer's variables inside the first
+    # trace, and tf.function then traces the whole step again; `train`
+    # creates them before `fit` (10 s of the digits recipe's first epoch).
+    model, traces = tiny_model(), []
+    step = model.train_step
+    model.train_step = lambda data: traces.append(data) or step(data)
+    train(model, digits, epochs=2, run_dir=tmp_path / "run", seed=0, verbose=0)
+    assert len(traces) == 1
+
+
 def test_rerun_resumes_from_the_backup_and_checks_the_config(tmp_path, digits):
     run = tmp_path / "run"
     train(tiny_model, digits, epochs=1, run_dir=run, seed=0, verbose=0, jit_compile=False)

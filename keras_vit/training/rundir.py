@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_vit.training.speed import build_optimizer
 from keras_vit.utils.io import atomic_path, new_figure, save_figure, write_csv, write_json
 from keras_vit.utils.ownership import RUN_DIR, claim_directory, owned_entries
 from keras_vit.utils.validation import check_choice
@@ -139,8 +140,7 @@ class RunBackup(keras.callbacks.Callback):
         state = self.state
         if not state:
             return
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
+        build_optimizer(self.model)
         weights = Path(self.backup_dir) / state["weights"]
         try:
             if weights.suffix == ".npz":

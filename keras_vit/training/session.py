@@ -16,6 +16,7 @@ from keras_vit.training.distribute import get_strategy, prepare_multi_worker, se
 from keras_vit.training.optim import compile_model
 from keras_vit.training.progressive import progressive_callbacks
 from keras_vit.training.rundir import RunBackup, model_settings, prepare_run_dir, run_inputs, to_float
+from keras_vit.training.speed import build_optimizer
 from keras_vit.utils.io import atomic_path, remove_stale_temporaries, write_json
 from keras_vit.utils.ownership import RUN_DIR, check_directory_name, claim_directory
 
@@ -116,6 +117,7 @@ class TrainSession:
         with self.scope():
             if self.num_workers > 1 and self.strategy is not None:
                 prepare_multi_worker(model, train_ds)
+            build_optimizer(model)  # on TensorFlow, the train step is then traced once, not twice
             model.fit(train_ds, validation_data=val_ds, epochs=self.epochs,
                       steps_per_epoch=self.recipe["steps_per_epoch"], callbacks=fit_callbacks,
                       verbose=0 if self.budget else self.verbose,  # budgeted: one line an epoch

@@ -325,6 +325,7 @@ class ViTHyperModel(keras_tuner.HyperModel):
         """
         from keras_vit.data import augment_batches, augmentation_options, build_augmentation
         from keras_vit.training import compile_model
+        from keras_vit.training.speed import build_optimizer
 
         epochs = epochs or self.epochs
         batch_size = hp.get("batch_size")
@@ -347,6 +348,7 @@ class ViTHyperModel(keras_tuner.HyperModel):
         if self.patience is not None:
             callbacks.append(keras.callbacks.EarlyStopping(
                 self.objective, patience=self.patience, restore_best_weights=True))
+        build_optimizer(model)  # on TensorFlow, the train step is then traced once, not twice
         try:
             history = model.fit(train, *args, validation_data=validation_data, epochs=epochs,
                                 callbacks=callbacks, **kwargs)

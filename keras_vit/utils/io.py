@@ -13,7 +13,6 @@ and cleans what killed writes of it left.
 
 import contextlib
 import csv
-import errno
 import io
 import json
 import os
