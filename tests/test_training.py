@@ -111,7 +111,7 @@ def test_train_writes_a_complete_run_directory(tmp_path, digits):
 def test_train_traces_the_train_step_once(tmp_path, digits):
     # Keras on TensorFlow creates the optimizer's variables inside the first
     # trace, and tf.function then traces the whole step again; `train`
-    # creates them before `fit` (10 s of the digits recipe's first epoch).
+    # creates them before `fit` (6-10 s of the digits recipe's first epoch).
     model, traces = tiny_model(), []
     step = model.train_step
     model.train_step = lambda data: traces.append(data) or step(data)

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_vit.training.speed import build_optimizer
+from keras_vit.models.portable import build_optimizer
 from keras_vit.utils.io import atomic_path, new_figure, save_figure, write_csv, write_json
 from keras_vit.utils.ownership import RUN_DIR, claim_directory, owned_entries
 from keras_vit.utils.validation import check_choice

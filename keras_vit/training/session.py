@@ -10,13 +10,13 @@ from pathlib import Path
 
 import keras
 
+from keras_vit.models.portable import build_optimizer
 from keras_vit.training.tools import tool_record
 from keras_vit.training.budget import plan_record, start_budget
 from keras_vit.training.distribute import get_strategy, prepare_multi_worker, set_precision, worker_info
 from keras_vit.training.optim import compile_model
 from keras_vit.training.progressive import progressive_callbacks
 from keras_vit.training.rundir import RunBackup, model_settings, prepare_run_dir, run_inputs, to_float
-from keras_vit.training.speed import build_optimizer
 from keras_vit.utils.io import atomic_path, remove_stale_temporaries, write_json
 from keras_vit.utils.ownership import RUN_DIR, check_directory_name, claim_directory
 

@@ -3,14 +3,14 @@ learning rate 0 (which changes no weight; the optimizer state is put back
 afterwards) and a few evaluation steps, after compilation, and times them
 with `_StepTimer`, a callback that takes the median gap between steps.
 `keras_vit.training.budget` plans a time-budgeted run from the `Speed`.
-`build_optimizer` creates the optimizer's variables before `fit`, so that
-TensorFlow traces the train step once.
 """
 
 import dataclasses
 import time
 
 import keras
+
+from keras_vit.models.portable import build_optimizer
 
 
 @dataclasses.dataclass
@@ -42,35 +42,6 @@ class _StepTimer(keras.callbacks.Callback):
             return None
         gaps = sorted((t1 - t0) / max(1, b1 - b0) for (t0, b0), (t1, b1) in zip(timed, timed[1:]))
         return gaps[len(gaps) // 2]  # the median: robust to a stray slow step
-
-
-def build_optimizer(model):
-    """Creates the optimizer's variables (moments, and EMA or accumulators
-    where the recipe has them) for the model's trainable weights, unless
-    they exist. The training code calls it right before `fit`.
-
-    On TensorFlow without a distribution strategy, Keras creates them inside
-    the first trace of the train step, and `tf.function` then traces the
-    whole step a second time because variables were created: on the 2-core
-    machine that second trace cost about 10 s of the digits recipe's first
-    epoch. Built beforehand, the step is traced once. Other backends build
-    them before tracing anyway; calling this there changes nothing.
-
-    Returns:
-        The optimizer.
-
-    Example:
-    >>> from keras_vit import build_vit
-    >>> from keras_vit.training import compile_model
-    >>> model = compile_model(build_vit(image_size=16, num_classes=10, patch_size=4,
-    ...                       hidden_dim=16, depth=1, num_heads=2, mlp_dim=32))
-    >>> build_optimizer(model).built
-    True
-    """
-    optimizer = model.optimizer
-    if optimizer is not None and not optimizer.built:
-        optimizer.build(model.trainable_variables)
-    return optimizer
 
 
 def measure_speed(model, train_ds, val_ds=None, *, min_steps=4, min_seconds=2.0, max_steps=40):

@@ -325,7 +325,7 @@ class ViTHyperModel(keras_tuner.HyperModel):
         """
         from keras_vit.data import augment_batches, augmentation_options, build_augmentation
         from keras_vit.training import compile_model
-        from keras_vit.training.speed import build_optimizer
+        from keras_vit.models.portable import build_optimizer
 
         epochs = epochs or self.epochs
         batch_size = hp.get("batch_size")
