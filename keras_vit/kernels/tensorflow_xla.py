@@ -75,22 +75,33 @@ def gelu_exact(x):
     return _gelu_forward(x), grad
 
 
+def _row_mean(x):
+    """The mean of each row of 2-D `x`, as a (rows, 1) column: a dot with a
+    column of 1/width. Inside an XLA kernel on CPU the dot runs on Eigen's
+    matrix kernels, about twice as fast here as XLA's own reduction along
+    the minor axis (Ti rows, 8320 x 192: LayerNorm forward 4.0 -> 1.4 ms,
+    backward 5.4 -> 3.8 ms, 2-core CPU), with the same float32 rounding
+    (within 1e-6 of a float64 reference on the outputs)."""
+    width = tf.shape(x)[-1]
+    return tf.matmul(x, tf.fill(tf.stack([width, 1]), 1.0 / tf.cast(width, x.dtype)))
+
+
 @tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
 def _layer_norm_forward(x, gamma, beta, epsilon):
-    mean = tf.reduce_mean(x, -1, keepdims=True)
+    # 2-D rows; only the statistics are kept for the backward pass, which
+    # recomputes the normalized rows from `x` rather than reading a stored copy.
+    mean = _row_mean(x)
     centered = x - mean
-    inv = tf.math.rsqrt(tf.reduce_mean(centered * centered, -1, keepdims=True) + epsilon)
-    normalized = centered * inv
-    return normalized * gamma + beta, normalized, inv
+    inv = tf.math.rsqrt(_row_mean(centered * centered) + epsilon)
+    return centered * inv * gamma + beta, mean, inv
 
 
 @tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
-def _layer_norm_backward(upstream, normalized, inv, gamma):
+def _layer_norm_backward(upstream, x, mean, inv, gamma):
+    normalized = (x - mean) * inv
     g = upstream * gamma
-    dx = inv * (g - tf.reduce_mean(g, -1, keepdims=True)
-                - normalized * tf.reduce_mean(g * normalized, -1, keepdims=True))
-    rows = tf.range(tf.rank(upstream) - 1)
-    return dx, tf.reduce_sum(upstream * normalized, rows), tf.reduce_sum(upstream, rows)
+    dx = inv * (g - _row_mean(g) - normalized * _row_mean(g * normalized))
+    return dx, tf.reduce_sum(upstream * normalized, 0), tf.reduce_sum(upstream, 0)
 
 
 def layer_norm(x, gamma, beta, epsilon):
@@ -107,11 +118,13 @@ def layer_norm(x, gamma, beta, epsilon):
 
     @tf.custom_gradient
     def normalize(x, gamma, beta):
-        y, normalized, inv = _layer_norm_forward(x, gamma, beta, epsilon)
+        rows = tf.reshape(x, tf.stack([-1, tf.shape(x)[-1]]))  # the kernels work on 2-D rows
+        y, mean, inv = _layer_norm_forward(rows, gamma, beta, epsilon)
 
         def grad(upstream):
-            return _layer_norm_backward(upstream, normalized, inv, gamma)
+            dx, dgamma, dbeta = _layer_norm_backward(tf.reshape(upstream, tf.shape(rows)), rows, mean, inv, gamma)
+            return tf.reshape(dx, tf.shape(x)), dgamma, dbeta
 
-        return y, grad
+        return tf.reshape(y, tf.shape(x)), grad
 
     return normalize(x, gamma, beta)
