@@ -184,6 +184,47 @@ def test_a_trial_backup_never_commits_an_epoch_whose_best_checkpoint_was_not_wri
     assert not [p.name for p in (tmp_path / "search" / "trial_0").iterdir() if ".tmp-" in p.name]
 
 
+def test_a_kill_before_the_trial_is_recorded_completed_keeps_its_epochs(tmp_path):
+    # The trial has run every epoch but KerasTuner has not yet recorded it
+    # COMPLETED when the process dies (here: an interrupt in `end_trial`). The
+    # backup must still be there, so the resumed search reports the trial
+    # without training it again, and then drops the backup.
+    import keras
+
+    from keras_vit.data import load_data
+    from keras_vit.tuning import make_tuner
+
+    train, validation, _, info = load_data("digits", 8, 64)
+    hypermodel = ViTHyperModel(8, 10, info.channels, fixed=TINY, train_size=info.split_sizes["train"])
+
+    def tuner():
+        return make_tuner("random", hypermodel, objective="val_loss", max_trials=1, directory=tmp_path,
+                          project_name="search")
+
+    first = tuner()
+
+    def killed(trial):
+        raise KeyboardInterrupt
+
+    first.oracle.end_trial = killed
+    with pytest.raises(KeyboardInterrupt):
+        first.search(train, validation_data=validation, epochs=2, verbose=0)
+    assert _backup_epoch(tmp_path / "search" / "trial_0") == 2
+
+    class CountEpochs(keras.callbacks.Callback):
+        epochs = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            CountEpochs.epochs += 1
+
+    again = tuner()
+    again.search(train, validation_data=validation, epochs=2, verbose=0, callbacks=[CountEpochs()])
+    (trial,) = again.oracle.trials.values()
+    assert trial.status == "COMPLETED" and trial.score is not None
+    assert CountEpochs.epochs == 0
+    assert not (tmp_path / "search" / "trial_0" / "backup").exists()
+
+
 def _cli(tmp_path, *extra):
     return [
         "-m", "keras_vit.cli", "tune", "--image-size", "8", "--directory", str(tmp_path),

@@ -44,9 +44,24 @@ class _ResumableTuner:
                 shutil.rmtree(os.path.join(trial_dir, "backup"), ignore_errors=True)
                 return self._best_row(state["history"])
             callbacks.append(RunBackup(trial_dir, monitor=self.oracle.objective.name, artifacts=False))
-        results = super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
-        shutil.rmtree(os.path.join(trial_dir, "backup"), ignore_errors=True)
-        return results
+        return super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
+
+    def on_search_begin(self):
+        """Removes the backups a kill left behind completed trials."""
+        super().on_search_begin()
+        for trial in self.oracle.trials.values():
+            if trial.status == keras_tuner.engine.trial.TrialStatus.COMPLETED:
+                shutil.rmtree(os.path.join(self.get_trial_dir(trial.trial_id), "backup"), ignore_errors=True)
+
+    def on_trial_end(self, trial):
+        """Drops a completed trial's backup only after KerasTuner has recorded
+        it COMPLETED: a kill between the two then finds a completed trial (a
+        leftover backup is harmless), never a running one without a backup,
+        which the resumed search would rerun from its first epoch. A failed
+        trial keeps its backup."""
+        super().on_trial_end(trial)
+        if trial.status == keras_tuner.engine.trial.TrialStatus.COMPLETED:
+            shutil.rmtree(os.path.join(self.get_trial_dir(trial.trial_id), "backup"), ignore_errors=True)
 
     def _build_and_fit_model(self, trial, *args, **kwargs):
         """Fits with KerasTuner's best-epoch checkpoint (`SaveBestEpoch`,
