@@ -73,11 +73,13 @@ def kill_at(args, log_path, trigger, extra):
     return log_path.read_text(), killed
 
 
-def kill_points(command, triggers, first):
+def kill_points(command, triggers, first, first_extra=0.0):
     """`POINTS` seeded (trigger name, extra seconds) pairs; the first is
-    `first` (the most telling point, so CI's single point is always one)."""
+    `first` after `first_extra` seconds (the most telling point, so CI's
+    single point is always that one: for `train`, inside the second epoch;
+    for `tune`, the moment a trial has committed its first epoch)."""
     rng = random.Random(f"{SEED}:{command}")
-    points = [(first, rng.uniform(0.0, 1.0))]
+    points = [(first, first_extra)]
     while len(points) < POINTS:
         name = rng.choice(triggers)
         points.append((name, rng.uniform(0.0, 8.0 if name == "start" else 1.5)))
@@ -111,7 +113,7 @@ def committed_epoch(run_dir):
 def test_train_killed_at_random_points_resumes_and_loses_at_most_one_epoch(tmp_path):
     epochs = 2
     for index, (name, extra) in enumerate(kill_points(
-            "train", ["start", "epoch 1", "epoch 2", "metrics.json"], first="epoch 1")):
+            "train", ["start", "epoch 1", "epoch 2", "metrics.json"], first="epoch 1", first_extra=1.0)):
         run_dir = tmp_path / f"run{index}"
         triggers = {
             "start": lambda: True,
@@ -176,12 +178,13 @@ def test_tune_killed_at_random_points_resumes_and_keeps_finished_trials(tmp_path
         done_before = {t: (project / t / "trial.json").read_text() for t, s in states.items() if s == "COMPLETED"}
         # the trial that was running: epochs it finished in the log against those backed up
         sections = re.split(r"^\[\S+\] trial (\S+):", log, flags=re.M)
-        lost = 0
+        lost, resumes = 0, None
         if len(sections) > 1:
             trial_id, output = sections[-2], sections[-1]
             trial_dir = project / f"trial_{trial_id}"
             if states.get(trial_dir.name) != "COMPLETED":
                 lost = len(EPOCH_START.findall(output)) - committed_epoch(trial_dir)
+                resumes = trial_id, committed_epoch(trial_dir)
         print(f"tune kill point {index}: {name} + {extra:.2f}s, killed={killed}, trials completed "
               f"{len(done_before)}, epochs lost {lost}")
         assert lost <= 1, log[-3000:]
@@ -191,6 +194,12 @@ def test_tune_killed_at_random_points_resumes_and_keeps_finished_trials(tmp_path
         assert sorted(trial_states(project).values()) == ["COMPLETED"] * trials
         for trial, text in done_before.items():  # a finished trial is never run again
             assert (project / trial / "trial.json").read_text() == text
+        if resumes:  # the interrupted trial goes on after its last backed-up epoch
+            trial_id, committed = resumes
+            rerun = re.split(r"^\[\S+\] trial (\S+):", again.stdout, flags=re.M)
+            output = rerun[rerun.index(trial_id) + 1]
+            first = re.search(r"^Epoch (\d+)/", output, flags=re.M)
+            assert (int(first.group(1)) if first else epochs + 1) == committed + 1, output[-3000:]
         results = read_json(project / "results.json")
         assert len(results["trials"]) == trials and all(r["score"] is not None for r in results["trials"])
         keras.saving.load_model(project / "best_model.keras")

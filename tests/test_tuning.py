@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -256,44 +255,6 @@ def _backup_epoch(trial_dir):
         return None
 
 
-def test_killed_search_resumes_without_repeating_a_trial(tmp_path):
-    out = tmp_path / "search"
-    epochs = 10  # ~0.3 s each: the poll below (every 20 ms) kills well inside the second trial
-    args = _cli(tmp_path, "--max-trials", "3", "--epochs", str(epochs), "--patience", "1000",
-                "--space=learning_rate=0.001,0.002,0.003")
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen([sys.executable, *args], env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    # Kill as soon as one trial is complete and the next has backed up an epoch.
-    while time.time() < deadline:
-        states = _trial_states(out)
-        done = [t for t, s in states.items() if s == "COMPLETED"]
-        running = [t for t, s in states.items() if s == "RUNNING"]
-        if done and running and _backup_epoch(out / running[0]):
-            break
-        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        time.sleep(0.02)
-    else:
-        pytest.fail("the search never reached a second trial")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    interrupted = running[0]
-    backed_up = _backup_epoch(out / interrupted)
-    assert backed_up is not None and 1 <= backed_up < epochs, "killed mid-trial"
-    completed_before = {t: (out / t / "trial.json").read_text() for t in done}
-
-    second = subprocess.run([sys.executable, *args], env=_env(), capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    states = _trial_states(out)
-    assert sorted(states.values()) == ["COMPLETED"] * 3, states
-    for trial, text in completed_before.items():  # finished trials were not run again
-        assert (out / trial / "trial.json").read_text() == text
-    # The interrupted trial resumed after its last backed-up epoch, not from epoch 1.
-    first_epoch = int(second.stdout.split("Epoch ", 1)[1].split("/", 1)[0])
-    assert first_epoch == backed_up + 1, second.stdout[-3000:]
-    assert "Best trials (val_accuracy)" in second.stdout
-
-
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -309,15 +270,22 @@ def test_chief_and_two_workers_finish_one_shared_search(tmp_path):
     for tuner_id in ("chief", "tuner0", "tuner1"):
         env = dict(_env(), KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP="127.0.0.1",
                    KERASTUNER_ORACLE_PORT=port)
-        procs[tuner_id] = subprocess.Popen(
-            [sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with open(tmp_path / f"{tuner_id}.log", "w") as log:  # a file: no pipe fills up while we poll
+            procs[tuner_id] = subprocess.Popen([sys.executable, *args], env=env, stdout=log,
+                                               stderr=subprocess.STDOUT)
         if tuner_id == "chief":
             time.sleep(3)  # let the oracle server start listening
     outputs = {}
     try:
-        for tuner_id, proc in procs.items():
-            outputs[tuner_id] = proc.communicate(timeout=600)[0]
-            assert proc.returncode == 0, f"{tuner_id}:\n{outputs[tuner_id][-3000:]}"
+        # the first process to fail fails the test at once (a chief whose workers died would wait forever)
+        deadline = time.time() + 600
+        while len(outputs) < len(procs):
+            assert time.time() < deadline, "the search did not finish in 600 s"
+            for tuner_id, proc in procs.items():
+                if tuner_id not in outputs and proc.poll() is not None:
+                    outputs[tuner_id] = (tmp_path / f"{tuner_id}.log").read_text()
+                    assert proc.returncode == 0, f"{tuner_id}:\n{outputs[tuner_id][-3000:]}"
+            time.sleep(0.1)
     finally:
         for proc in procs.values():
             if proc.poll() is None:

@@ -26,6 +26,7 @@ other PyPI project named keras-vit is installed.
 """
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -62,21 +63,58 @@ def wants_version(argv=None):
     return "--version" in global_options(argv)
 
 
+def configured_backend():
+    """The backend Keras will load, read as Keras reads it before it is
+    imported: ``KERAS_BACKEND``, else ``keras.json`` in ``KERAS_HOME`` (or
+    ``~/.keras``), else TensorFlow."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+@contextlib.contextmanager
+def without_optional_imports():
+    """Keras' and TensorFlow's optional imports that no command uses, made to
+    fail inside the block: scikit-learn (for `keras.wrappers`),
+    `matplotlib.pyplot` (for `keras.visualization`) and, on TensorFlow, JAX
+    (for `tf.lite`'s JAX converter). Each module catches the ImportError and
+    goes on without it; together they are about 2.5 s of the command's
+    start-up. After the block the names import as usual (the data and plot
+    code import scikit-learn and matplotlib themselves)."""
+    names = ["sklearn", "matplotlib.pyplot"] + (["jax"] if configured_backend() == "tensorflow" else [])
+    blocked = [name for name in names if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # `import name` raises ImportError
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+
+
 def import_backend_quietly():
-    """Imports Keras and TensorFlow with stderr captured at the
-    file-descriptor level; replays what was captured if the import raises."""
+    """Imports Keras and TensorFlow (`without_optional_imports`) with stderr
+    captured at the file-descriptor level; replays what was captured if the
+    import raises."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as log:
         os.dup2(log.fileno(), 2)
         failed = True
         try:
-            import keras  # noqa: F401
+            with without_optional_imports():
+                import keras  # noqa: F401
 
-            try:
-                import tensorflow  # noqa: F401 - its native start-up lines, whichever the backend
-            except ImportError:
-                pass
+                try:
+                    import tensorflow  # noqa: F401 - its native start-up lines, whichever the backend
+                except ImportError:
+                    pass
             failed = False
         finally:
             sys.stderr.flush()

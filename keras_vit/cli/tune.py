@@ -33,7 +33,7 @@ def _parse_space(entries, name):
 
 def add_parser(subparsers):
     """Registers `keras-vit tune`."""
-    from keras_vit.tuning import DEFAULT_SPACE, OBJECTIVES, TUNERS
+    from keras_vit.tuning.space import DEFAULT_SPACE, OBJECTIVES, TUNER_NAMES
 
     parser = subparsers.add_parser(
         "tune",
@@ -42,7 +42,7 @@ def add_parser(subparsers):
     )
     parser.add_argument("--dataset", default="digits", help="load_data source (default: digits, offline)")
     parser.add_argument("--image-size", type=positive_int, default=16, help="image size in pixels (default: 16)")
-    parser.add_argument("--tuner", default="random", choices=tuple(TUNERS), help="search algorithm")
+    parser.add_argument("--tuner", default="random", choices=TUNER_NAMES, help="search algorithm")
     parser.add_argument("--max-trials", type=positive_int, default=4, help="number of trials (default: 4)")
     parser.add_argument("--executions-per-trial", type=positive_int, default=1, help="models trained per trial")
     parser.add_argument("--epochs", type=positive_int, default=10, help="epochs per trial (default: 10)")

@@ -12,34 +12,10 @@ import tensorflow as tf
 from keras_vit.layers import POOLINGS, grid_size
 from keras_vit.models import build_vit
 from keras_vit.training.auto import stem_channels
+from keras_vit.tuning.space import DEFAULT_SPACE, LOG_SCALE, OBJECTIVES, TUNER_NAMES
 from keras_vit.utils.validation import check_choice, check_number, pair
 
 
-# The default search space. A list is a choice; a (low, high) tuple is a
-# range, sampled on a log scale for the entries in LOG_SCALE. Every entry
-# can be narrowed or fixed through `ViTHyperModel(space=..., fixed=...)`.
-DEFAULT_SPACE = {
-    # architecture
-    "patch_size": [2, 4],
-    "hidden_dim": [32, 48, 64, 96],
-    "num_heads": [2, 3, 4],
-    "depth": (2, 6),
-    "mlp_ratio": [2, 4],
-    "pooling": ["cls", "gap"],
-    "pos_embedding": ["learned", "sincos"],
-    "drop_path_rate": (0.0, 0.2),
-    # "stem": 3x3 stride-2 convolutions (`ConvStem`) make the patches, as
-    # many as log2(patch_size), channels doubling up to the width
-    "conv_stem": ["none"],
-    # recipe
-    "learning_rate": (3e-4, 3e-3),
-    "weight_decay": (1e-3, 1e-1),
-    "warmup_epochs": (0.0, 2.0),  # epochs of linear warmup, as `Recipe.warmup_epochs`
-    "label_smoothing": [0.0, 0.1],
-    "augment": [0.0, 0.1, 0.3],
-    "batch_size": [32, 64],
-}
-LOG_SCALE = ("learning_rate", "weight_decay")
 # Entries renamed to the recipe's names: old name -> (new name, how a value converts given the epochs).
 RENAMED = {"warmup_fraction": ("warmup_epochs", lambda fraction, epochs: fraction * epochs)}
 # The values each entry takes: (low, high, low_open, high_open) for numbers,
@@ -53,12 +29,8 @@ ENTRY_VALUES = {
     "pooling": POOLINGS, "pos_embedding": ("learned", "sincos", "none"),
 }
 STEM_CHOICES = ("none", "stem")
-TUNERS = {
-    "random": keras_tuner.RandomSearch,
-    "hyperband": keras_tuner.Hyperband,
-    "bayesian": keras_tuner.BayesianOptimization,
-}
-OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
+TUNERS = dict(zip(TUNER_NAMES, (keras_tuner.RandomSearch, keras_tuner.Hyperband,
+                                 keras_tuner.BayesianOptimization)))
 
 
 def _renamed(entries, epochs):

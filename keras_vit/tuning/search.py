@@ -18,7 +18,8 @@ import keras_tuner
 import numpy as np
 from keras_tuner.src.engine.tuner_utils import SaveBestEpoch  # not re-exported (keras-tuner 1.4)
 
-from keras_vit.tuning.hypermodel import OBJECTIVES, TUNERS, ViTHyperModel, heads_name
+from keras_vit.tuning.hypermodel import TUNERS, ViTHyperModel, heads_name
+from keras_vit.tuning.space import OBJECTIVES
 from keras_vit.utils.io import atomic_path, new_figure, remove_stale_temporaries, save_figure, write_csv, write_json
 from keras_vit.utils.locks import LOCK_NAME, exclusive_lock
 from keras_vit.utils.ownership import TUNING_PROJECT, check_directory_name, claim_directory, owned_entries
@@ -47,9 +48,10 @@ class _ResumableTuner:
         return super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
 
     def on_search_begin(self):
-        """Removes the backups a kill left behind completed trials."""
+        """Removes the backups a kill left behind completed trials (the
+        chief's oracle knows them; a worker's client does not)."""
         super().on_search_begin()
-        for trial in self.oracle.trials.values():
+        for trial in getattr(self.oracle, "trials", {}).values():
             if trial.status == keras_tuner.engine.trial.TrialStatus.COMPLETED:
                 shutil.rmtree(os.path.join(self.get_trial_dir(trial.trial_id), "backup"), ignore_errors=True)
 
