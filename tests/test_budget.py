@@ -13,12 +13,13 @@ import keras
 import numpy as np
 import pytest
 
+from keras_vit.training import RunBackup
 from keras_vit.training.auto import DataShape, choose_recipe, describe_source, training_flops
 from keras_vit.training.budget import BudgetPlan, learning_rate_at, parse_duration, plan_budget
 from keras_vit.training.speed import Speed
 from keras_vit.training.recipe import Recipe
 from tests.conftest import tiny_train_flags
-from tests.test_cli_train import cli, env, read_state
+from tests.test_cli_train import cli, env
 
 TINY = tiny_train_flags()
 
@@ -140,14 +141,14 @@ def test_a_killed_budgeted_run_resumes_and_ends_where_planned(tmp_path):
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env())
     try:
-        _wait_for(proc, lambda: (read_state(run) or {}).get("epoch", 0) >= 1, 240)
+        _wait_for(proc, lambda: (RunBackup.read_state(run) or {}).get("epoch", 0) >= 1, 240)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     first = json.loads((run / "plan.json").read_text())
-    killed_at = read_state(run)["epoch"]
+    killed_at = RunBackup.read_state(run)["epoch"]
     assert not first["finished"] and 1 <= killed_at < 4
     rerun = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env(), timeout=600)
     assert rerun.returncode == 0, rerun.stderr

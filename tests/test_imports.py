@@ -66,3 +66,23 @@ def test_after_import_keras_import_keras_vit_registers_the_classes():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-1] == "ViTClassifier"  # ... but with Keras loaded first, it registers
+
+
+def test_the_command_starts_without_the_optional_imports_no_command_uses():
+    # `keras-vit train` builds its parser and loads Keras without scikit-learn,
+    # matplotlib.pyplot, KerasTuner or (on TensorFlow) JAX; each still imports
+    # afterwards, as the data, plot and tune code import them
+    code = textwrap.dedent("""
+        import os, sys
+        os.environ["KERAS_BACKEND"] = "tensorflow"
+        from keras_vit.cli import main, startup
+        startup.quiet_startup()
+        import keras_vit.layers, keras_vit.models
+        main.build_parser().parse_args(["train", "--epochs", "1"])
+        print(sorted(m for m in ("sklearn", "matplotlib.pyplot", "keras_tuner", "jax") if m in sys.modules))
+        import jax.numpy, keras_tuner, matplotlib.pyplot, sklearn.model_selection
+        print(float(jax.numpy.ones(2).sum()), keras_tuner.RandomSearch.__name__)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:2] == ["[]", "2.0 RandomSearch"], proc.stdout
