@@ -183,8 +183,8 @@ def test_tune_killed_at_random_points_resumes_and_keeps_finished_trials(tmp_path
             trial_id, output = sections[-2], sections[-1]
             trial_dir = project / f"trial_{trial_id}"
             if states.get(trial_dir.name) != "COMPLETED":
-                lost = len(EPOCH_START.findall(output)) - committed_epoch(trial_dir)
                 resumes = trial_id, committed_epoch(trial_dir)
+                lost = len(EPOCH_START.findall(output)) - resumes[1]
         print(f"tune kill point {index}: {name} + {extra:.2f}s, killed={killed}, trials completed "
               f"{len(done_before)}, epochs lost {lost}")
         assert lost <= 1, log[-3000:]

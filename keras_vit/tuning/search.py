@@ -42,7 +42,7 @@ class _ResumableTuner:
             state = RunBackup.read_state(trial_dir)
             if state and kwargs.get("epochs") and state["epoch"] >= kwargs["epochs"]:
                 # killed after its last epoch was backed up: the trial is done, report it
-                shutil.rmtree(os.path.join(trial_dir, "backup"), ignore_errors=True)
+                self._drop_backup(trial.trial_id)
                 return self._best_row(state["history"])
             callbacks.append(RunBackup(trial_dir, monitor=self.oracle.objective.name, artifacts=False))
         return super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
@@ -53,7 +53,7 @@ class _ResumableTuner:
         super().on_search_begin()
         for trial in getattr(self.oracle, "trials", {}).values():
             if trial.status == keras_tuner.engine.trial.TrialStatus.COMPLETED:
-                shutil.rmtree(os.path.join(self.get_trial_dir(trial.trial_id), "backup"), ignore_errors=True)
+                self._drop_backup(trial.trial_id)
 
     def on_trial_end(self, trial):
         """Drops a completed trial's backup only after KerasTuner has recorded
@@ -63,7 +63,11 @@ class _ResumableTuner:
         trial keeps its backup."""
         super().on_trial_end(trial)
         if trial.status == keras_tuner.engine.trial.TrialStatus.COMPLETED:
-            shutil.rmtree(os.path.join(self.get_trial_dir(trial.trial_id), "backup"), ignore_errors=True)
+            self._drop_backup(trial.trial_id)
+
+    def _drop_backup(self, trial_id):
+        """Deletes a trial's backup folder (`RunBackup`'s), if it has one."""
+        shutil.rmtree(os.path.join(self.get_trial_dir(trial_id), "backup"), ignore_errors=True)
 
     def _build_and_fit_model(self, trial, *args, **kwargs):
         """Fits with KerasTuner's best-epoch checkpoint (`SaveBestEpoch`,
