@@ -18,7 +18,7 @@ products (scores and the weighted sum) and the head; a training step counts
 3x the forward pass (the backward pass computes two products per forward
 product). Element-wise work (norms, softmax, GELU, the optimizer) is not
 counted, as is usual for MFU. The GEMM peak is the best of three
-2048 x 2048 x 2048 float32 matmuls (TensorFlow's own kernel, oneDNN where
+2048 x 2048 x 2048 float32 matmuls (`--peak-size`; TensorFlow's own kernel, oneDNN where
 TensorFlow has it on, and XLA's; the faster), on the thread pool the models
 run on, sampled again between every two measurements (`Interleaved`): each
 measurement is divided by the mean of the peaks sampled right before and
@@ -212,13 +212,14 @@ class Interleaved:
     before and right after it (their mean), so that a machine whose speed
     drifts under other jobs' load moves both alike. Keeps every sample."""
 
-    def __init__(self):
-        self.peaks = [gemm_peak()]  # (wall, cpu) FLOP/s samples, interleaved with the figures
+    def __init__(self, peak_size=2048):
+        self.peak_size = peak_size
+        self.peaks = [gemm_peak(peak_size)]  # (wall, cpu) FLOP/s samples, interleaved with the figures
         self.samples = {}  # key: list of (wall FLOP/s, cpu FLOP/s, index of the peak before)
 
     def add(self, key, wall, cpu=None):
         self.samples.setdefault(key, []).append((wall, cpu, len(self.peaks) - 1))
-        self.peaks.append(gemm_peak())
+        self.peaks.append(gemm_peak(self.peak_size))
 
     def summary(self, key):
         """{wall, cpu}: median FLOP/s and median fraction of the adjacent
@@ -235,7 +236,7 @@ class Interleaved:
 MODES = ("train", "infer", "plain_infer")
 
 
-def measure(cfg, contenders, jit_modes, repeats):
+def measure(cfg, contenders, jit_modes, repeats, peak_size=2048):
     """Rows of images/s and MFU per contender and jit mode, and the GEMM
     peak samples. Each round runs every contender's training, inference
     (keras_vit: through `inference_model`) and plain inference, then the
@@ -244,7 +245,7 @@ def measure(cfg, contenders, jit_modes, repeats):
     measurement against its adjacent peaks."""
     flops = forward_flops(cfg)
     per_image = {"train": 3 * flops, "infer": flops, "plain_infer": flops}
-    samples, keys = Interleaved(), []
+    samples, keys = Interleaved(peak_size), []
     for jit in jit_modes:
         runners = {name: Runner(build_contender(name, cfg, jit), make_batch(cfg)) for name in contenders}
         fast = {name: Runner(inference_model(runner.model), (runner.x, runner.y))
@@ -294,7 +295,7 @@ def markdown(peaks, rows, environment):
     kernel = {"tensorflow": "best of TensorFlow's kernel and XLA", "jax": "jax.jit",
               "torch": "torch eager"}.get(environment["backend"], environment["backend"])
     lines = [f"Keras backend: {environment['backend']}. "
-             f"GEMM peak (2048^3 float32, {kernel}, on the models' thread pool), "
+             f"GEMM peak ({environment['gemm_peak_size']}^3 float32, {kernel}, on the models' thread pool), "
              f"sampled {len(peaks)} times between the measurements: median {statistics.median(walls):.0f} "
              f"GFLOP/s (range {min(walls):.0f}-{max(walls):.0f}) on {environment['cpu_count']} cores, "
              f"TF_ENABLE_ONEDNN_OPTS={environment['tf_enable_onednn_opts']}, load average "
@@ -323,17 +324,23 @@ def main(argv=None):
     parser.add_argument("--jit", choices=("auto", "both", "on", "off"), default="auto",
                         help="auto: both on TensorFlow, on (XLA) on JAX, off (eager) on torch")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--peak-size", type=int, default=2048,
+                        help="n of the n x n x n matmuls that sample the GEMM peak (smaller: a quicker, lower peak)")
     parser.add_argument("--out", default=str(RESULTS / f"mfu-{keras.backend.backend()}-cpu"))
     args = parser.parse_args(argv)
+    if args.peak_size < 1:
+        parser.error(f"--peak-size must be a positive int, got {args.peak_size}")
     auto = {"tensorflow": "both", "jax": "on"}.get(keras.backend.backend(), "off")
     jit_modes = {"both": (False, True), "on": (True,), "off": (False,)}[auto if args.jit == "auto" else args.jit]
     all_rows, peaks = [], []
     load_start = os.getloadavg()
     for name in args.configs.split(","):
-        config_peaks, rows = measure(CONFIGS[name], args.contenders.split(","), jit_modes, args.repeats)
+        config_peaks, rows = measure(CONFIGS[name], args.contenders.split(","), jit_modes, args.repeats,
+                                     args.peak_size)
         all_rows += rows
         peaks += config_peaks
-    environment = dict(backend=keras.backend.backend(), cpu_count=os.cpu_count(), load_average_start=load_start, load_average_end=os.getloadavg(),
+    environment = dict(backend=keras.backend.backend(), gemm_peak_size=args.peak_size, cpu_count=os.cpu_count(),
+                       load_average_start=load_start, load_average_end=os.getloadavg(),
                        tf_enable_onednn_opts=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
                        date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        command="python -m benchmarks.mfu " + " ".join(argv if argv is not None else sys.argv[1:]))

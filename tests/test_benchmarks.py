@@ -20,7 +20,7 @@ def tensorflow_runs(tmp_path_factory):
         f"run.main(['--configs', 'tiny', '--contenders', 'keras_vit', '--jit', 'off', '--repeats', '2',"
         f" '--out', {str(out)!r}])\n"
         f"mfu.main(['--configs', 'tiny', '--contenders', 'keras_vit', '--jit', 'off', '--repeats', '1',"
-        f" '--out', {str(out / 'mfu')!r}])\n"
+        f" '--peak-size', '512', '--out', {str(out / 'mfu')!r}])\n"
     )
     run_python(code, timeout=600, cwd=str(REPO))  # from a source checkout, as the README says
     return out
@@ -81,6 +81,7 @@ def test_mfu_counts_flops_against_the_measured_gemm_peak(tensorflow_runs):
     assert result["environment"]["load_average_start"] and "TF_ENABLE_ONEDNN_OPTS=" in out.with_suffix(".md").read_text()
     assert ceiling["contender"] == "matmuls alone" and ceiling["train_mfu"] > 0 and ceiling["infer_mfu"] > 0
     assert "| tiny | keras_vit | off |" in out.with_suffix(".md").read_text()
+    assert "GEMM peak (512^3 float32" in out.with_suffix(".md").read_text()  # the size asked for (tests: a quick one)
 
 
 def _check_backend_mfu(out, backend):
@@ -107,7 +108,8 @@ def test_jax_runs_the_suite_without_tensorflow_then_the_mfu(tmp_path):
         f"run.main(['--configs', 'tiny', '--contenders', 'keras_vit', '--jit', 'on', '--repeats', '1',"
         f" '--no-memory', '--out', {str(tmp_path)!r}])\n"
         "print('TF_IMPORTED', 'tensorflow' in sys.modules)\n"
-        f"mfu.main(['--configs', 'tiny', '--contenders', 'keras_vit', '--repeats', '1', '--out', {str(tmp_path / 'mfu')!r}])\n"
+        f"mfu.main(['--configs', 'tiny', '--contenders', 'keras_vit', '--repeats', '1', '--peak-size', '512',"
+        f" '--out', {str(tmp_path / 'mfu')!r}])\n"
     )
     proc = run_python(code, env={"KERAS_BACKEND": "jax"})
     assert "TF_IMPORTED False" in proc.stdout
@@ -118,7 +120,7 @@ def test_jax_runs_the_suite_without_tensorflow_then_the_mfu(tmp_path):
 def test_mfu_has_a_backend_axis_on_torch(tmp_path):
     out = tmp_path / "mfu"
     run_python(["-m", "benchmarks.mfu", "--configs", "tiny", "--contenders", "keras_vit", "--repeats", "1",
-                "--out", str(out)], env={"KERAS_BACKEND": "torch"}, timeout=600)
+                "--peak-size", "512", "--out", str(out)], env={"KERAS_BACKEND": "torch"}, timeout=600)
     _check_backend_mfu(out, "torch")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from keras_vit.models.portable import build_optimizer
 from keras_vit.utils.io import atomic_path, new_figure, save_figure, write_csv, write_json
-from keras_vit.utils.ownership import RUN_DIR, claim_directory, owned_entries
+from keras_vit.utils.ownership import BACKUP, RUN_DIR, STATE_FILE, claim_directory, owned_entries
 from keras_vit.utils.validation import check_choice
 
 RESUME_MODES = ("auto", True, False)
@@ -117,7 +117,7 @@ class RunBackup(keras.callbacks.Callback):
     def __init__(self, run_dir, monitor="val_accuracy", artifacts=True):
         super().__init__()
         self.run_dir = Path(run_dir)
-        self.backup_dir = self.run_dir / "backup"
+        self.backup_dir = self.run_dir / BACKUP
         self.monitor = monitor
         self.artifacts = artifacts
         self.history_rows = []
@@ -130,7 +130,7 @@ class RunBackup(keras.callbacks.Callback):
     @staticmethod
     def read_state(run_dir):
         """The committed backup metadata of `run_dir`, or None."""
-        path = Path(run_dir) / "backup" / "training_metadata.json"
+        path = Path(run_dir) / BACKUP / STATE_FILE
         state = _read_state_file(path) if path.exists() else None
         if state is not None and not ({"epoch", "weights", "history"} <= set(state)):
             raise ValueError(_corrupt(path, "fields are missing"))
@@ -178,7 +178,7 @@ class RunBackup(keras.callbacks.Callback):
         backup = Path(self.backup_dir)
         weights = f"epoch-{epoch + 1:04d}.npz"
         save_resume_weights(self.model, backup / weights)
-        write_json(backup / "training_metadata.json", dict(
+        write_json(backup / STATE_FILE, dict(
             epoch=epoch + 1, batch=0, weights=weights, history=self.history_rows,
             monitor=self.monitor, best=self.best))
         for old in backup.glob("epoch-*"):

@@ -18,7 +18,7 @@ from keras_vit.training.optim import compile_model
 from keras_vit.training.progressive import progressive_callbacks
 from keras_vit.training.rundir import RunBackup, model_settings, prepare_run_dir, run_inputs, to_float
 from keras_vit.utils.io import atomic_path, remove_stale_temporaries, write_json
-from keras_vit.utils.ownership import RUN_DIR, check_directory_name, claim_directory
+from keras_vit.utils.ownership import BACKUP, RUN_DIR, check_directory_name, claim_directory
 
 
 @dataclasses.dataclass
@@ -99,7 +99,7 @@ class TrainSession:
             self.budget.tools.update(tool_record(config or recipe, self.budget.tools))
         else:
             self.timers = progressive_callbacks(model, recipe["progressive_resize"], recipe["epochs"])
-        for folder in (run_dir, run_dir / "checkpoints", run_dir / "backup"):
+        for folder in (run_dir, run_dir / "checkpoints", run_dir / BACKUP):
             remove_stale_temporaries(folder)
         prepare_run_dir(run_dir, {**(config or {}), **recipe, "data": self.info.to_dict() if self.info else None,
                                   "model": model_settings(model)}, self.resume)

@@ -22,7 +22,7 @@ from keras_vit.tuning.hypermodel import TUNERS, ViTHyperModel, heads_name
 from keras_vit.tuning.space import OBJECTIVES
 from keras_vit.utils.io import atomic_path, new_figure, remove_stale_temporaries, save_figure, write_csv, write_json
 from keras_vit.utils.locks import LOCK_NAME, exclusive_lock
-from keras_vit.utils.ownership import TUNING_PROJECT, check_directory_name, claim_directory, owned_entries
+from keras_vit.utils.ownership import BACKUP, TUNING_PROJECT, check_directory_name, claim_directory, owned_entries
 from keras_vit.utils.validation import SearchFailedError, check_choice, strict_keywords
 
 
@@ -67,7 +67,7 @@ class _ResumableTuner:
 
     def _drop_backup(self, trial_id):
         """Deletes a trial's backup folder (`RunBackup`'s), if it has one."""
-        shutil.rmtree(os.path.join(self.get_trial_dir(trial_id), "backup"), ignore_errors=True)
+        shutil.rmtree(os.path.join(self.get_trial_dir(trial_id), BACKUP), ignore_errors=True)
 
     def _build_and_fit_model(self, trial, *args, **kwargs):
         """Fits with KerasTuner's best-epoch checkpoint (`SaveBestEpoch`,
@@ -368,7 +368,7 @@ def _prepare_project(out_dir, overwrite):
             entry.unlink()
     for folder in [out_dir] + [e.path for e in os.scandir(out_dir) if e.is_dir() and e.name.startswith("trial_")]:
         remove_stale_temporaries(folder)
-        remove_stale_temporaries(os.path.join(folder, "backup"))
+        remove_stale_temporaries(os.path.join(folder, BACKUP))
 
 
 def _is_distributed_worker():

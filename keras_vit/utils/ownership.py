@@ -22,6 +22,10 @@ import json
 import os
 from pathlib import Path
 
+# A run directory's resume state: `RunBackup` (keras_vit.training.rundir)
+# commits each epoch to BACKUP/STATE_FILE; a search keeps one per trial.
+BACKUP, STATE_FILE = "backup", "training_metadata.json"
+
 MARKER_NAME = ".keras_vit.dir"
 PRESET_FORMAT_PREFIX = "keras_vit.preset/"
 
@@ -38,7 +42,7 @@ def _legacy_run(path):
     """A run directory written before the marker: its backup, or its
     ``config.json`` as `train` writes it; or a fine-tune's directory that
     holds its ``head`` stage's run."""
-    state = _read_json(path / "backup" / "training_metadata.json")
+    state = _read_json(path / BACKUP / STATE_FILE)
     if state is not None and {"epoch", "weights"} <= set(state):
         return True
     config = _read_json(path / "config.json")
@@ -89,7 +93,7 @@ class DirectoryKind:
 
 RUN_DIR = DirectoryKind(
     "run directory",
-    ("backup", "checkpoints", "logs", "history.csv", "history.png", "metrics.json", "model.keras",
+    (BACKUP, "checkpoints", "logs", "history.csv", "history.png", "metrics.json", "model.keras",
      "config.json", "plan.json", "head", "workers"),
     _legacy_run)
 TUNING_PROJECT = DirectoryKind(
