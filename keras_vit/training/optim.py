@@ -139,9 +139,11 @@ def compile_model(model, *, label_smoothing=DEFAULTS.label_smoothing, sparse_lab
             clipnorm, ema_momentum, gradient_accumulation_steps, beta_2).
         label_smoothing: float in [0, 1); needs one-hot labels.
         sparse_labels: True for int labels (then no label smoothing).
-        jit_compile: True, False or "auto": XLA on TensorFlow and JAX
-            ("auto" compiles there); on PyTorch "auto" runs eagerly and True
-            uses `torch.compile`, which on CPU compiles for minutes.
+        jit_compile: True, False or "auto". "auto" is Keras' choice: XLA
+            on JAX, and on TensorFlow only with a GPU and no tf.distribute
+            strategy (a CPU-only TensorFlow runs without it); PyTorch runs
+            eagerly. True compiles everywhere: XLA on TensorFlow and JAX,
+            `torch.compile` on PyTorch, which on CPU compiles for minutes.
         steps_per_execution: batches run per compiled call (TensorFlow and
             JAX; must be 1 on PyTorch).
 
