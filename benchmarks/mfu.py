@@ -124,7 +124,11 @@ def peak_jit_modes():
     return {"tensorflow": (False, True), "jax": (True,)}.get(keras.backend.backend(), (False,))
 
 
-def gemm_peak(n=2048, repeats=3):
+# n of the n x n x n matmuls that sample the GEMM peak (`--peak-size`)
+PEAK_SIZE = 2048
+
+
+def gemm_peak(n=PEAK_SIZE, repeats=3):
     """One sample of the GEMM peak: (wall FLOP/s, FLOP per CPU-second) of
     the best of `repeats` n x n x n float32 matmuls with each of this
     backend's kernels (`peak_jit_modes`), on the thread pool the models run
@@ -212,7 +216,7 @@ class Interleaved:
     before and right after it (their mean), so that a machine whose speed
     drifts under other jobs' load moves both alike. Keeps every sample."""
 
-    def __init__(self, peak_size=2048):
+    def __init__(self, peak_size=PEAK_SIZE):
         self.peak_size = peak_size
         self.peaks = [gemm_peak(peak_size)]  # (wall, cpu) FLOP/s samples, interleaved with the figures
         self.samples = {}  # key: list of (wall FLOP/s, cpu FLOP/s, index of the peak before)
@@ -236,7 +240,7 @@ class Interleaved:
 MODES = ("train", "infer", "plain_infer")
 
 
-def measure(cfg, contenders, jit_modes, repeats, peak_size=2048):
+def measure(cfg, contenders, jit_modes, repeats, peak_size=PEAK_SIZE):
     """Rows of images/s and MFU per contender and jit mode, and the GEMM
     peak samples. Each round runs every contender's training, inference
     (keras_vit: through `inference_model`) and plain inference, then the
@@ -324,7 +328,7 @@ def main(argv=None):
     parser.add_argument("--jit", choices=("auto", "both", "on", "off"), default="auto",
                         help="auto: both on TensorFlow, on (XLA) on JAX, off (eager) on torch")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--peak-size", type=int, default=2048,
+    parser.add_argument("--peak-size", type=int, default=PEAK_SIZE,
                         help="n of the n x n x n matmuls that sample the GEMM peak (smaller: a quicker, lower peak)")
     parser.add_argument("--out", default=str(RESULTS / f"mfu-{keras.backend.backend()}-cpu"))
     args = parser.parse_args(argv)
