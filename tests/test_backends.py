@@ -100,7 +100,7 @@ def matrix(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("backends"))
     env = lambda b: {"KERAS_BACKEND": b, "TF_CPP_MIN_LOG_LEVEL": "3"}  # noqa: E731
     procs = _in_parallel([((["-c", MATRIX, out, json.dumps(MODELS), json.dumps(JIT[b]), json.dumps(BACKENDS)],),
-                           dict(env=env(b))) for b in BACKENDS])
+                           dict(env=env(b), lean=True)) for b in BACKENDS])
     result = {}
     for reader, proc in zip(BACKENDS, procs):
         line = [line for line in proc.stdout.splitlines() if line.startswith("ERRORS ")][-1]

@@ -22,7 +22,7 @@ def tensorflow_runs(tmp_path_factory):
         f"mfu.main(['--configs', 'tiny', '--contenders', 'keras_vit', '--jit', 'off', '--repeats', '1',"
         f" '--peak-size', '512', '--out', {str(out / 'mfu')!r}])\n"
     )
-    run_python(code, timeout=600, cwd=str(REPO))  # from a source checkout, as the README says
+    run_python(code, timeout=600, cwd=str(REPO), lean=True)  # from a source checkout, as the README says
     return out
 
 

@@ -185,7 +185,7 @@ out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(pngs))
 np.testing.assert_allclose(out["probabilities"].numpy(), ref[:4], atol=1e-5, rtol=0)
 print("signatures:", sorted(loaded.signatures))
 """
-    proc = run_python(code)
+    proc = run_python(code, lean=True)
     assert "serving_bytes" in proc.stdout and "serving_default" in proc.stdout
 
 
@@ -380,7 +380,7 @@ try:
 except ValueError as err:
     print("ValueError:", err)
 """
-    proc = run_python(code, env={"KERAS_BACKEND": "jax"})
+    proc = run_python(code, env={"KERAS_BACKEND": "jax"}, lean=True)
     assert "ValueError: Exporting needs the TensorFlow backend" in proc.stdout
     np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), digits["probs"][:8], atol=1e-4)
     assert not (tmp_path / "m.tflite").exists()

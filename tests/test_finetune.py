@@ -89,7 +89,7 @@ def test_fine_tune_at_a_new_resolution_learns_and_saves(tiny_checkpoint, image_f
         "np.testing.assert_allclose(m.predict(np.load(d + '/x.npy'), verbose=0), np.load(d + '/y.npy'), atol=1e-5);"
         "print('classes', m.output_shape[-1])",
         str(tmp_path), str(run_dir / "model.keras"),
-    ])
+    ], lean=True)
     assert "classes 2" in proc.stdout
 
 

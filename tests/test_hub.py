@@ -43,7 +43,7 @@ except ValueError as err:
 print("RESULT" + json.dumps(out))
 """
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
-    out = json.loads(run_python(code, env=env).stdout.split("RESULT", 1)[1])
+    out = json.loads(run_python(code, env=env, lean=True).stdout.split("RESULT", 1)[1])
     assert out[name] == [str(snapshot), config, str(snapshot / "model.safetensors")]
     assert out["hf://someone/my_vit"][1] == config
     assert out["hf://someone/my_vit@main"][1] == config
@@ -130,7 +130,7 @@ print("RESULT" + json.dumps(dict(
     new_head=new_head.num_classes, backbone=type(backbone).__name__)))
 """
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "home")}
-    out = json.loads(run_python(code, env=env).stdout.split("RESULT", 1)[1])
+    out = json.loads(run_python(code, env=env, lean=True).stdout.split("RESULT", 1)[1])
     diff = np.abs(np.array(out["logits"]) - expected).max()
     print(f"hf:// timm preset, avg + fc_norm, 4x6 grid: max |logit difference| = {diff:.2e}")
     assert diff < 1e-5
@@ -282,7 +282,7 @@ m = ViTClassifier.from_preset({KNOWN!r})
 np.save({str(tmp_path / 'y.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
 m.save_to_preset({str(tmp_path / 'mine')!r})
 """
-    run_python(save, env=env)
+    run_python(save, env=env, lean=True)
     load = f"""
 import json, numpy as np
 from keras_vit.models import ViTClassifier
@@ -291,7 +291,7 @@ y = m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0)
 print("RESULT" + json.dumps(dict(diff=float(np.abs(y - np.load({str(tmp_path / 'y.npy')!r})).max()),
                                  names=m.class_names, pre=m.preprocessing)))
 """
-    out = json.loads(run_python(load, env={"HF_HUB_OFFLINE": "1"}).stdout.split("RESULT", 1)[1])
+    out = json.loads(run_python(load, env={"HF_HUB_OFFLINE": "1"}, lean=True).stdout.split("RESULT", 1)[1])
     assert out["diff"] == 0.0
     assert out["names"] == LABELS and out["pre"]["crop_pct"] == 0.875
     saved = json.loads((tmp_path / "mine" / "preprocessing.json").read_text())

@@ -108,7 +108,7 @@ def decoded(tmp_path_factory):
         (folder / "a" / name).write_bytes((root / "files" / name).read_bytes())
     out = root / "out"
     out.mkdir()
-    proc = run_python(["-c", CHILD, str(root), str(out)], check=False, timeout=300)
+    proc = run_python(["-c", CHILD, str(root), str(out)], check=False, timeout=300, lean=True)
     status = json.loads((out / "status.json").read_text()) if (out / "status.json").exists() else {}
     return root, out, status, proc
 
@@ -161,6 +161,6 @@ def test_train_predict_and_explain_commands_on_animated_images(tmp_path):
         assert main(["predict", run + "/model.keras", webp, "--resize"]) == 0
         assert main(["explain", webp, "--model", run + "/model.keras", "-o", run + "/attention.png"]) == 0
     """)
-    proc = run_python(code, cwd=tmp_path, check=False, timeout=300)
+    proc = run_python(code, cwd=tmp_path, check=False, timeout=300, lean=True)
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert "anim.webp" in proc.stdout and (tmp_path / "run" / "attention.png").is_file()

@@ -70,7 +70,7 @@ def test_after_import_keras_import_keras_vit_registers_the_classes():
 
 def test_the_command_starts_without_the_optional_imports_no_command_uses():
     # `keras-vit train` builds its parser and loads Keras without scikit-learn,
-    # matplotlib.pyplot, KerasTuner or (on TensorFlow) JAX; each still imports
+    # matplotlib.pyplot, IPython, KerasTuner or (on TensorFlow) JAX; each still imports
     # afterwards, as the data, plot and tune code import them
     code = textwrap.dedent("""
         import os, sys
@@ -79,7 +79,8 @@ def test_the_command_starts_without_the_optional_imports_no_command_uses():
         startup.quiet_startup()
         import keras_vit.layers, keras_vit.models
         main.build_parser().parse_args(["train", "--epochs", "1"])
-        print(sorted(m for m in ("sklearn", "matplotlib.pyplot", "keras_tuner", "jax") if m in sys.modules))
+        print(sorted(m for m in ("sklearn", "matplotlib.pyplot", "IPython", "keras_tuner", "jax")
+                      if m in sys.modules))
         import jax.numpy, keras_tuner, matplotlib.pyplot, sklearn.model_selection
         print(float(jax.numpy.ones(2).sum()), keras_tuner.RandomSearch.__name__)
     """)

@@ -107,7 +107,7 @@ def test_int8_model_saves_and_reloads_in_a_fresh_process(int8_pair, batch, tmp_p
         f"d = {str(tmp_path)!r}\n"
         "m = keras.saving.load_model(f'{d}/int8.keras')\n"
         "assert m.backbone.blocks[0].attention.qkv.quantization_mode == 'int8'\n"
-        "np.save(f'{d}/out.npy', keras.ops.convert_to_numpy(m(np.load(f'{d}/x.npy'))))\n")
+        "np.save(f'{d}/out.npy', keras.ops.convert_to_numpy(m(np.load(f'{d}/x.npy'))))\n", lean=True)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), predict(model, batch[:8]), atol=1e-5)
 
 
@@ -127,7 +127,7 @@ def test_jit_compile_is_saved_as_given_so_the_loading_backend_resolves_auto(tiny
                       f"    m = keras.saving.load_model(f'{tmp_path}/{{setting}}.keras')\n"
                       "    m.predict_on_batch(np.zeros((2, 16, 16, 3), 'float32'))\n"
                       "    print('JIT', setting, m.jit_compile, m.get_compile_config()['jit_compile'])\n",
-                      env={"KERAS_BACKEND": reader})
+                      env={"KERAS_BACKEND": reader}, lean=True)
     # "auto": jax.jit on JAX, eager on PyTorch; False stays False
     assert f"JIT auto {reader == 'jax'} auto" in proc.stdout, proc.stdout + proc.stderr
     assert "JIT False False False" in proc.stdout, proc.stdout + proc.stderr

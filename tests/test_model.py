@@ -192,7 +192,7 @@ for name in {list(SAVE_CONFIGS)!r}:
     out[name] = model.predict(images, verbose=0).tolist()
 print("RESULT" + json.dumps(out))
 """
-    proc = run_python(code)
+    proc = run_python(code, lean=True)
     reloaded = json.loads(proc.stdout.split("RESULT", 1)[1])
     for name in SAVE_CONFIGS:
         np.testing.assert_allclose(reloaded[name], expected[name], atol=1e-6, err_msg=name)
@@ -346,7 +346,7 @@ backbone = ViTBackbone.from_preset({str(tmp_path / 'preset')!r})
 print("RESULT" + json.dumps(dict(out=model.predict(images, verbose=0).tolist(), names=model.class_names,
       other=[other.num_classes, list(other.image_size)], backbone=type(backbone).__name__)))
 """
-    out = json.loads(run_python(code).stdout.split("RESULT", 1)[1])
+    out = json.loads(run_python(code, lean=True).stdout.split("RESULT", 1)[1])
     np.testing.assert_allclose(out["out"], model.predict(images, verbose=0), atol=1e-6)
     assert out["names"] == list("abcd") and out["other"] == [2, [24, 24]]
     assert out["backbone"] == "ViTBackbone"
