@@ -59,12 +59,12 @@ def train(x, y, epochs):
     return model
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="digits_vit", help="folder for the artifacts")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=100, help="timed calls per batch size")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.output)
     (out / "images").mkdir(parents=True, exist_ok=True)
 

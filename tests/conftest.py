@@ -4,6 +4,7 @@
 import contextlib
 import fcntl
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -195,6 +196,15 @@ def images():
 # script's own `import keras_vit` finds the package imported already).
 LEAN_KERAS = ("from keras_vit.cli.startup import without_optional_imports as _lean\n"
               "with _lean():\n    import keras\nimport keras_vit.models\ndel _lean\n")
+
+
+def example(name):
+    """The `main(argv)` of the script ``examples/<name>``, loaded as a module
+    (not run as ``__main__``), to run in the test's process: the scripts are
+    tested as users run them by `tests/test_examples_train.py`'s
+    `train_folder.py` in a fresh process; the others skip that process's
+    Keras import."""
+    return runpy.run_path(str(REPO / "examples" / name), run_name="example")["main"]
 
 
 def run_python(code_or_args, *, env=None, timeout=600, check=True, cwd=None, lean=False):

@@ -1,16 +1,11 @@
 """The training examples run end to end at a tiny size."""
 
 import json
-import runpy
 
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from tests.conftest import REPO, run_python
-
-
-def example(name):
-    return runpy.run_path(str(REPO / "examples" / name), run_name="example")["main"]
+from tests.conftest import REPO, example, run_python
 
 
 def test_quickstart_tiny(tmp_path):

@@ -9,7 +9,7 @@ from keras_vit.convert import variable_table
 from keras_vit.models import from_checkpoint
 from keras_vit.models import build_vit
 from keras_vit.training.finetune import fine_tune, set_backbone_trainable
-from tests.conftest import REPO, run_python
+from tests.conftest import example, run_python
 from tests.test_convert import original_npz_arrays, pixels
 
 
@@ -138,12 +138,12 @@ def test_fine_tune_bad_input(tiny_checkpoint, image_folder, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_finetune_example_demo_runs_offline():
-    proc = run_python(["examples/finetune_pretrained.py", "--demo", "--epochs", "1", "--frozen-epochs", "1"],
-                      cwd=str(REPO))
-    assert "input (24, 24), 10 classes ['0', '1', '2'" in proc.stdout
-    assert "loss:" in proc.stdout and "(first epoch, head)" in proc.stdout
-    assert "test accuracy:" in proc.stdout
+def test_finetune_example_demo_runs_offline(capsys):
+    example("finetune_pretrained.py")(["--demo", "--epochs", "1", "--frozen-epochs", "1"])
+    out = capsys.readouterr().out
+    assert "input (24, 24), 10 classes ['0', '1', '2'" in out
+    assert "loss:" in out and "(first epoch, head)" in out
+    assert "test accuracy:" in out
 
 
 def test_a_preset_directory_gives_its_size_and_channels_without_being_built(tmp_path):
