@@ -365,6 +365,7 @@ def test_a_model_saved_with_xla_kernels_runs_with_plain_numbers_on_another_backe
     assert report["kernels"] == "xla" and report["error"] < 1e-4
 
 
+@pytest.mark.backend_independent  # its own process on JAX, whichever backend pytest runs on
 def test_the_layers_package_imports_without_tensorflow():
     result = _run("""
         import sys
