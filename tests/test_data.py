@@ -1,6 +1,7 @@
 """Tests of `keras_vit.data`: real arrays, real image files in tmp_path,
 TFDS through `tfds.testing.mock_data`, and the bundled digits."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -151,6 +152,22 @@ def test_named_augmentation_applies_to_train_only():
     np.testing.assert_array_equal(batches(test)[0], batches(plain[2])[0])
     # the same shuffled batch differs once augmented
     assert not np.allclose(next(iter(train))[0], next(iter(plain[0]))[0])
+
+
+def test_rand_augment_equalizes_in_tf_data_as_keras_does():
+    # keras_vit's RandAugment swaps in an Equalization whose histogram is one
+    # bincount in tf.data on every backend (Keras' own, under JAX, is a
+    # 256-step loop in the graph); the images must be Keras' images. In
+    # tf.data the layer runs in TensorFlow whatever the backend: this file's
+    # TensorFlow run covers them all.
+    (rand_augment,) = build_augmentation(8, 10, rand_augment=0.5).steps
+    assert isinstance(rand_augment.equalization, keras.layers.Equalization)
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype("float32")
+    keras_layer = keras.layers.Equalization(value_range=(0, 255))
+    got, want = ([x.numpy() for x in tf.data.Dataset.from_tensors(images).map(lambda x: layer(x, training=True))][0]
+                 for layer in (rand_augment.equalization, keras_layer))
+    assert not np.array_equal(got, images)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_augmentation_rejects_int_labels_for_mixup():
