@@ -52,6 +52,36 @@ def test_weight_decay_skips_biases_norms_positions_and_tokens():
     assert seen == set(excluded)
 
 
+def test_the_recipe_optimizer_is_one_fused_op_a_weight_and_trains_as_keras_adamw(digits):
+    # make_optimizer's AdamW updates each weight with one ResourceApplyAdam op
+    # on TensorFlow (Keras' builds about 20); `fit` must end with Keras' weights,
+    # and the optimizer stays Keras' class (a .keras file loads without keras_vit's code)
+    import tensorflow as tf
+
+    batches = list(digits[0].take(6))  # the same batches for both (the split reshuffles each pass)
+    data = tf.data.Dataset.from_tensor_slices(tuple(np.concatenate([b[i] for b in batches]) for i in (0, 1)))
+    data = data.batch(int(batches[0][0].shape[0]))
+    models = []
+    for fused in (True, False):
+        model = tiny_model()
+        compile_model(model, learning_rate=3e-3, weight_decay=0.05, total_steps=20, warmup_steps=3, clipnorm=1.0)
+        if not fused:
+            model.compile(optimizer=keras.optimizers.AdamW.from_config(model.optimizer.get_config()), loss=model.loss)
+            model.optimizer.exclude_from_weight_decay(var_list=model.no_weight_decay())
+        model.fit(data, epochs=1, verbose=0, shuffle=False)
+        models.append(model)
+    fused, plain = models
+    assert type(fused.optimizer) is type(plain.optimizer) is keras.optimizers.AdamW  # saved as Keras' own
+    assert int(fused.optimizer.iterations) == int(plain.optimizer.iterations) == 6
+    for a, b in zip(fused.weights, plain.weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=2e-6,
+                                   err_msg=a.path)
+    x, y = batches[0]
+    ops = {op.type for op in tf.function(lambda x, y: fused.train_step((x, y))).get_concrete_function(
+        x, y).graph.get_operations()}
+    assert "ResourceApplyAdam" in ops
+
+
 def test_schedule_warms_up_linearly_then_decays_to_the_minimum():
     schedule = make_schedule(1e-3, total_steps=100, warmup_steps=10, min_learning_rate=1e-5)
     values = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
